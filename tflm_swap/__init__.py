@@ -1,0 +1,35 @@
+"""tflm_swap: run TFLite / TFLite Micro models whose weights do not fit in RAM.
+
+Public API::
+
+    tflm_swap.convert(model, ...)      Keras / SavedModel / .tflite -> SegmentedModel
+    tflm_swap.Model                    a parsed .tflite
+    tflm_swap.segment_model(model)     segmented .tflite bytes
+    tflm_swap.read_manifest(data)      the manifest of a segmented model
+    tflm_swap.verify(data)             check alignment and CRCs of every segment
+    tflm_swap.split(data) / join(...)  (graph, flash image) pair and back
+    tflm_swap.plan_model(model)        per-operator memory plan with lower bounds
+"""
+
+from .convert import SegmentedModel, convert, to_tflite
+from .errors import (
+    BudgetError,
+    MalformedModelError,
+    ManifestError,
+    SegmentIntegrityError,
+    TflmSwapError,
+    UnsupportedModelError,
+)
+from .manifest import Manifest, read_manifest
+from .model import Model
+from .planner import Plan, estimate_latency, plan_model
+from .segment import join, segment_model, split, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError", "MalformedModelError", "Manifest", "ManifestError", "Model", "Plan",
+    "SegmentIntegrityError", "SegmentedModel", "TflmSwapError", "UnsupportedModelError",
+    "convert", "estimate_latency", "join", "plan_model", "read_manifest", "segment_model",
+    "split", "to_tflite", "verify",
+]

@@ -1,0 +1,172 @@
+"""The `tflm_swap` manifest: where every external weight byte lives and when each operator needs it.
+
+Stored as the model metadata entry named `tflm_swap`. Its bytes are a 16-byte header
+(magic `TSWP`, format version, payload length, CRC32 of the payload; little-endian) followed by UTF-8
+JSON padded with spaces. See docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+
+from .errors import ManifestError, MalformedModelError
+from .schema import tfl
+
+MANIFEST_NAME = "tflm_swap"
+MAGIC = b"TSWP"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sIII")
+HEADER_SIZE = _HEADER.size
+_CAPACITY_STEP = 64  # JSON is padded to a multiple of this so small edits keep the size stable
+
+
+@dataclass
+class SegmentEntry:
+    """One constant buffer inside a segment."""
+
+    buffer: int  # index in Model.buffers
+    tensors: list[int]  # tensors of the main subgraph that use this buffer
+    name: str  # name of the first such tensor
+    offset: int  # from the start of the segment
+    size: int
+
+
+@dataclass
+class Segment:
+    """A contiguous, page-aligned run of weights in the flash image, loaded as one unit."""
+
+    id: int
+    offset: int  # from the image base; a multiple of the page size
+    size: int  # payload bytes (no trailing padding)
+    crc32: int  # zlib.crc32 of the payload
+    users: list[int]  # operators that read it, ascending
+    entries: list[SegmentEntry]
+
+    @property
+    def first_use(self) -> int:
+        return self.users[0]
+
+    @property
+    def last_use(self) -> int:
+        return self.users[-1]
+
+
+@dataclass
+class OpStep:
+    """What one operator needs: the segments it reads, those first needed here, those last used here."""
+
+    op: int
+    opcode: str
+    segments: list[int]
+    load: list[int]
+    release: list[int]
+    weight_bytes: int
+
+
+@dataclass
+class Manifest:
+    """Layout of a segmented model. Offsets in `segments` are relative to the image base."""
+
+    page_size: int
+    alignment: int
+    min_segment_bytes: int
+    graph_size: int  # bytes of the flatbuffer proper
+    image_offset: int  # file offset of the image base (page-aligned, >= graph_size)
+    image_size: int
+    source_sha256: str
+    source_size: int
+    segments: list[Segment]
+    schedule: list[OpStep]
+    version: int = FORMAT_VERSION
+    subgraph: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def external_bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d = {"format": MANIFEST_NAME, "version": d.pop("version"), **d}
+        for seg, obj in zip(d["segments"], self.segments):
+            seg["first_use"], seg["last_use"] = obj.first_use, obj.last_use
+        return d
+
+    def encode(self, min_capacity: int = 0) -> bytes:
+        """Header + padded JSON. `min_capacity` lets a caller keep the size stable across rewrites."""
+        text = json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=False).encode()
+        capacity = max(min_capacity, -(-len(text) // _CAPACITY_STEP) * _CAPACITY_STEP)
+        payload = text + b" " * (capacity - len(text))
+        return _HEADER.pack(MAGIC, self.version, len(payload), zlib.crc32(payload)) + payload
+
+    @classmethod
+    def decode(cls, blob: bytes) -> Manifest:
+        """Parse manifest bytes; raises ManifestError naming what is wrong."""
+        if len(blob) < _HEADER.size:
+            raise ManifestError(f"manifest is {len(blob)} bytes, shorter than its {_HEADER.size}-byte header")
+        magic, version, length, crc = _HEADER.unpack_from(blob)
+        if magic != MAGIC:
+            raise ManifestError(f"manifest magic is {magic!r}, expected {MAGIC!r}")
+        if version > FORMAT_VERSION:
+            raise ManifestError(
+                f"manifest format version {version} is newer than this tflm_swap understands "
+                f"({FORMAT_VERSION}); upgrade tflm_swap"
+            )
+        if version < 1:
+            raise ManifestError(f"manifest format version {version} is invalid")
+        payload = blob[_HEADER.size : _HEADER.size + length]
+        if len(payload) != length:
+            raise ManifestError(f"manifest is truncated: header says {length} bytes, {len(payload)} present")
+        if zlib.crc32(payload) != crc:
+            raise ManifestError(f"manifest CRC32 mismatch (stored {crc:#010x}, computed {zlib.crc32(payload):#010x})")
+        try:
+            d = json.loads(payload.decode())
+            return cls._from_dict(d)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"manifest content is not valid: {exc!r}") from exc
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> Manifest:
+        if d.pop("format") != MANIFEST_NAME:
+            raise ValueError("format field is not 'tflm_swap'")
+        segments = []
+        for s in d.pop("segments"):
+            s.pop("first_use", None)
+            s.pop("last_use", None)
+            s["entries"] = [SegmentEntry(**e) for e in s["entries"]]
+            segments.append(Segment(**s))
+        schedule = [OpStep(**step) for step in d.pop("schedule")]
+        return cls(segments=segments, schedule=schedule, **d)
+
+
+def read_manifest(data: bytes | bytearray) -> Manifest:
+    """Read the manifest of a segmented model (or of its split graph) without unpacking the graph."""
+    blob = find_metadata(bytes(data), MANIFEST_NAME)
+    if blob is None:
+        raise ManifestError(
+            "model has no 'tflm_swap' manifest: it was not segmented by tflm_swap "
+            "(run `tflm-swap convert` first)"
+        )
+    return Manifest.decode(blob)
+
+
+def find_metadata(data: bytes, name: str) -> bytes | None:
+    """Bytes of a named metadata entry, read lazily from the flatbuffer tables."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise MalformedModelError("not a TFLite flatbuffer (missing 'TFL3' file identifier)")
+    try:
+        model = tfl.Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            meta = model.Metadata(i)
+            if (meta.Name() or b"").decode(errors="replace") != name:
+                continue
+            buf = model.Buffers(meta.Buffer())
+            if buf.Offset() > 1:
+                return data[buf.Offset() : buf.Offset() + buf.Size()]
+            return buf.DataAsNumpy().tobytes() if not buf.DataIsNone() else b""
+    except Exception as exc:  # flatbuffers raises whatever its struct reads hit
+        raise MalformedModelError(f"not a readable TFLite flatbuffer (truncated or corrupt): {exc!r}") from exc
+    return None

@@ -1,0 +1,327 @@
+"""A parsed `.tflite` model: the schema object tree plus the resolved bytes of every buffer.
+
+Reading validates the flatbuffer at the boundary so that later stages never meet an index out of range
+or a buffer beyond the end of the file. Writing goes through the schema's object API and the
+`flatbuffers` builder; constant data is kept 16-byte aligned as the TFLite schema requires.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import flatbuffers
+import numpy as np
+
+from .errors import MalformedModelError, UnsupportedModelError
+from .schema import BUILTIN_NAMES, FILE_IDENTIFIER, TENSOR_TYPE_NAMES, tfl
+
+DATA_ALIGNMENT = 16  # TFLite's `force_align: 16` on Buffer.data
+_NO_EXTERNAL_OFFSET = 1  # TFLite treats Buffer.offset <= 1 as "no external data"
+
+# Bits per element of each tensor type; None for types without a fixed size.
+_TYPE_BITS: dict[int, int | None] = {
+    tfl.TensorType.FLOAT32: 32, tfl.TensorType.FLOAT16: 16, tfl.TensorType.INT32: 32,
+    tfl.TensorType.UINT8: 8, tfl.TensorType.INT64: 64, tfl.TensorType.STRING: None,
+    tfl.TensorType.BOOL: 8, tfl.TensorType.INT16: 16, tfl.TensorType.COMPLEX64: 64,
+    tfl.TensorType.INT8: 8, tfl.TensorType.FLOAT64: 64, tfl.TensorType.COMPLEX128: 128,
+    tfl.TensorType.UINT64: 64, tfl.TensorType.RESOURCE: None, tfl.TensorType.VARIANT: None,
+    tfl.TensorType.UINT32: 32, tfl.TensorType.UINT16: 16, tfl.TensorType.INT4: 4,
+}
+for _name in ("BFLOAT16",):
+    if hasattr(tfl.TensorType, _name):
+        _TYPE_BITS[getattr(tfl.TensorType, _name)] = 16
+
+# Operators that call other subgraphs: their data flow is not visible in one operator list.
+CONTROL_FLOW_OPS = frozenset({"IF", "WHILE", "CALL_ONCE", "CALL", "STABLEHLO_WHILE", "STABLEHLO_CASE"})
+
+
+@dataclass(frozen=True)
+class ExternalBuffer:
+    """Where a buffer's bytes live outside the flatbuffer: absolute file offset and size."""
+
+    offset: int
+    size: int
+
+
+class Model:
+    """A TFLite model with resolved buffer data.
+
+    `buffers[i]` holds the bytes of buffer `i`, whether they sit inside the flatbuffer or after it
+    (`Buffer.offset/size`). Only the first subgraph is the model's graph; see `check_single_graph`.
+    """
+
+    def __init__(self, fb: tfl.ModelT, buffers: list[bytes], raw: bytes, source: str):
+        self.fb = fb
+        self.buffers = buffers
+        self.raw = raw
+        self.source = source
+
+    # ----------------------------------------------------------------------------------- reading
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview, source: str = "<bytes>") -> Model:
+        """Parse and validate `.tflite` bytes. Raises MalformedModelError on corrupt input."""
+        raw = bytes(data)
+        _check_header(raw, source)
+        try:
+            fb = tfl.ModelT.InitFromPackedBuf(bytearray(raw), 0)
+        except Exception as exc:  # flatbuffers raises whatever its struct reads hit
+            raise MalformedModelError(
+                f"{source}: not a readable TFLite flatbuffer (truncated or corrupt): {exc!r}"
+            ) from exc
+        buffers = _resolve_buffers(fb, raw, source)
+        model = cls(fb, buffers, raw, source)
+        model._validate()
+        return model
+
+    @classmethod
+    def load(cls, path: str | Path) -> Model:
+        """Read and parse a `.tflite` file."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise MalformedModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
+        return cls.from_bytes(data, source=str(path))
+
+    def _validate(self) -> None:
+        fb, where = self.fb, self.source
+        if not fb.subgraphs:
+            raise MalformedModelError(f"{where}: model has no subgraph")
+        if not fb.buffers:
+            raise MalformedModelError(f"{where}: model has no buffer table")
+        n_codes, n_buffers = len(fb.operatorCodes or []), len(fb.buffers)
+        for s, sg in enumerate(fb.subgraphs):
+            tensors = sg.tensors or []
+            for t, tensor in enumerate(tensors):
+                if not 0 <= tensor.buffer < n_buffers:
+                    raise MalformedModelError(
+                        f"{where}: subgraph {s} tensor {t} refers to buffer {tensor.buffer}, "
+                        f"but the model has {n_buffers} buffers"
+                    )
+                if tensor.shape is not None and any(int(d) < 0 for d in tensor.shape):
+                    raise UnsupportedModelError(
+                        f"{where}: tensor {t} ({_name_of(tensor)}) has a dynamic shape "
+                        f"{list(tensor.shape)}; resize it before conversion"
+                    )
+            _check_indices(sg.inputs, len(tensors), f"{where}: subgraph {s} inputs")
+            _check_indices(sg.outputs, len(tensors), f"{where}: subgraph {s} outputs")
+            for o, op in enumerate(sg.operators or []):
+                if not 0 <= op.opcodeIndex < n_codes:
+                    raise MalformedModelError(
+                        f"{where}: subgraph {s} operator {o} has opcode index {op.opcodeIndex}, "
+                        f"but the model has {n_codes} operator codes"
+                    )
+                for field in ("inputs", "outputs", "intermediates"):
+                    _check_indices(getattr(op, field), len(tensors),
+                                   f"{where}: subgraph {s} operator {o} {field}", optional=True)
+        for m in fb.metadata or []:
+            if not 0 <= m.buffer < n_buffers:
+                raise MalformedModelError(f"{where}: metadata {m.name!r} refers to missing buffer {m.buffer}")
+
+    # ------------------------------------------------------------------------------- the graph
+    def check_single_graph(self) -> None:
+        """Raise UnsupportedModelError unless the model is one subgraph without control flow."""
+        if len(self.fb.subgraphs) != 1:
+            raise UnsupportedModelError(
+                f"{self.source}: model has {len(self.fb.subgraphs)} subgraphs; tflm_swap handles "
+                "single-subgraph models (no control flow)"
+            )
+        for i in range(len(self.operators)):
+            name = self.opcode_name(i)
+            if name in CONTROL_FLOW_OPS:
+                raise UnsupportedModelError(
+                    f"{self.source}: operator {i} is {name}, a control-flow op calling other "
+                    "subgraphs; tflm_swap does not handle control flow"
+                )
+
+    @property
+    def subgraph(self) -> tfl.SubGraphT:
+        return self.fb.subgraphs[0]
+
+    @property
+    def tensors(self) -> list[tfl.TensorT]:
+        return self.subgraph.tensors or []
+
+    @property
+    def operators(self) -> list[tfl.OperatorT]:
+        """Operators of the main subgraph, in execution order (TFLite runs them in list order)."""
+        return self.subgraph.operators or []
+
+    @property
+    def inputs(self) -> list[int]:
+        return [int(i) for i in (self.subgraph.inputs if self.subgraph.inputs is not None else [])]
+
+    @property
+    def outputs(self) -> list[int]:
+        return [int(i) for i in (self.subgraph.outputs if self.subgraph.outputs is not None else [])]
+
+    def opcode_name(self, op_index: int) -> str:
+        """Builtin name of an operator (custom ops as 'CUSTOM:<code>')."""
+        code = self.fb.operatorCodes[self.operators[op_index].opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        if builtin == tfl.BuiltinOperator.CUSTOM:
+            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+            return f"CUSTOM:{custom}"
+        return BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+    def op_inputs(self, op_index: int) -> list[int]:
+        """Tensor indices read by an operator (optional inputs, -1, left out)."""
+        ins = self.operators[op_index].inputs
+        return [int(t) for t in (ins if ins is not None else []) if t >= 0]
+
+    def op_outputs(self, op_index: int) -> list[int]:
+        outs = self.operators[op_index].outputs
+        return [int(t) for t in (outs if outs is not None else []) if t >= 0]
+
+    def op_intermediates(self, op_index: int) -> list[int]:
+        mids = self.operators[op_index].intermediates
+        return [int(t) for t in (mids if mids is not None else []) if t >= 0]
+
+    def tensor_name(self, tensor_index: int) -> str:
+        return _name_of(self.tensors[tensor_index])
+
+    def tensor_type_name(self, tensor_index: int) -> str:
+        return TENSOR_TYPE_NAMES.get(self.tensors[tensor_index].type, "UNKNOWN")
+
+    def tensor_nbytes(self, tensor_index: int) -> int:
+        """Bytes the tensor occupies at run time (shape x element size)."""
+        tensor = self.tensors[tensor_index]
+        bits = _TYPE_BITS.get(tensor.type)
+        if bits is None:
+            data = self.buffers[tensor.buffer]
+            if data:
+                return len(data)
+            raise UnsupportedModelError(
+                f"{self.source}: tensor {tensor_index} ({_name_of(tensor)}) has type "
+                f"{self.tensor_type_name(tensor_index)}, whose size is not known before run time"
+            )
+        count = math.prod(int(d) for d in (tensor.shape if tensor.shape is not None else []))
+        return (count * bits + 7) // 8
+
+    def constant_buffer(self, tensor_index: int) -> int | None:
+        """Index of the buffer holding the tensor's constant data, or None for activations."""
+        tensor = self.tensors[tensor_index]
+        if tensor.isVariable:
+            return None
+        return tensor.buffer if tensor.buffer > 0 and self.buffers[tensor.buffer] else None
+
+    def metadata(self, name: str) -> bytes | None:
+        """Bytes of the named metadata entry, or None."""
+        for m in self.fb.metadata or []:
+            if _decode(m.name) == name:
+                return self.buffers[m.buffer]
+        return None
+
+    # ----------------------------------------------------------------------------------- writing
+    def pack(
+        self,
+        external: dict[int, ExternalBuffer] | None = None,
+        metadata: dict[str, bytes] | None = None,
+    ) -> bytearray:
+        """Serialise the model.
+
+        `external` maps buffer indices to the place their bytes will occupy after the flatbuffer
+        (the caller appends them); other buffers are stored inline. `metadata` adds or replaces
+        named metadata entries. The model object itself is left unchanged.
+        """
+        external = external or {}
+        fb = copy.copy(self.fb)
+        fb.buffers = [
+            _AlignedBufferT(None, ext.offset, ext.size) if (ext := external.get(i))
+            else _AlignedBufferT(_as_array(data))
+            for i, data in enumerate(self.buffers)
+        ]
+        fb.metadata = [copy.copy(m) for m in self.fb.metadata or []]
+        for name, payload in (metadata or {}).items():
+            entry = next((m for m in fb.metadata if _decode(m.name) == name), None)
+            if entry is None:  # a new entry gets a new buffer; a replaced one keeps its slot
+                entry = tfl.MetadataT()
+                entry.name, entry.buffer = name, len(fb.buffers)
+                fb.metadata.append(entry)
+                fb.buffers.append(None)
+            fb.buffers[entry.buffer] = _AlignedBufferT(_as_array(payload))
+        builder = flatbuffers.Builder(1024 + sum(len(b) for b in self.buffers))
+        builder.Finish(fb.Pack(builder), file_identifier=FILE_IDENTIFIER)
+        return builder.Output()
+
+    def without_external(self) -> bytearray:
+        """The model as a plain flatbuffer with every buffer inline."""
+        return self.pack()
+
+
+class _AlignedBufferT(tfl.BufferT):
+    """BufferT whose data vector starts on a 16-byte boundary, as `force_align: 16` demands."""
+
+    def __init__(self, data: np.ndarray | None = None, offset: int = 0, size: int = 0):
+        super().__init__(data, offset, size)
+
+    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 - schema API name
+        data_offset = None
+        if self.data is not None:
+            payload = self.data.tobytes()
+            builder.StartVector(1, len(payload), DATA_ALIGNMENT)
+            builder.head -= len(payload)
+            builder.Bytes[builder.head : builder.head + len(payload)] = payload
+            data_offset = builder.EndVector()
+        tfl.BufferStart(builder)
+        if data_offset is not None:
+            tfl.BufferAddData(builder, data_offset)
+        tfl.BufferAddOffset(builder, self.offset)
+        tfl.BufferAddSize(builder, self.size)
+        return tfl.BufferEnd(builder)
+
+
+def _as_array(data: bytes) -> np.ndarray | None:
+    return np.frombuffer(data, dtype=np.uint8) if data else None
+
+
+def _check_header(raw: bytes, source: str) -> None:
+    if len(raw) < 8:
+        raise MalformedModelError(f"{source}: {len(raw)} bytes is too short to be a TFLite model")
+    if raw[4:8] != FILE_IDENTIFIER:
+        raise MalformedModelError(
+            f"{source}: not a TFLite flatbuffer (file identifier {raw[4:8]!r}, expected {FILE_IDENTIFIER!r})"
+        )
+    (root,) = struct.unpack_from("<I", raw, 0)
+    if not 8 <= root < len(raw):
+        raise MalformedModelError(f"{source}: root table offset {root} lies outside the {len(raw)}-byte file")
+
+
+def _resolve_buffers(fb: tfl.ModelT, raw: bytes, source: str) -> list[bytes]:
+    """Bytes of every buffer, read inline or from `Buffer.offset/size` after the flatbuffer."""
+    resolved = []
+    for i, buf in enumerate(fb.buffers or []):
+        if buf.offset > _NO_EXTERNAL_OFFSET:
+            end = buf.offset + buf.size
+            if end > len(raw):
+                raise MalformedModelError(
+                    f"{source}: buffer {i} occupies bytes {buf.offset}..{end} but the file has only "
+                    f"{len(raw)} bytes (truncated?)"
+                )
+            resolved.append(raw[buf.offset : end])
+        elif buf.data is not None:
+            resolved.append(np.asarray(buf.data, dtype=np.uint8).tobytes())
+        else:
+            resolved.append(b"")
+    return resolved
+
+
+def _check_indices(indices, limit: int, what: str, optional: bool = False) -> None:
+    for t in indices if indices is not None else []:
+        if (optional and t == -1) or 0 <= t < limit:
+            continue
+        raise MalformedModelError(f"{what} refer to tensor {t}, but the subgraph has {limit} tensors")
+
+
+def _decode(name: bytes | str | None) -> str:
+    if name is None:
+        return ""
+    return name.decode(errors="replace") if isinstance(name, bytes) else name
+
+
+def _name_of(tensor: tfl.TensorT) -> str:
+    return _decode(tensor.name)

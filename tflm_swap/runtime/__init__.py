@@ -1,0 +1,5 @@
+"""Runtimes: the interpreters tflm_swap drives (LiteRT, TFLite Micro)."""
+
+from .backends import litert_interpreter, resolve_backend, tflm_arena, tflm_interpreter
+
+__all__ = ["litert_interpreter", "resolve_backend", "tflm_arena", "tflm_interpreter"]
