@@ -103,24 +103,25 @@ class Plan:
         return max((op.weight_bytes for op in self.ops), default=0)
 
     def fit(self, budget: int) -> StrategyPlan:
-        """The strategy that fits `budget` with the fewest flash reads, then the least RAM.
+        """The fastest strategy that fits `budget`: resident if it fits (no flash reads per inference),
+        else the deepest prefetch that fits, else per-operator loading.
 
         Raises BudgetError naming the minimum budget when nothing fits.
         """
         fitting = [s for s in self.strategies.values() if s.arena <= budget]
         if not fitting:
             best = min(self.strategies.values(), key=lambda s: s.arena)
-            if budget < self.activation_peak + self.largest_op_weights:
-                why = (f"below the largest operator's need ({self.activation_peak + self.largest_op_weights} "
-                       "bytes of activations plus its weights); tile that operator's weights "
-                       "(the streaming delegate) or enlarge the budget")
+            op_need = self.strategies["per_op"].lower_bound
+            if budget < op_need:
+                why = (f"below what one operator needs ({op_need} bytes: its live activations plus its "
+                       "weights); tile that operator's weights (the streaming delegate) or enlarge the budget")
             else:
                 why = "too small for every loading strategy"
             raise BudgetError(
                 f"RAM budget {budget} bytes is {why}; the minimum with per-operator loading is "
                 f"{best.arena} bytes ({best.name})"
             )
-        return min(fitting, key=lambda s: (s.flash_bytes_per_inference, s.arena))
+        return min(fitting, key=lambda s: (s.flash_bytes_per_inference, -(s.prefetch or 0), s.arena))
 
 
 # ------------------------------------------------------------------------------------ building

@@ -1,0 +1,7 @@
+"""`python -m tflm_swap` runs the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,227 @@
+"""Command line: `tflm-swap` / `python -m tflm_swap`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import BudgetError, TflmSwapError
+from .fileio import write_atomic
+from .segment import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE
+
+DEFAULT_BANDWIDTH = "40MB/s"  # a typical QSPI NOR read rate; pass your part's figure
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TflmSwapError as exc:
+        print(f"tflm-swap: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tflm-swap", description=__doc__.split("\n")[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert (Keras/SavedModel) and segment a model")
+    c.add_argument("model", help=".tflite file, .keras/.h5 file, or SavedModel directory")
+    c.add_argument("-o", "--output", required=True, help="segmented .tflite to write")
+    c.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="flash page size (bytes)")
+    c.add_argument("--min-segment-bytes", type=int, default=DEFAULT_MIN_SEGMENT_BYTES,
+                   help="buffers smaller than this stay inline in the graph")
+    c.add_argument("--quantization", choices=("float32", "dynamic", "int8"),
+                   help="for Keras/SavedModel input (default: int8 with --representative-data, else float32)")
+    c.add_argument("--representative-data", help=".npy file of sample inputs for int8 calibration")
+    c.add_argument("--graph", help="also write the split graph flatbuffer here")
+    c.add_argument("--image", help="also write the split flash image here")
+    c.set_defaults(func=_cmd_convert)
+
+    i = sub.add_parser("inspect", help="per-operator memory table, strategies, lower bounds and a plot")
+    _plan_options(i)
+    i.add_argument("--plot", default=None, help="PNG to write (default: <model>.memory.png here)")
+    i.add_argument("--no-plot", action="store_true")
+    i.add_argument("--flash-bandwidth", default=DEFAULT_BANDWIDTH, help="e.g. 40MB/s, 20MiB/s")
+    i.add_argument("--op-times", help="JSON list of per-operator seconds (default: measured on LiteRT)")
+    i.add_argument("--no-latency", action="store_true", help="skip timing operators")
+    i.set_defaults(func=_cmd_inspect)
+
+    pl = sub.add_parser("plan", help="does the model fit a RAM budget, and how")
+    _plan_options(pl)
+    pl.set_defaults(func=_cmd_plan)
+
+    m = sub.add_parser("manifest", help="print the manifest of a segmented model as JSON")
+    m.add_argument("model")
+    m.set_defaults(func=_cmd_manifest)
+
+    v = sub.add_parser("verify", help="check page alignment and CRC32 of every segment")
+    v.add_argument("model")
+    v.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("split", help="split a segmented model into graph flatbuffer + flash image")
+    s.add_argument("model")
+    s.add_argument("--graph", required=True)
+    s.add_argument("--image", required=True)
+    s.set_defaults(func=_cmd_split)
+
+    j = sub.add_parser("join", help="reassemble a model from graph + flash image")
+    j.add_argument("graph")
+    j.add_argument("image")
+    j.add_argument("-o", "--output", required=True)
+    j.set_defaults(func=_cmd_join)
+
+    d = sub.add_parser("demo", help="the end-to-end demo on scikit-learn's digits (no data needed)")
+    d.add_argument("--out", default="tflm_swap_demo", help="directory for the artifacts")
+    d.add_argument("--epochs", type=int, default=8)
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help=".tflite file (segmented or not)")
+    p.add_argument("--ram-budget", help="e.g. 256KiB, 1MiB, 300000")
+    p.add_argument("--prefetch", default="1,2", help="prefetch depths to plan, comma-separated")
+    p.add_argument("--min-segment-bytes", type=int, default=DEFAULT_MIN_SEGMENT_BYTES,
+                   help="for unsegmented models: the segment layout to assume")
+
+
+def _load_plan(args):
+    from .model import Model
+    from .planner import plan_model
+
+    depths = [int(k) for k in args.prefetch.split(",") if k.strip()]
+    model = Model.load(args.model)
+    return model, plan_model(model, prefetch_depths=depths, min_segment_bytes=args.min_segment_bytes)
+
+
+# ------------------------------------------------------------------------------------ commands
+def _cmd_convert(args) -> int:
+    import numpy as np
+
+    from .convert import convert
+
+    data = np.load(args.representative_data) if args.representative_data else None
+    result = convert(args.model, representative_data=data, quantization=args.quantization,
+                     page_size=args.page_size, min_segment_bytes=args.min_segment_bytes)
+    inputs = (args.model,)
+    result.save(args.output, inputs)
+    m = result.manifest
+    print(f"wrote {args.output}: graph {m.graph_size} bytes, {len(m.segments)} segments, "
+          f"{m.external_bytes} bytes of external weights, image at offset {m.image_offset}")
+    if args.graph or args.image:
+        if not (args.graph and args.image):
+            raise TflmSwapError("--graph and --image go together")
+        graph, image = result.split()
+        write_atomic(args.graph, graph, inputs)
+        write_atomic(args.image, image, inputs)
+        print(f"wrote {args.graph} ({len(graph)} bytes) and {args.image} ({len(image)} bytes)")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from .planner import estimate_latency
+    from .report import (
+        latency_lines,
+        operator_table,
+        parse_rate,
+        parse_size,
+        plot_plan,
+        strategy_table,
+        summary,
+    )
+
+    model, plan = _load_plan(args)
+    budget = parse_size(args.ram_budget) if args.ram_budget else None
+    print(summary(plan), "", strategy_table(plan), "", operator_table(plan), sep="\n")
+    if not args.no_latency:
+        times = _op_times(args, model)
+        bandwidth = parse_rate(args.flash_bandwidth)
+        estimates = {
+            s.name: estimate_latency(plan, times, bandwidth, prefetch=s.prefetch)
+            for s in plan.strategies.values() if s.prefetch is not None
+        }
+        print("", latency_lines(estimates, bandwidth), sep="\n")
+    if not args.no_plot:
+        path = args.plot or f"{Path(args.model).stem}.memory.png"
+        plot_plan(plan, path, budget, inputs=(args.model,))
+        print(f"\nplot: {path}")
+    return 0
+
+
+def _op_times(args, model) -> list[float]:
+    if args.op_times:
+        times = json.loads(Path(args.op_times).read_text())
+        if len(times) != len(model.operators):
+            raise TflmSwapError(f"{args.op_times} has {len(times)} times for {len(model.operators)} operators")
+        return [float(t) for t in times]
+    from .profiling import measure_op_times
+
+    return measure_op_times(model)
+
+
+def _cmd_plan(args) -> int:
+    from .report import format_bytes, parse_size, strategy_table
+
+    if not args.ram_budget:
+        raise TflmSwapError("plan needs --ram-budget, e.g. --ram-budget 256KiB")
+    budget = parse_size(args.ram_budget)
+    _, plan = _load_plan(args)
+    print(strategy_table(plan), "", sep="\n")
+    try:
+        best = plan.fit(budget)
+    except BudgetError as exc:
+        print(f"does not fit: {exc}")
+        return 1
+    print(f"fits in {format_bytes(budget)} with strategy '{best.name}': arena {format_bytes(best.arena)} "
+          f"(lower bound {format_bytes(best.lower_bound)}), {format_bytes(best.flash_bytes_per_inference)} "
+          f"read from flash per inference, {format_bytes(budget - best.arena)} to spare")
+    return 0
+
+
+def _cmd_manifest(args) -> int:
+    from .manifest import read_manifest
+
+    print(json.dumps(read_manifest(Path(args.model).read_bytes()).to_dict(), indent=2))
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .segment import verify
+
+    m = verify(Path(args.model).read_bytes())
+    print(f"{args.model}: OK — {len(m.segments)} segments, all page-aligned ({m.page_size} B), CRC32 match")
+    return 0
+
+
+def _cmd_split(args) -> int:
+    from .segment import split
+
+    graph, image = split(Path(args.model).read_bytes())
+    write_atomic(args.graph, graph, (args.model,))
+    write_atomic(args.image, image, (args.model,))
+    print(f"wrote {args.graph} ({len(graph)} bytes) and {args.image} ({len(image)} bytes)")
+    return 0
+
+
+def _cmd_join(args) -> int:
+    from .segment import join
+
+    data = join(Path(args.graph).read_bytes(), Path(args.image).read_bytes())
+    write_atomic(args.output, data, (args.graph, args.image))
+    print(f"wrote {args.output} ({len(data)} bytes)")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
