@@ -12,7 +12,7 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 
-from .errors import ManifestError, MalformedModelError
+from .errors import MalformedModelError, ManifestError
 from .schema import tfl
 
 MANIFEST_NAME = "tflm_swap"
@@ -124,12 +124,14 @@ class Manifest:
             raise ManifestError(f"manifest CRC32 mismatch (stored {crc:#010x}, computed {zlib.crc32(payload):#010x})")
         try:
             d = json.loads(payload.decode())
-            return cls._from_dict(d)
-        except (ValueError, KeyError, TypeError) as exc:
+            return cls._from_dict(d)._checked()
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ManifestError(f"manifest content is not valid: {exc!r}") from exc
 
     @classmethod
     def _from_dict(cls, d: dict) -> Manifest:
+        if not isinstance(d, dict):
+            raise ValueError(f"manifest JSON is a {type(d).__name__}, expected an object")
         if d.pop("format") != MANIFEST_NAME:
             raise ValueError("format field is not 'tflm_swap'")
         segments = []
@@ -140,6 +142,34 @@ class Manifest:
             segments.append(Segment(**s))
         schedule = [OpStep(**step) for step in d.pop("schedule")]
         return cls(segments=segments, schedule=schedule, **d)
+
+    def _checked(self) -> Manifest:
+        """Raise ValueError unless the numbers readers compute with have sane types and ranges
+        (the CRC only proves the JSON is what the writer wrote, not that a tool wrote it well)."""
+        for name in ("version", "page_size", "alignment", "graph_size", "image_offset", "image_size",
+                     "source_size", "subgraph"):
+            _natural(getattr(self, name), name)
+        if self.page_size < 1 or self.page_size & (self.page_size - 1):
+            raise ValueError(f"page_size {self.page_size} is not a power of two")
+        if self.image_offset % self.page_size or self.image_offset < self.graph_size:
+            raise ValueError(f"image_offset {self.image_offset} is not a page boundary after the graph")
+        for i, seg in enumerate(self.segments):
+            for name in ("id", "offset", "size", "crc32"):
+                _natural(getattr(seg, name), f"segments[{i}].{name}")
+            for u in seg.users:
+                _natural(u, f"segments[{i}].users")
+            if not seg.users or seg.users != sorted(seg.users):
+                raise ValueError(f"segments[{i}].users {seg.users!r} is not a non-empty ascending list")
+            for j, e in enumerate(seg.entries):
+                for name in ("buffer", "offset", "size"):
+                    _natural(getattr(e, name), f"segments[{i}].entries[{j}].{name}")
+        return self
+
+
+def _natural(value, what: str) -> None:
+    """Raise ValueError unless `value` is an int >= 0 (JSON has no integer type of its own)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} is {value!r}, expected a non-negative integer")
 
 
 def read_manifest(data: bytes | bytearray) -> Manifest:
