@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .errors import BudgetError
+from .errors import BudgetError, ManifestError
 from .manifest import MANIFEST_NAME, Manifest
 from .model import Model
 from .segment import DEFAULT_MIN_SEGMENT_BYTES, align, layout_segments
@@ -161,14 +161,26 @@ def weight_groups(model: Model, min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYT
     """Loading units: the manifest's segments, or the layout `convert` would produce."""
     blob = model.metadata(MANIFEST_NAME)
     if blob is not None:
+        manifest = Manifest.decode(blob)
+        _check_manifest_refs(manifest, model)
         return [
             WeightGroup(s.id, s.size, tuple(s.users), tuple(e.buffer for e in s.entries))
-            for s in Manifest.decode(blob).segments
+            for s in manifest.segments
         ]
     return [
         WeightGroup(i, spec.packed_size(model), spec.users, spec.buffers)
         for i, spec in enumerate(layout_segments(model, min_segment_bytes))
     ]
+
+
+def _check_manifest_refs(manifest: Manifest, model: Model) -> None:
+    """The manifest may only name operators and buffers that exist in this graph."""
+    n_ops, n_buffers = len(model.operators), len(model.buffers)
+    for s in manifest.segments:
+        if any(not 0 <= u < n_ops for u in s.users):
+            raise ManifestError(f"segment {s.id} lists user operators {s.users}, but the graph has {n_ops}")
+        if any(not 0 <= e.buffer < n_buffers for e in s.entries):
+            raise ManifestError(f"segment {s.id} names a buffer outside the graph's {n_buffers} buffers")
 
 
 def activation_blocks(model: Model) -> list[Block]:
