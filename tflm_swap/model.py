@@ -16,7 +16,7 @@ from pathlib import Path
 import flatbuffers
 import numpy as np
 
-from .errors import MalformedModelError, UnsupportedModelError
+from .errors import MalformedModelError, TflmSwapError, UnsupportedModelError
 from .schema import BUILTIN_NAMES, FILE_IDENTIFIER, TENSOR_TYPE_NAMES, tfl
 
 DATA_ALIGNMENT = 16  # TFLite's `force_align: 16` on Buffer.data
@@ -34,6 +34,22 @@ _TYPE_BITS: dict[int, int | None] = {
 for _name in ("BFLOAT16",):
     if hasattr(tfl.TensorType, _name):
         _TYPE_BITS[getattr(tfl.TensorType, _name)] = 16
+
+_NUMPY_TYPES = {
+    tfl.TensorType.FLOAT32: np.float32, tfl.TensorType.FLOAT16: np.float16, tfl.TensorType.FLOAT64: np.float64,
+    tfl.TensorType.INT8: np.int8, tfl.TensorType.UINT8: np.uint8, tfl.TensorType.INT16: np.int16,
+    tfl.TensorType.UINT16: np.uint16, tfl.TensorType.INT32: np.int32, tfl.TensorType.UINT32: np.uint32,
+    tfl.TensorType.INT64: np.int64, tfl.TensorType.UINT64: np.uint64, tfl.TensorType.BOOL: np.bool_,
+    tfl.TensorType.COMPLEX64: np.complex64, tfl.TensorType.COMPLEX128: np.complex128,
+}
+
+
+def numpy_dtype(tensor_type: int) -> type:
+    """The numpy type LiteRT uses for a TFLite tensor type."""
+    if tensor_type not in _NUMPY_TYPES:
+        raise UnsupportedModelError(f"tensor type {TENSOR_TYPE_NAMES.get(tensor_type, tensor_type)} has no numpy type")
+    return _NUMPY_TYPES[tensor_type]
+
 
 # Operators that call other subgraphs: their data flow is not visible in one operator list.
 CONTROL_FLOW_OPS = frozenset({"IF", "WHILE", "CALL_ONCE", "CALL", "STABLEHLO_WHILE", "STABLEHLO_CASE"})
@@ -54,16 +70,30 @@ class Model:
     (`Buffer.offset/size`). Only the first subgraph is the model's graph; see `check_single_graph`.
     """
 
-    def __init__(self, fb: tfl.ModelT, buffers: list[bytes], raw: bytes, source: str):
+    def __init__(
+        self,
+        fb: tfl.ModelT,
+        buffers: list[bytes],
+        raw: bytes,
+        source: str,
+        deferred: dict[int, ExternalBuffer] | None = None,
+    ):
         self.fb = fb
         self.buffers = buffers
         self.raw = raw
         self.source = source
+        self.deferred = deferred or {}  # external buffers not read (graph-only parse)
 
     # ----------------------------------------------------------------------------------- reading
     @classmethod
-    def from_bytes(cls, data: bytes | bytearray | memoryview, source: str = "<bytes>") -> Model:
-        """Parse and validate `.tflite` bytes. Raises MalformedModelError on corrupt input."""
+    def from_bytes(
+        cls, data: bytes | bytearray | memoryview, source: str = "<bytes>", read_external: bool = True
+    ) -> Model:
+        """Parse and validate `.tflite` bytes. Raises MalformedModelError on corrupt input.
+
+        With `read_external=False` only the flatbuffer is needed: buffers stored after it
+        (`Buffer.offset`) are not read; they are listed in `deferred` and their `buffers` entry is empty.
+        """
         raw = bytes(data)
         _check_header(raw, source)
         try:
@@ -72,8 +102,9 @@ class Model:
             raise MalformedModelError(
                 f"{source}: not a readable TFLite flatbuffer (truncated or corrupt): {exc!r}"
             ) from exc
-        buffers = _resolve_buffers(fb, raw, source)
-        model = cls(fb, buffers, raw, source)
+        deferred = {} if read_external else _external_buffers(fb)
+        buffers = _resolve_buffers(fb, raw, source, skip=deferred)
+        model = cls(fb, buffers, raw, source, deferred)
         model._validate()
         return model
 
@@ -205,9 +236,14 @@ class Model:
     def constant_buffer(self, tensor_index: int) -> int | None:
         """Index of the buffer holding the tensor's constant data, or None for activations."""
         tensor = self.tensors[tensor_index]
-        if tensor.isVariable:
+        if tensor.isVariable or tensor.buffer <= 0:
             return None
-        return tensor.buffer if tensor.buffer > 0 and self.buffers[tensor.buffer] else None
+        return tensor.buffer if self.buffers[tensor.buffer] or tensor.buffer in self.deferred else None
+
+    def buffer_size(self, buffer_index: int) -> int:
+        """Bytes of a buffer's data, read or deferred."""
+        ext = self.deferred.get(buffer_index)
+        return ext.size if ext else len(self.buffers[buffer_index])
 
     def metadata(self, name: str) -> bytes | None:
         """Bytes of the named metadata entry, or None."""
@@ -229,6 +265,9 @@ class Model:
         named metadata entries. The model object itself is left unchanged.
         """
         external = external or {}
+        unread = sorted(set(self.deferred) - set(external))
+        if unread:
+            raise TflmSwapError(f"{self.source}: buffers {unread[:5]} were not read; cannot write them inline")
         fb = copy.copy(self.fb)
         fb.buffers = [
             _AlignedBufferT(None, ext.offset, ext.size) if (ext := external.get(i))
@@ -291,11 +330,21 @@ def _check_header(raw: bytes, source: str) -> None:
         raise MalformedModelError(f"{source}: root table offset {root} lies outside the {len(raw)}-byte file")
 
 
-def _resolve_buffers(fb: tfl.ModelT, raw: bytes, source: str) -> list[bytes]:
+def _external_buffers(fb: tfl.ModelT) -> dict[int, ExternalBuffer]:
+    return {
+        i: ExternalBuffer(buf.offset, buf.size)
+        for i, buf in enumerate(fb.buffers or [])
+        if buf.offset > _NO_EXTERNAL_OFFSET
+    }
+
+
+def _resolve_buffers(fb: tfl.ModelT, raw: bytes, source: str, skip: dict | None = None) -> list[bytes]:
     """Bytes of every buffer, read inline or from `Buffer.offset/size` after the flatbuffer."""
     resolved = []
     for i, buf in enumerate(fb.buffers or []):
-        if buf.offset > _NO_EXTERNAL_OFFSET:
+        if skip and i in skip:
+            resolved.append(b"")
+        elif buf.offset > _NO_EXTERNAL_OFFSET:
             end = buf.offset + buf.size
             if end > len(raw):
                 raise MalformedModelError(

@@ -327,3 +327,67 @@ def _constant_buffers(model: Model) -> set[int]:
     return {b for t in range(len(model.tensors)) if (b := model.constant_buffer(t)) is not None}
 
 
+
+
+# --------------------------------------------------------------------------------------- stages
+@dataclass(frozen=True)
+class Stage:
+    """Operators first..last run as one sub-model; `segments` are the weights it needs."""
+
+    first: int
+    last: int
+    segments: tuple[int, ...]
+    weight_bytes: int
+
+
+def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[Stage]:
+    """Cut the operator list into stages whose weights fit `budget` (bytes of weights held at once).
+
+    One stage holds everything when the budget allows (it stays resident). Otherwise a running stage
+    and the `prefetch` stages prepared behind it must fit together, so each stage may hold at most
+    budget / (prefetch + 1). Among the fewest stages meeting that cap, the cuts are placed to make
+    the largest stage as small as possible (binary search on the cap; greedy cutting is optimal for
+    a given cap), which minimises peak weight memory for that stage count.
+    """
+    if prefetch < 0:
+        raise ValueError("prefetch depth must be >= 0")
+    if budget is None or budget >= plan.external_bytes:
+        return _cut(plan, cap=None)
+    smallest = max((_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)), default=0)
+    cap = budget // (prefetch + 1)
+    if cap < smallest:
+        raise BudgetError(
+            f"RAM budget {budget} bytes is too small: one operator needs {smallest} bytes of weights, and "
+            f"with prefetch {prefetch} the runtime holds {prefetch + 1} stages at once, so the minimum "
+            f"budget is {smallest * (prefetch + 1)} bytes (prefetch 0: {smallest}). For smaller budgets, "
+            "stream that operator's weights in tiles (the tflm_swap delegate)."
+        )
+    count = len(_cut(plan, cap))
+    lo, hi = smallest, cap
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if len(_cut(plan, mid)) <= count else (mid + 1, hi)
+    return _cut(plan, lo)
+
+
+def _weights_of(plan: Plan, ops: range) -> int:
+    return sum(g.size for g in plan.weight_groups if any(u in ops for u in g.users))
+
+
+def _cut(plan: Plan, cap: int | None) -> list[Stage]:
+    """Greedy: extend the current stage while its weights stay within `cap` (None: no cap)."""
+    stages: list[Stage] = []
+    first = 0
+    for op in range(plan.n_ops):
+        if cap is not None and op > first and _weights_of(plan, range(first, op + 1)) > cap:
+            stages.append(_stage(plan, first, op - 1))
+            first = op
+    if plan.n_ops:
+        stages.append(_stage(plan, first, plan.n_ops - 1))
+    return stages
+
+
+def _stage(plan: Plan, first: int, last: int) -> Stage:
+    ops = range(first, last + 1)
+    groups = [g for g in plan.weight_groups if any(u in ops for u in g.users)]
+    return Stage(first, last, tuple(g.id for g in groups), sum(g.size for g in groups))

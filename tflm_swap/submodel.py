@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 
 from .errors import TflmSwapError
-from .model import Model
+from .model import ExternalBuffer, Model
 from .schema import tfl
+
+TEMPLATE_ALIGNMENT = 64  # where a template's weight blob starts (XNNPACK-friendly)
 
 
 def stage_io(model: Model, first: int, last: int) -> tuple[list[int], list[int]]:
@@ -35,6 +37,37 @@ def stage_io(model: Model, first: int, last: int) -> tuple[list[int], list[int]]
 
 def extract(model: Model, first: int, last: int) -> bytes:
     """Standalone `.tflite` bytes running operators first..last of `model` (inclusive)."""
+    sub, _ = _submodel(model, first, last)
+    return bytes(sub.pack())
+
+
+def extract_template(
+    model: Model, first: int, last: int, placement: dict[int, int]
+) -> tuple[bytes, int]:
+    """A sub-model whose weights are appended by the caller instead of stored inline.
+
+    `placement` maps parent buffer indices to offsets inside a weights blob. Returns the flatbuffer
+    and `base`: the caller builds `flatbuffer + zeros up to base + blob`, and the sub-model's
+    `Buffer.offset`s point into the blob. Buffers not in `placement` are inlined.
+    """
+    sub, new_buffer = _submodel(model, first, last, deferred=placement)
+    def layout(base: int) -> dict[int, ExternalBuffer]:
+        return {new_buffer[b]: ExternalBuffer(base + rel, model.buffer_size(b))
+                for b, rel in placement.items() if b in new_buffer}
+
+    # Buffer.offset is a fixed-width field: the size with a placeholder base is the final size.
+    base = -(-len(sub.pack(layout(1 << 32))) // TEMPLATE_ALIGNMENT) * TEMPLATE_ALIGNMENT
+    graph = bytes(sub.pack(layout(base)))
+    if len(graph) > base:  # pragma: no cover - would be a flatbuffers bug
+        raise TflmSwapError("sub-model template grew after placing its weights")
+    return graph, base
+
+
+def _submodel(
+    model: Model, first: int, last: int, deferred: dict[int, int] | None = None
+) -> tuple[Model, dict[int, int]]:
+    """The sub-model for operators first..last and the map parent buffer -> sub-model buffer."""
+    deferred = deferred or {}
     inputs, outputs = stage_io(model, first, last)
     ops = [model.operators[i] for i in range(first, last + 1)]
     used = _ordered_unique(
@@ -47,10 +80,10 @@ def extract(model: Model, first: int, last: int) -> bytes:
     tensors = []
     for t in used:
         tensor = copy.copy(model.tensors[t])
-        if tensor.buffer > 0 and model.buffers[tensor.buffer]:
+        if model.constant_buffer(t) is not None:
             if tensor.buffer not in buffer_index:
                 buffer_index[tensor.buffer] = len(buffers)
-                buffers.append(model.buffers[tensor.buffer])
+                buffers.append(b"" if tensor.buffer in deferred else model.buffers[tensor.buffer])
             tensor.buffer = buffer_index[tensor.buffer]
         else:
             tensor.buffer = 0
@@ -76,7 +109,9 @@ def extract(model: Model, first: int, last: int) -> bytes:
     fb.subgraphs = [subgraph]
     fb.description = f"tflm_swap sub-model: operators {first}..{last}"
     fb.buffers = [tfl.BufferT() for _ in buffers]
-    return bytes(Model(fb, buffers, b"", f"{model.source}[{first}:{last}]").pack())
+    placed = {buffer_index[b]: ExternalBuffer(0, 0) for b in deferred if b in buffer_index}
+    sub = Model(fb, buffers, b"", f"{model.source}[{first}:{last}]", deferred=placed)
+    return sub, buffer_index
 
 
 def _check_range(model: Model, first: int, last: int) -> None:

@@ -1,5 +1,6 @@
 """Runtimes: the interpreters tflm_swap drives (LiteRT, TFLite Micro)."""
 
 from .backends import litert_interpreter, resolve_backend, tflm_arena, tflm_interpreter
+from .swap import SwapInterpreter
 
-__all__ = ["litert_interpreter", "resolve_backend", "tflm_arena", "tflm_interpreter"]
+__all__ = ["SwapInterpreter", "litert_interpreter", "resolve_backend", "tflm_arena", "tflm_interpreter"]

@@ -1,0 +1,362 @@
+"""SwapInterpreter: run a segmented model on LiteRT while holding only a budget of its weights.
+
+The graph is cut into stages (planner.partition_stages). Each stage is a standalone sub-model whose
+flatbuffer template is built once; loading a stage means positioned reads of its segments, straight
+into the bytes object the interpreter will use, a CRC32 check of each segment, and building the
+stage's interpreter. A background thread prepares the next `prefetch` stages while the current one
+runs (reads and CRCs release the GIL; LiteRT's invoke does not); a finished stage is released.
+When the whole model fits the budget it is one stage, loaded once and kept.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MalformedModelError, ManifestError, SegmentIntegrityError, TflmSwapError
+from ..manifest import Manifest, read_manifest
+from ..model import Model, numpy_dtype
+from ..planner import Stage, partition_stages, plan_model
+from ..segment import check_segment
+from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
+from .backends import litert_interpreter
+
+_FIRST_READ = 64 * 1024
+
+
+@dataclass
+class _Template:
+    stage: Stage
+    graph: bytes
+    base: int
+    placement: dict[int, int]  # segment id -> offset in the weights blob
+    blob_size: int
+    inputs: list[int]  # parent tensor indices, in the sub-model's input order
+    outputs: list[int]
+
+
+@dataclass
+class _Loaded:
+    interpreter: object
+    data: bytes  # keeps the model bytes (and so the weights) alive while the interpreter runs
+    input_index: list[int]
+    output_index: list[int]
+    weight_bytes: int  # of `data`, the part that is the weights blob
+
+
+@dataclass
+class _StageStats:
+    loads: int = 0
+    load_s: float = 0.0
+    compute_s: float = 0.0
+
+
+@dataclass
+class _Counters:
+    flash_bytes_read: int = 0
+    resident_bytes: int = 0
+    peak_weight_bytes: int = 0
+    invokes: int = 0
+    stages: list[_StageStats] = field(default_factory=list)
+
+
+class SwapInterpreter:
+    """Drop-in for LiteRT's `Interpreter` on a segmented model, within a RAM budget for weights.
+
+    Args:
+        model_path: a segmented `.tflite` (see `tflm_swap.convert`).
+        ram_budget: bytes of weights that may be held at once; None holds the whole model.
+        prefetch: stages prepared ahead of the running one (0: load, then run, one at a time).
+        backend: 'auto', 'ai_edge_litert', 'tflite_runtime' or 'tensorflow'.
+        num_threads: passed to each stage's interpreter.
+        delegates: LiteRT delegates (e.g. from `load_delegate`) applied to every stage.
+        reference_kernels: use TFLite's reference kernels (bit-exact with TFLite Micro for int8).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        ram_budget: int | None = None,
+        prefetch: int = 1,
+        backend: str = "auto",
+        num_threads: int | None = None,
+        delegates: list | None = None,
+        reference_kernels: bool = False,
+    ):
+        self._path = Path(model_path)
+        self._options = {"backend": backend, "num_threads": num_threads, "delegates": delegates,
+                         "reference_kernels": reference_kernels}
+        self.ram_budget, self.prefetch = ram_budget, prefetch
+        self._fd = os.open(self._path, os.O_RDONLY)
+        try:
+            graph, self.manifest = _read_graph(self._fd, self._path)
+            _check_weights_region(self.manifest, os.fstat(self._fd).st_size, self._path)
+            self._model = Model.from_bytes(graph, source=str(self._path), read_external=False)
+            self.plan = plan_model(self._model, prefetch_depths=())
+            self.stages = partition_stages(self.plan, ram_budget, prefetch)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.resident = len(self.stages) == 1
+        self._templates: list[_Template] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._counters = _Counters(stages=[_StageStats() for _ in self.stages])
+        self._inputs: dict[int, np.ndarray] = {}
+        self._values: dict[int, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------ Interpreter surface
+    def allocate_tensors(self) -> None:
+        """Build the stage templates and start preparing the first stages."""
+        if self._templates:
+            return
+        self._templates = [self._template(s) for s in self.stages]
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tflm_swap-prefetch")
+        self._schedule(0)
+
+    def get_input_details(self) -> list[dict]:
+        return [self._details(t) for t in self._model.inputs]
+
+    def get_output_details(self) -> list[dict]:
+        return [self._details(t) for t in self._model.outputs]
+
+    def get_tensor_details(self) -> list[dict]:
+        return [self._details(t) for t in self._model.inputs + self._model.outputs]
+
+    def set_tensor(self, tensor_index: int, value: np.ndarray) -> None:
+        if tensor_index not in self._model.inputs:
+            raise ValueError(f"tensor {tensor_index} is not an input of {self._path.name}")
+        want = self._details(tensor_index)
+        value = np.asarray(value)
+        if value.dtype != want["dtype"]:
+            raise ValueError(f"input {tensor_index} expects {np.dtype(want['dtype']).name}, got {value.dtype}")
+        if tuple(value.shape) != tuple(want["shape"]):
+            raise ValueError(f"input {tensor_index} expects shape {tuple(want['shape'])}, got {value.shape}")
+        self._inputs[tensor_index] = value.copy()
+
+    def invoke(self) -> None:
+        """Run every stage in order; outputs appear only when all stages succeeded."""
+        if not self._templates:
+            raise TflmSwapError("call allocate_tensors() before invoke()")
+        missing = [t for t in self._model.inputs if t not in self._inputs]
+        if missing:
+            raise ValueError(f"inputs {missing} were not set")
+        values = dict(self._inputs)
+        for i, template in enumerate(self._templates):
+            self._schedule(i)
+            loaded = self._take(i)
+            started = time.perf_counter()
+            for index, t in zip(loaded.input_index, template.inputs):
+                loaded.interpreter.set_tensor(index, values[t])
+            loaded.interpreter.invoke()
+            for index, t in zip(loaded.output_index, template.outputs):
+                values[t] = loaded.interpreter.get_tensor(index).copy()
+            self._counters.stages[i].compute_s += time.perf_counter() - started
+            if not self.resident:
+                self._release(loaded)
+        self._values = values
+        self._counters.invokes += 1
+
+    def get_tensor(self, tensor_index: int) -> np.ndarray:
+        if tensor_index in self._values:
+            return self._values[tensor_index].copy()
+        raise ValueError(
+            f"tensor {tensor_index} is not available: only inputs, outputs and tensors crossing stage "
+            "boundaries are kept (run invoke() first)"
+        )
+
+    def get_signature_list(self) -> dict:
+        return {}
+
+    def stats(self) -> dict:
+        """Bytes read from flash, peak weight bytes held, per-stage load and compute times."""
+        c = self._counters
+        return {
+            "flash_bytes_read": c.flash_bytes_read,
+            "peak_weight_bytes": c.peak_weight_bytes,
+            "ram_budget": self.ram_budget,
+            "prefetch": self.prefetch,
+            "resident": self.resident,
+            "invokes": c.invokes,
+            "stages": [
+                {"ops": [s.first, s.last], "segments": list(s.segments), "weight_bytes": s.weight_bytes,
+                 "loads": st.loads, "load_s": st.load_s, "compute_s": st.compute_s}
+                for s, st in zip(self.stages, c.stages)
+            ],
+        }
+
+    def close(self) -> None:
+        """Stop the prefetch thread, drop loaded stages and close the model file."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._pending.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> SwapInterpreter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to release
+            pass
+
+    # --------------------------------------------------------------------------------- stages
+    def _template(self, stage: Stage) -> _Template:
+        placement, buffer_offsets, end = {}, {}, 0
+        for sid in stage.segments:
+            seg = self.manifest.segments[sid]
+            placement[sid] = end = -(-end // TEMPLATE_ALIGNMENT) * TEMPLATE_ALIGNMENT
+            for e in seg.entries:
+                buffer_offsets[e.buffer] = end + e.offset
+            end += seg.size
+        graph, base = extract_template(self._model, stage.first, stage.last, buffer_offsets)
+        inputs, outputs = stage_io(self._model, stage.first, stage.last)
+        return _Template(stage, graph, base, placement, end, inputs, outputs)
+
+    def _schedule(self, position: int) -> None:
+        """Make sure the stage at `position` and the `prefetch` stages after it are being prepared."""
+        n = len(self._templates)
+        for step in range(min(self.prefetch, n - 1) + 1):
+            i = (position + step) % n
+            if i not in self._pending:
+                self._pending[i] = self._executor.submit(self._load, i)
+
+    def _take(self, i: int) -> _Loaded:
+        future = self._pending[i]
+        if not self.resident:
+            del self._pending[i]
+        try:
+            return future.result()  # re-raises a failed read or CRC check, before any output
+        except BaseException:
+            self._pending.pop(i, None)  # the next invoke reads the stage again
+            raise
+
+    def _load(self, i: int) -> _Loaded:
+        started = time.perf_counter()
+        t = self._templates[i]
+        data, view = _writable_bytes(t.base + t.blob_size)
+        view[: len(t.graph)] = t.graph
+        blob = view[t.base :]
+        for sid, offset in t.placement.items():
+            seg = self.manifest.segments[sid]
+            part = blob[offset : offset + seg.size]
+            got = os.preadv(self._fd, [part], self.manifest.image_offset + seg.offset)
+            if got != seg.size:
+                raise SegmentIntegrityError(
+                    f"{self._path}: segment {seg.id} at file offset {self.manifest.image_offset + seg.offset}: "
+                    f"read {got} of {seg.size} bytes (file truncated?)"
+                )
+            check_segment(seg, part)
+        del blob, view
+        interpreter = litert_interpreter(data, **self._options)
+        interpreter.allocate_tensors()
+        loaded = _Loaded(interpreter, data, _indices(interpreter.get_input_details()),
+                         _indices(interpreter.get_output_details()), t.blob_size)
+        with self._lock:
+            c = self._counters
+            c.flash_bytes_read += t.stage.weight_bytes
+            c.resident_bytes += t.blob_size
+            c.peak_weight_bytes = max(c.peak_weight_bytes, c.resident_bytes)
+            c.stages[i].loads += 1
+            c.stages[i].load_s += time.perf_counter() - started
+        return loaded
+
+    def _release(self, loaded: _Loaded) -> None:
+        with self._lock:
+            self._counters.resident_bytes -= loaded.weight_bytes
+        loaded.interpreter = None
+        loaded.data = b""
+
+    # -------------------------------------------------------------------------------- details
+    def _details(self, t: int) -> dict:
+        tensor = self._model.tensors[t]
+        q = tensor.quantization
+        scales = np.asarray(q.scale if q is not None and q.scale is not None else [], dtype=np.float32)
+        zeros = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [], dtype=np.int32)
+        shape = np.asarray(tensor.shape if tensor.shape is not None else [], dtype=np.int32)
+        signature = tensor.shapeSignature if tensor.shapeSignature is not None else shape
+        return {
+            "name": self._model.tensor_name(t),
+            "index": t,
+            "shape": shape,
+            "shape_signature": np.asarray(signature, dtype=np.int32),
+            "dtype": numpy_dtype(tensor.type),
+            "quantization": (float(scales[0]), int(zeros[0])) if len(scales) == 1 else (0.0, 0),
+            "quantization_parameters": {
+                "scales": scales, "zero_points": zeros,
+                "quantized_dimension": int(q.quantizedDimension) if q is not None else 0,
+            },
+            "sparsity_parameters": {},
+        }
+
+
+def _indices(details: list[dict]) -> list[int]:
+    return [d["index"] for d in details]
+
+
+# ------------------------------------------------------------------------------------ file access
+def _read_graph(fd: int, path: Path) -> tuple[bytes, Manifest]:
+    """Read just the flatbuffer part with positioned reads, growing the read until the manifest parses."""
+    size = os.fstat(fd).st_size
+    n = min(size, _FIRST_READ)
+    while True:
+        prefix = os.pread(fd, n, 0)
+        try:
+            manifest = read_manifest(prefix)
+            break
+        except (MalformedModelError, ManifestError) as exc:
+            if n >= size:
+                raise type(exc)(f"{path}: {exc}") from exc
+            n = min(size, n * 4)
+    if manifest.graph_size > size:
+        raise SegmentIntegrityError(f"{path}: graph is {manifest.graph_size} bytes but the file has {size}")
+    graph = prefix[: manifest.graph_size] if len(prefix) >= manifest.graph_size else os.pread(
+        fd, manifest.graph_size, 0)
+    return graph, manifest
+
+
+def _check_weights_region(manifest: Manifest, size: int, path: Path) -> None:
+    for seg in manifest.segments:
+        start = manifest.image_offset + seg.offset
+        if start + seg.size > size:
+            raise SegmentIntegrityError(
+                f"{path}: weights region is truncated: segment {seg.id} needs file bytes "
+                f"{start}..{start + seg.size}, the file has {size}"
+            )
+
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype = ctypes.py_object
+_new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+_bytes_address = ctypes.pythonapi.PyBytes_AsString
+_bytes_address.restype = ctypes.c_void_p
+_bytes_address.argtypes = [ctypes.py_object]
+
+
+def _writable_bytes(n: int) -> tuple[bytes, memoryview]:
+    """A new, zeroed `bytes` object and a writable view of it, to be filled before it is shared.
+
+    LiteRT takes model content only as `bytes`; building it this way (the C API's
+    PyBytes_FromStringAndSize(NULL, n) pattern) lets segments be read straight into place instead
+    of into a buffer that is then copied, so a stage's weights exist once in memory.
+    """
+    data = _new_bytes(None, n)
+    address = _bytes_address(data)
+    ctypes.memset(address, 0, n)
+    view = memoryview((ctypes.c_char * n).from_address(address)).cast("B")
+    return data, view
