@@ -7,6 +7,7 @@ LiteRT is tried as `ai_edge_litert`, then `tflite_runtime` (whose 2.14 wheels ne
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import tempfile
@@ -28,6 +29,8 @@ def _interpreter_module(backend: str) -> ModuleType:
     if backend == "ai_edge_litert":
         return importlib.import_module("ai_edge_litert.interpreter")
     if backend == "tflite_runtime":
+        if importlib.util.find_spec("tflite_runtime") is None:
+            raise BackendUnavailableError("tflite-runtime is not installed (pip install tflite-runtime 'numpy<2')")
         if int(np.__version__.split(".")[0]) >= 2:
             import importlib.metadata as md
 

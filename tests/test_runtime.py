@@ -1,0 +1,194 @@
+"""SwapInterpreter against the stock LiteRT interpreter on the original model: bit-identical."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tflm_swap import BudgetError, ManifestError, Model, SegmentIntegrityError, plan_model, read_manifest
+from tflm_swap.planner import partition_stages
+from tflm_swap.runtime import SwapInterpreter
+from tflm_swap.runtime.backends import BackendUnavailableError, litert_interpreter, random_inputs, resolve_backend
+from tflm_swap.segment import segment_model
+
+
+@pytest.fixture(scope="module")
+def segmented_files(mlperf_models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("segmented")
+    files = {}
+    for path in mlperf_models:
+        model = Model.load(path)
+        out = folder / path.name
+        out.write_bytes(segment_model(model))
+        files[path.name] = (model, out)
+    return files
+
+
+def _smallest_stage(model: Model) -> int:
+    return max(op.weight_bytes for op in plan_model(model).ops)
+
+
+def _compare(model: Model, swap: SwapInterpreter, n: int = 20, seed: int = 0, reference: bool = False):
+    stock = litert_interpreter(model.raw, reference_kernels=reference)
+    stock.allocate_tensors()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        xs = random_inputs(stock.get_input_details(), rng)
+        for d, x in zip(stock.get_input_details(), xs):
+            stock.set_tensor(d["index"], x)
+        for d, x in zip(swap.get_input_details(), xs):
+            swap.set_tensor(d["index"], x)
+        stock.invoke()
+        swap.invoke()
+        for a, b in zip(stock.get_output_details(), swap.get_output_details()):
+            want, got = stock.get_tensor(a["index"]), swap.get_tensor(b["index"])
+            assert want.dtype == got.dtype and want.shape == got.shape
+            assert want.tobytes() == got.tobytes(), f"{model.source}: invoke {i} differs"
+
+
+def _budgets(model: Model):
+    smallest = _smallest_stage(model)
+    total = plan_model(model).external_bytes
+    return [(None, 1), (total // 2 + smallest, 1), (2 * smallest, 1), (smallest, 0)]
+
+
+def test_bit_identical_on_every_model_and_budget(segmented_files):
+    for model, path in segmented_files.values():
+        for budget, prefetch in _budgets(model):
+            with SwapInterpreter(path, ram_budget=budget, prefetch=prefetch) as swap:
+                swap.allocate_tensors()
+                _compare(model, swap)
+                stats = swap.stats()
+                if budget is not None:
+                    assert stats["peak_weight_bytes"] <= budget, (path.name, budget, stats)
+                assert stats["resident"] == (len(stats["stages"]) == 1)
+
+
+def test_int8_with_reference_kernels(segmented_files):
+    model, path = segmented_files["vww_96_int8.tflite"]
+    with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model), reference_kernels=True) as swap:
+        swap.allocate_tensors()
+        _compare(model, swap, n=5, reference=True)
+
+
+def test_threaded_prefetch_never_changes_results(segmented_files):
+    model, path = segmented_files["kws_ref_model.tflite"]
+    with SwapInterpreter(path, ram_budget=3 * _smallest_stage(model), prefetch=2) as swap:
+        swap.allocate_tensors()
+        assert len(swap.stages) > 2
+        _compare(model, swap, n=150, seed=7)
+        stats = swap.stats()
+    assert stats["invokes"] == 150
+    assert all(s["loads"] >= 150 for s in stats["stages"])
+
+
+def test_partition_respects_budget_and_covers_every_operator(segmented_files):
+    for model, _ in segmented_files.values():
+        plan = plan_model(model)
+        smallest = _smallest_stage(model)
+        for prefetch in (0, 1, 2):
+            budget = (prefetch + 1) * smallest + 1000
+            stages = partition_stages(plan, budget, prefetch)
+            assert [s.first for s in stages] == [0] + [s.last + 1 for s in stages[:-1]]
+            assert stages[-1].last == plan.n_ops - 1
+            if len(stages) == 1:  # resident: nothing is prepared behind it
+                assert stages[0].weight_bytes <= budget
+            else:
+                assert all(s.weight_bytes <= budget // (prefetch + 1) for s in stages)
+            assert sum(s.weight_bytes for s in stages) >= plan.external_bytes
+        assert len(partition_stages(plan, None)) == 1
+        with pytest.raises(BudgetError, match=str(2 * smallest)):
+            partition_stages(plan, 2 * smallest - 1, prefetch=1)
+
+
+def test_resident_model_reads_flash_once(segmented_files):
+    model, path = segmented_files["pretrainedResnet_quant.tflite"]
+    with SwapInterpreter(path) as swap:
+        swap.allocate_tensors()
+        _compare(model, swap, n=5)
+        assert swap.stats()["flash_bytes_read"] == read_manifest(path.read_bytes()).external_bytes
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_streaming_reads_each_stage_per_invoke(segmented_files, prefetch):
+    model, path = segmented_files["pretrainedResnet_quant.tflite"]
+    with SwapInterpreter(path, ram_budget=(prefetch + 1) * _smallest_stage(model), prefetch=prefetch) as swap:
+        swap.allocate_tensors()
+        _compare(model, swap, n=4)
+        stats = swap.stats()
+    per_invoke = sum(s["weight_bytes"] for s in stats["stages"])
+    # with prefetch, stage 0 is prepared again for the next invoke while the last stage runs (that
+    # read may still be in flight when stats() is taken)
+    ahead = stats["stages"][0]["weight_bytes"] if prefetch else 0
+    assert 4 * per_invoke <= stats["flash_bytes_read"] <= 4 * per_invoke + ahead
+    assert len(stats["stages"]) > 1
+
+
+def test_corrupt_segment_fails_before_any_output(segmented_files, tmp_path):
+    model, path = segmented_files["vww_96_int8.tflite"]
+    data = bytearray(path.read_bytes())
+    manifest = read_manifest(data)
+    last = manifest.segments[-1]
+    data[manifest.image_offset + last.offset + last.size // 2] ^= 0x40
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(bytes(data))
+    for budget in (None, 2 * _smallest_stage(model)):
+        with SwapInterpreter(bad, ram_budget=budget) as swap:
+            swap.allocate_tensors()
+            for d, x in zip(swap.get_input_details(), random_inputs(swap.get_input_details(),
+                                                                   np.random.default_rng(0))):
+                swap.set_tensor(d["index"], x)
+            with pytest.raises(SegmentIntegrityError, match=f"segment {last.id} .*CRC32"):
+                swap.invoke()
+            with pytest.raises(ValueError, match="not available"):
+                swap.get_tensor(swap.get_output_details()[0]["index"])
+
+
+def test_truncated_or_foreign_files_give_clear_errors(segmented_files, tmp_path, mlperf_models):
+    _, path = segmented_files["kws_ref_model.tflite"]
+    data = path.read_bytes()
+    manifest = read_manifest(data)
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(data[: manifest.image_offset + manifest.segments[-1].offset + 10])
+    last = manifest.segments[-1]
+    with pytest.raises(SegmentIntegrityError, match=f"segment {last.id} needs file bytes"):
+        SwapInterpreter(cut)
+    with pytest.raises(ManifestError, match="no 'tflm_swap' manifest"):
+        SwapInterpreter(next(p for p in mlperf_models if p.name == "kws_ref_model.tflite"))
+    model, path = segmented_files["ad01_int8.tflite"]
+    with pytest.raises(BudgetError, match="tiles"):
+        SwapInterpreter(path, ram_budget=1000)
+
+
+def test_interpreter_surface_matches_litert(segmented_files):
+    model, path = segmented_files["vww_96_int8.tflite"]
+    stock = litert_interpreter(model.raw)
+    stock.allocate_tensors()
+    with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model)) as swap:
+        swap.allocate_tensors()
+        for ours, theirs in ((swap.get_input_details(), stock.get_input_details()),
+                             (swap.get_output_details(), stock.get_output_details())):
+            for a, b in zip(ours, theirs):
+                assert a["name"] == b["name"] and a["dtype"] == b["dtype"]
+                assert list(a["shape"]) == list(b["shape"]) and a["quantization"] == b["quantization"]
+                assert np.array_equal(a["quantization_parameters"]["scales"],
+                                      b["quantization_parameters"]["scales"])
+        index = swap.get_input_details()[0]["index"]
+        with pytest.raises(ValueError, match="expects int8"):
+            swap.set_tensor(index, np.zeros((1, 96, 96, 3), np.float32))
+        with pytest.raises(ValueError, match="expects shape"):
+            swap.set_tensor(index, np.zeros((1, 96, 96), np.int8))
+        with pytest.raises(ValueError, match="were not set"):
+            swap.invoke()
+
+
+def test_tflite_runtime_backend_gives_a_clear_reason_when_unusable():
+    try:
+        name, _ = resolve_backend("tflite_runtime")
+    except BackendUnavailableError as exc:
+        assert "tflite_runtime" in str(exc)
+        assert "numpy" in str(exc) or "No module" in str(exc)
+    else:
+        assert name == "tflite_runtime"
+    with pytest.raises(BackendUnavailableError, match="unknown backend"):
+        resolve_backend("nope")
