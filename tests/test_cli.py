@@ -74,3 +74,17 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0
     for command in ("convert", "inspect", "plan", "manifest", "verify", "split", "join", "demo"):
         assert command in out.stdout
+
+
+def test_run_and_stages_commands(kws, tmp_path, capsys):
+    seg = tmp_path / "kws.swap.tflite"
+    assert main(["convert", str(kws), "-o", str(seg)]) == 0
+    assert main(["run", str(seg), "--ram-budget", "9KiB", "--invokes", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "bit-identical to stock LiteRT on 5 random inputs: True" in out and "stage 1:" in out
+    assert main(["run", str(seg), "--ram-budget", "1KiB"]) == 2
+    assert "minimum budget" in capsys.readouterr().err
+    assert main(["stages", str(seg), "--ram-budget", "9KiB", "--out", str(tmp_path / "st")]) == 0
+    index = json.loads((tmp_path / "st" / "stages.json").read_text())
+    assert len(index) > 1 and all((tmp_path / "st" / s["file"]).stat().st_size > 0 for s in index)
+    assert index[0]["ops"][0] == 0 and index[-1]["ops"][1] == 12

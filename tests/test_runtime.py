@@ -192,3 +192,26 @@ def test_tflite_runtime_backend_gives_a_clear_reason_when_unusable():
         assert name == "tflite_runtime"
     with pytest.raises(BackendUnavailableError, match="unknown backend"):
         resolve_backend("nope")
+
+
+def test_signature_runner_matches_litert(tmp_path):
+    keras = pytest.importorskip("keras", reason="needs Keras to build a model with a signature")
+    import tflm_swap
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(256, activation="relu"),
+                              keras.layers.Dense(64), keras.layers.Dense(4)])
+    result = tflm_swap.convert(model)
+    path = result.save(tmp_path / "m.swap.tflite")
+    stock = litert_interpreter(result.original)
+    with SwapInterpreter(path, ram_budget=2 * _smallest_stage(Model.from_bytes(result.original))) as swap:
+        assert swap.get_signature_list() == stock.get_signature_list()
+        (key,) = swap.get_signature_list()
+        name = swap.get_signature_list()[key]["inputs"][0]
+        x = np.random.default_rng(0).standard_normal((1, 32)).astype(np.float32)
+        want = stock.get_signature_runner()(**{name: x})
+        got = swap.get_signature_runner()(**{name: x})
+        assert want.keys() == got.keys()
+        assert all(want[k].tobytes() == got[k].tobytes() for k in want)
+        with pytest.raises(ValueError, match="missing"):
+            swap.get_signature_runner()()

@@ -74,6 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("-o", "--output", required=True)
     j.set_defaults(func=_cmd_join)
 
+    r = sub.add_parser("run", help="run a segmented model within a RAM budget; compare with stock LiteRT")
+    r.add_argument("model", help="segmented .tflite")
+    r.add_argument("--ram-budget", help="bytes of weights held at once (default: whole model)")
+    r.add_argument("--prefetch", type=int, default=1, help="stages prepared ahead (default 1)")
+    r.add_argument("--invokes", type=int, default=20)
+    r.add_argument("--backend", default="auto", help="auto, ai_edge_litert, tflite_runtime or tensorflow")
+    r.add_argument("--reference-kernels", action="store_true", help="TFLite reference kernels (as TFLM)")
+    r.set_defaults(func=_cmd_run)
+
+    st = sub.add_parser("stages", help="export the stage sub-models a budget gives (e.g. for edgetpu_compiler)")
+    st.add_argument("model", help="segmented .tflite")
+    st.add_argument("--ram-budget", required=True)
+    st.add_argument("--prefetch", type=int, default=1)
+    st.add_argument("--out", required=True, help="directory for stage_NN.tflite and stages.json")
+    st.set_defaults(func=_cmd_stages)
+
     d = sub.add_parser("demo", help="the end-to-end demo on scikit-learn's digits (no data needed)")
     d.add_argument("--out", default="tflm_swap_demo", help="directory for the artifacts")
     d.add_argument("--epochs", type=int, default=8)
@@ -213,6 +229,70 @@ def _cmd_join(args) -> int:
     data = join(Path(args.graph).read_bytes(), Path(args.image).read_bytes())
     write_atomic(args.output, data, (args.graph, args.image))
     print(f"wrote {args.output} ({len(data)} bytes)")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import statistics
+    import time
+
+    import numpy as np
+
+    from .report import format_bytes, parse_size
+    from .runtime.backends import litert_interpreter, random_inputs, run_litert
+    from .runtime.swap import SwapInterpreter
+
+    budget = parse_size(args.ram_budget) if args.ram_budget else None
+    options = {"backend": args.backend, "reference_kernels": args.reference_kernels}
+    stock = litert_interpreter(model_path=args.model, **options)
+    stock.allocate_tensors()
+    rng = np.random.default_rng(0)
+    times = {"stock": [], "swap": []}
+    identical = True
+    with SwapInterpreter(args.model, ram_budget=budget, prefetch=args.prefetch, **options) as swap:
+        swap.allocate_tensors()
+        for _ in range(args.invokes):
+            xs = random_inputs(stock.get_input_details(), rng)
+            started = time.perf_counter()
+            want = run_litert(stock, xs)
+            times["stock"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            got = run_litert(swap, xs)
+            times["swap"].append(time.perf_counter() - started)
+            identical &= all(a.tobytes() == b.tobytes() for a, b in zip(want, got))
+        stats = swap.stats()
+    stock_ms, swap_ms = (statistics.median(times[k]) * 1e3 for k in ("stock", "swap"))
+    print(f"stages: {len(stats['stages'])} ({'resident' if stats['resident'] else 'streamed'}), prefetch "
+          f"{args.prefetch}; peak weights held {format_bytes(stats['peak_weight_bytes'])}"
+          + (f" of a {format_bytes(budget)} budget" if budget else ""))
+    print(f"flash read: {format_bytes(stats['flash_bytes_read'] / max(args.invokes, 1))} per invoke")
+    print(f"median latency: stock {stock_ms:.3f} ms, swap {swap_ms:.3f} ms ({swap_ms / stock_ms:.2f}x)")
+    for i, s in enumerate(stats["stages"]):
+        print(f"  stage {i}: ops {s['ops'][0]}..{s['ops'][1]}, {format_bytes(s['weight_bytes'])}, "
+              f"{s['loads']} loads, load {s['load_s'] * 1e3:.2f} ms, compute {s['compute_s'] * 1e3:.2f} ms")
+    print(f"outputs bit-identical to stock LiteRT on {args.invokes} random inputs: {identical}")
+    return 0 if identical else 1
+
+
+def _cmd_stages(args) -> int:
+    from .model import Model
+    from .planner import partition_stages, plan_model
+    from .report import parse_size
+    from .submodel import extract, stage_io
+
+    model = Model.load(args.model)
+    stages = partition_stages(plan_model(model), parse_size(args.ram_budget), args.prefetch)
+    out = Path(args.out)
+    index = []
+    for i, stage in enumerate(stages):
+        name = f"stage_{i:02d}.tflite"
+        write_atomic(out / name, extract(model, stage.first, stage.last), (args.model,))
+        inputs, outputs = stage_io(model, stage.first, stage.last)
+        index.append({"file": name, "ops": [stage.first, stage.last], "weight_bytes": stage.weight_bytes,
+                      "inputs": [model.tensor_name(t) for t in inputs],
+                      "outputs": [model.tensor_name(t) for t in outputs]})
+    write_atomic(out / "stages.json", json.dumps(index, indent=2).encode(), (args.model,))
+    print(f"wrote {len(stages)} stage models and stages.json to {out}/")
     return 0
 
 

@@ -173,8 +173,32 @@ class SwapInterpreter:
             "boundaries are kept (run invoke() first)"
         )
 
-    def get_signature_list(self) -> dict:
-        return {}
+    def get_signature_list(self) -> dict[str, dict[str, list[str]]]:
+        """Signatures of the model's main subgraph, as LiteRT lists them."""
+        return {key: {"inputs": list(ins), "outputs": list(outs)}
+                for key, (ins, outs) in self._signatures().items()}
+
+    def get_signature_runner(self, signature_key: str | None = None) -> SwapSignatureRunner:
+        """A callable taking inputs by signature name and returning outputs by name."""
+        signatures = self._signatures()
+        if not signatures:
+            raise ValueError(f"{self._path.name} has no signatures")
+        if signature_key is None:
+            if len(signatures) > 1:
+                raise ValueError(f"several signatures {sorted(signatures)}: pass signature_key")
+            signature_key = next(iter(signatures))
+        if signature_key not in signatures:
+            raise ValueError(f"no signature {signature_key!r}; the model has {sorted(signatures)}")
+        return SwapSignatureRunner(self, *signatures[signature_key])
+
+    def _signatures(self) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+        result = {}
+        for sig in self._model.fb.signatureDefs or []:
+            if sig.subgraphIndex != 0:
+                continue
+            names = lambda maps: {_text(m.name): int(m.tensorIndex) for m in maps or []}  # noqa: E731
+            result[_text(sig.signatureKey)] = (names(sig.inputs), names(sig.outputs))
+        return result
 
     def stats(self) -> dict:
         """Bytes read from flash, peak weight bytes held, per-stage load and compute times."""
@@ -303,6 +327,35 @@ class SwapInterpreter:
             },
             "sparsity_parameters": {},
         }
+
+
+class SwapSignatureRunner:
+    """LiteRT's SignatureRunner surface on a SwapInterpreter: `runner(name=array)` -> {name: array}."""
+
+    def __init__(self, interpreter: SwapInterpreter, inputs: dict[str, int], outputs: dict[str, int]):
+        self._interpreter, self._inputs, self._outputs = interpreter, inputs, outputs
+
+    def get_input_details(self) -> dict[str, dict]:
+        return {name: self._interpreter._details(t) for name, t in self._inputs.items()}
+
+    def get_output_details(self) -> dict[str, dict]:
+        return {name: self._interpreter._details(t) for name, t in self._outputs.items()}
+
+    def __call__(self, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        unknown = sorted(set(kwargs) - set(self._inputs))
+        missing = sorted(set(self._inputs) - set(kwargs))
+        if unknown or missing:
+            raise ValueError(f"signature inputs are {sorted(self._inputs)}; unknown {unknown}, missing {missing}")
+        if not self._interpreter._templates:
+            self._interpreter.allocate_tensors()
+        for name, value in kwargs.items():
+            self._interpreter.set_tensor(self._inputs[name], value)
+        self._interpreter.invoke()
+        return {name: self._interpreter.get_tensor(t) for name, t in self._outputs.items()}
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 def _indices(details: list[dict]) -> list[int]:
