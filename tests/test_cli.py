@@ -79,7 +79,7 @@ def test_python_dash_m_entry_point():
 def test_run_and_stages_commands(kws, tmp_path, capsys):
     seg = tmp_path / "kws.swap.tflite"
     assert main(["convert", str(kws), "-o", str(seg)]) == 0
-    assert main(["run", str(seg), "--ram-budget", "9KiB", "--invokes", "5"]) == 0
+    assert main(["run", str(seg), "--ram-budget", "18KiB", "--invokes", "5"]) == 0
     out = capsys.readouterr().out
     assert "bit-identical to stock LiteRT on 5 random inputs: True" in out and "stage 1:" in out
     assert main(["run", str(seg), "--ram-budget", "1KiB"]) == 2

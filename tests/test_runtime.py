@@ -24,8 +24,12 @@ def segmented_files(mlperf_models, tmp_path_factory):
     return files
 
 
+COPIES = 2  # XNNPACK (LiteRT's default) packs a second copy of each stage's weights
+
+
 def _smallest_stage(model: Model) -> int:
-    return max(op.weight_bytes for op in plan_model(model).ops)
+    """The budget one stage of a single operator needs with XNNPACK."""
+    return max(op.weight_bytes for op in plan_model(model).ops) * COPIES
 
 
 def _compare(model: Model, swap: SwapInterpreter, n: int = 20, seed: int = 0, reference: bool = False):
@@ -48,7 +52,7 @@ def _compare(model: Model, swap: SwapInterpreter, n: int = 20, seed: int = 0, re
 
 def _budgets(model: Model):
     smallest = _smallest_stage(model)
-    total = plan_model(model).external_bytes
+    total = plan_model(model).external_bytes * COPIES
     return [(None, 1), (total // 2 + smallest, 1), (2 * smallest, 1), (smallest, 0)]
 
 
@@ -85,7 +89,7 @@ def test_threaded_prefetch_never_changes_results(segmented_files):
 def test_partition_respects_budget_and_covers_every_operator(segmented_files):
     for model, _ in segmented_files.values():
         plan = plan_model(model)
-        smallest = _smallest_stage(model)
+        smallest = _smallest_stage(model) // COPIES  # partition_stages budgets one copy
         for prefetch in (0, 1, 2):
             budget = (prefetch + 1) * smallest + 1000
             stages = partition_stages(plan, budget, prefetch)
@@ -156,8 +160,25 @@ def test_truncated_or_foreign_files_give_clear_errors(segmented_files, tmp_path,
     with pytest.raises(ManifestError, match="no 'tflm_swap' manifest"):
         SwapInterpreter(next(p for p in mlperf_models if p.name == "kws_ref_model.tflite"))
     model, path = segmented_files["ad01_int8.tflite"]
-    with pytest.raises(BudgetError, match="tiles"):
+    with pytest.raises(BudgetError, match=f"minimum budget is {2 * _smallest_stage(model)} bytes.*tiles"):
         SwapInterpreter(path, ram_budget=1000)
+    with pytest.raises(BudgetError, match=f"minimum budget is {_smallest_stage(model) // COPIES} bytes.*tiles"):
+        SwapInterpreter(path, ram_budget=1000, prefetch=0, default_delegates=False)
+
+
+def test_without_xnnpack_one_copy_counts(segmented_files):
+    model, path = segmented_files["vww_96_float.tflite"]
+    budget = _smallest_stage(model)  # two stages' weights at one copy each
+    stock = litert_interpreter(model.raw, default_delegates=False)
+    with SwapInterpreter(path, ram_budget=budget, default_delegates=False) as swap:
+        swap.allocate_tensors()
+        assert len(swap.stages) > 1
+        xs = random_inputs(stock.get_input_details(), np.random.default_rng(0))
+        stock.allocate_tensors()
+        from tflm_swap.runtime.backends import run_litert
+
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(run_litert(stock, xs), run_litert(swap, xs)))
+        assert swap.stats()["weight_copies"] == 1 and swap.stats()["peak_weight_bytes"] <= budget
 
 
 def test_interpreter_surface_matches_litert(segmented_files):

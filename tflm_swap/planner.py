@@ -353,12 +353,12 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[
         raise ValueError("prefetch depth must be >= 0")
     if budget is None or budget >= plan.external_bytes:
         return _cut(plan, cap=None)
-    smallest = max((_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)), default=0)
+    smallest = min_stage_budget(plan, 0)
     cap = budget // (prefetch + 1)
     if cap < smallest:
         raise BudgetError(
             f"RAM budget {budget} bytes is too small: one operator needs {smallest} bytes of weights, and "
-            f"with prefetch {prefetch} the runtime holds {prefetch + 1} stages at once, so the minimum "
+            f"with prefetch {prefetch} the runtime holds {prefetch + 1} stage(s) at once, so the minimum "
             f"budget is {smallest * (prefetch + 1)} bytes (prefetch 0: {smallest}). For smaller budgets, "
             "stream that operator's weights in tiles (the tflm_swap delegate)."
         )
@@ -368,6 +368,13 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if len(_cut(plan, mid)) <= count else (mid + 1, hi)
     return _cut(plan, lo)
+
+
+def min_stage_budget(plan: Plan, prefetch: int = 1) -> int:
+    """The smallest weights budget `partition_stages` accepts: the largest operator's weights, held
+    by the running stage and by each of the `prefetch` stages prepared behind it."""
+    largest = max((_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)), default=0)
+    return largest * (prefetch + 1)
 
 
 def _weights_of(plan: Plan, ops: range) -> int:

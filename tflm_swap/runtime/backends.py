@@ -64,6 +64,7 @@ def litert_interpreter(
     *,
     backend: str = "auto",
     reference_kernels: bool = False,
+    default_delegates: bool = True,
     num_threads: int | None = None,
     delegates: list | None = None,
 ):
@@ -71,6 +72,8 @@ def litert_interpreter(
 
     `reference_kernels=True` selects TFLite's reference kernels (BUILTIN_REF), which compute int8
     exactly as TFLite Micro does; the default path (XNNPACK) may differ from TFLM by a few LSB.
+    `default_delegates=False` keeps the optimised builtin kernels but not XNNPACK, which otherwise
+    packs a second copy of the weights when tensors are allocated.
     """
     _, module = resolve_backend(backend)
     kwargs: dict = {"model_content": model_content, "model_path": model_path}
@@ -80,6 +83,8 @@ def litert_interpreter(
         kwargs["experimental_delegates"] = delegates
     if reference_kernels:
         kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_REF
+    elif not default_delegates:
+        kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     return module.Interpreter(**kwargs)
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MalformedModelError, ManifestError, SegmentIntegrityError, TflmSwapError
+from ..errors import BudgetError, MalformedModelError, ManifestError, SegmentIntegrityError, TflmSwapError
 from ..manifest import Manifest, read_manifest
 from ..model import Model, numpy_dtype
-from ..planner import Stage, partition_stages, plan_model
+from ..planner import Stage, min_stage_budget, partition_stages, plan_model
 from ..segment import check_segment
 from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
 from .backends import litert_interpreter
@@ -78,6 +78,11 @@ class SwapInterpreter:
         num_threads: passed to each stage's interpreter.
         delegates: LiteRT delegates (e.g. from `load_delegate`) applied to every stage.
         reference_kernels: use TFLite's reference kernels (bit-exact with TFLite Micro for int8).
+        default_delegates: False runs without XNNPACK. XNNPACK packs its own copy of a stage's
+            weights, so with it each stage costs twice its weights against the budget.
+
+    Compare outputs with a stock interpreter using the same kernels (same `reference_kernels` and
+    `default_delegates`): then they are bit-identical.
     """
 
     def __init__(
@@ -89,18 +94,20 @@ class SwapInterpreter:
         num_threads: int | None = None,
         delegates: list | None = None,
         reference_kernels: bool = False,
+        default_delegates: bool = True,
     ):
         self._path = Path(model_path)
         self._options = {"backend": backend, "num_threads": num_threads, "delegates": delegates,
-                         "reference_kernels": reference_kernels}
+                         "reference_kernels": reference_kernels, "default_delegates": default_delegates}
         self.ram_budget, self.prefetch = ram_budget, prefetch
+        self.weight_copies = 2 if default_delegates and not reference_kernels else 1
         self._fd = os.open(self._path, os.O_RDONLY)
         try:
             graph, self.manifest = _read_graph(self._fd, self._path)
             _check_weights_region(self.manifest, os.fstat(self._fd).st_size, self._path)
             self._model = Model.from_bytes(graph, source=str(self._path), read_external=False)
             self.plan = plan_model(self._model, prefetch_depths=())
-            self.stages = partition_stages(self.plan, ram_budget, prefetch)
+            self.stages = self._partition()
         except BaseException:
             os.close(self._fd)
             raise
@@ -208,6 +215,7 @@ class SwapInterpreter:
             "peak_weight_bytes": c.peak_weight_bytes,
             "ram_budget": self.ram_budget,
             "prefetch": self.prefetch,
+            "weight_copies": self.weight_copies,
             "resident": self.resident,
             "invokes": c.invokes,
             "stages": [
@@ -240,6 +248,20 @@ class SwapInterpreter:
             pass
 
     # --------------------------------------------------------------------------------- stages
+    def _partition(self) -> list[Stage]:
+        budget = None if self.ram_budget is None else self.ram_budget // self.weight_copies
+        try:
+            return partition_stages(self.plan, budget, self.prefetch)
+        except BudgetError as exc:
+            if self.weight_copies == 1:
+                raise
+            need = min_stage_budget(self.plan, self.prefetch) * self.weight_copies
+            raise BudgetError(
+                f"RAM budget {self.ram_budget} bytes is too small: XNNPACK keeps a packed copy of each "
+                f"stage's weights, so the minimum budget is {need} bytes with prefetch {self.prefetch} "
+                f"(default_delegates=False halves it). {exc}"
+            ) from exc
+
     def _template(self, stage: Stage) -> _Template:
         placement, buffer_offsets, end = {}, {}, 0
         for sid in stage.segments:
@@ -294,7 +316,7 @@ class SwapInterpreter:
         with self._lock:
             c = self._counters
             c.flash_bytes_read += t.stage.weight_bytes
-            c.resident_bytes += t.blob_size
+            c.resident_bytes += t.blob_size * self.weight_copies
             c.peak_weight_bytes = max(c.peak_weight_bytes, c.resident_bytes)
             c.stages[i].loads += 1
             c.stages[i].load_s += time.perf_counter() - started
@@ -302,7 +324,7 @@ class SwapInterpreter:
 
     def _release(self, loaded: _Loaded) -> None:
         with self._lock:
-            self._counters.resident_bytes -= loaded.weight_bytes
+            self._counters.resident_bytes -= loaded.weight_bytes * self.weight_copies
         loaded.interpreter = None
         loaded.data = b""
 
