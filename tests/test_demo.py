@@ -19,3 +19,4 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
     out = capsys.readouterr().out
     assert "planner predicts" in out and "lower bound" in out
+    assert "stages streamed" in out and "bit-identical on 50 inputs: True" in out

@@ -13,7 +13,7 @@ import numpy as np
 from .convert import convert
 from .fileio import write_atomic
 from .model import Model
-from .planner import plan_model
+from .planner import min_stage_budget, plan_model
 from .report import format_bytes, operator_table, plot_plan, strategy_table, summary
 from .runtime.backends import litert_interpreter, run_litert
 from .segment import split, verify
@@ -48,10 +48,15 @@ def build_cnn(input_shape: tuple[int, ...], n_classes: int):
     ])
 
 
-def predict_tflite(data: bytes, x: np.ndarray, batch: int = 1) -> np.ndarray:
+def predict_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
     """Raw outputs of a single-input model on LiteRT, one sample at a time (quantising if int8)."""
     interpreter = litert_interpreter(data)
     interpreter.allocate_tensors()
+    return predict_tflite_with(interpreter, x)
+
+
+def predict_tflite_with(interpreter, x: np.ndarray) -> np.ndarray:
+    """Raw outputs of an allocated single-input interpreter (LiteRT's surface), one sample at a time."""
     d = interpreter.get_input_details()[0]
     xs = _quantize(x, d)
     return np.concatenate([run_litert(interpreter, [xs[i : i + 1]])[0] for i in range(len(xs))])
@@ -72,7 +77,7 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
     x_train, x_test, y_train, y_test = load_digits_images(seed)
-    print(f"[1/5] training a CNN on scikit-learn digits ({len(x_train)} train / {len(x_test)} test)")
+    print(f"[1/6] training a CNN on scikit-learn digits ({len(x_train)} train / {len(x_test)} test)")
     model = build_cnn(x_train.shape[1:], 10)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
@@ -83,7 +88,7 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
     for step, (name, kwargs) in enumerate(
         [("float32", {"quantization": "float32"}), ("int8", {"representative_data": x_train})], start=2
     ):
-        print(f"[{step}/5] converting to {name} TFLite and segmenting")
+        print(f"[{step}/6] converting to {name} TFLite and segmenting")
         started = time.perf_counter()
         seg = convert(model, **kwargs)
         write_atomic(out / f"digits_{name}.tflite", seg.original)
@@ -98,7 +103,7 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
             "data": seg.data,
         }
 
-    print("[4/5] planning memory for the int8 model")
+    print("[4/6] planning memory for the int8 model")
     int8 = results["int8"]["data"]
     plan = plan_model(Model.from_bytes(int8, source=str(out / "digits_int8.swap.tflite")))
     plot = plot_plan(plan, out / "digits_int8.memory.png", DEMO_BUDGET)
@@ -106,8 +111,11 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
     write_atomic(out / "digits_int8.graph.tflite", graph)
     write_atomic(out / "digits_int8.image.bin", image)
 
-    print("[5/5] cross-checking the activation plan with TFLite Micro")
+    print("[5/6] cross-checking the activation plan with TFLite Micro")
     tflm_line = _tflm_check(Model.from_bytes(int8).without_external(), plan)
+
+    print("[6/6] running the int8 model with SwapInterpreter inside a weights budget")
+    swap_line, swap_ok = _swap_check(out / "digits_int8.swap.tflite", results["int8"]["data"], x_test[:50])
 
     print("\n" + "=" * 78)
     print(f"Keras float accuracy: {keras_acc:.4f}")
@@ -121,11 +129,29 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
     except Exception as exc:  # BudgetError: say so, the demo goes on
         print(f"\n{exc}")
     print(tflm_line)
+    print(swap_line)
     print(f"\nartifacts in {out}/ (plot: {plot.name}; split: {len(graph)} B graph + {len(image)} B image)")
-    if not all(r["bit_identical"] for r in results.values()):
+    if not all(r["bit_identical"] for r in results.values()) or not swap_ok:
         raise RuntimeError("segmented model output differs from the original")
     return {"keras_accuracy": keras_acc, **{k: {kk: vv for kk, vv in v.items() if kk != "data"}
                                            for k, v in results.items()}}
+
+
+def _swap_check(path: Path, data: bytes, x: np.ndarray) -> tuple[str, bool]:
+    """Run the segmented model on SwapInterpreter at its minimum budget (one operator's weights,
+    twice for XNNPACK's packed copy; no prefetch) and compare with stock LiteRT on the same inputs."""
+    from .runtime.swap import SwapInterpreter
+
+    plan = plan_model(Model.from_bytes(data))
+    budget = min_stage_budget(plan, prefetch=0) * 2
+    with SwapInterpreter(path, ram_budget=budget, prefetch=0) as swap:
+        swap.allocate_tensors()
+        got = predict_tflite_with(swap, x)
+        stats = swap.stats()
+    same = bool(np.array_equal(got, predict_tflite(data, x)))
+    return (f"SwapInterpreter, budget {format_bytes(budget)} (weights {format_bytes(plan.external_bytes)}, "
+            f"x2 for XNNPACK's packed copy): {len(stats['stages'])} stages streamed, peak weights held "
+            f"{format_bytes(stats['peak_weight_bytes'])}, bit-identical on {len(x)} inputs: {same}"), same
 
 
 def _tflm_check(model_bytes: bytes, plan) -> str:
