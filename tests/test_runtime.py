@@ -84,6 +84,7 @@ def test_threaded_prefetch_never_changes_results(segmented_files):
         stats = swap.stats()
     assert stats["invokes"] == 150
     assert all(s["loads"] >= 150 for s in stats["stages"])
+    assert stats["fresh_buffers"] == 3  # one per slot (prefetch 2 + the running stage), then reused
 
 
 def test_partition_respects_budget_and_covers_every_operator(segmented_files):

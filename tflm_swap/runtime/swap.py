@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,6 +65,7 @@ class _Counters:
     resident_bytes: int = 0
     peak_weight_bytes: int = 0
     invokes: int = 0
+    fresh_buffers: int = 0
     stages: list[_StageStats] = field(default_factory=list)
 
 
@@ -115,6 +117,8 @@ class SwapInterpreter:
         self._templates: list[_Template] = []
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
+        self._slots: list[bytes | None] = []  # model bytes reused across loads (see _buffer)
+        self._loads = 0
         self._lock = threading.Lock()
         self._counters = _Counters(stages=[_StageStats() for _ in self.stages])
         self._inputs: dict[int, np.ndarray] = {}
@@ -126,6 +130,7 @@ class SwapInterpreter:
         if self._templates:
             return
         self._templates = [self._template(s) for s in self.stages]
+        self._slots = [None] * (1 if self.resident else min(self.prefetch, len(self.stages) - 1) + 1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tflm_swap-prefetch")
         self._schedule(0)
 
@@ -218,6 +223,7 @@ class SwapInterpreter:
             "weight_copies": self.weight_copies,
             "resident": self.resident,
             "invokes": c.invokes,
+            "fresh_buffers": c.fresh_buffers,
             "stages": [
                 {"ops": [s.first, s.last], "segments": list(s.segments), "weight_bytes": s.weight_bytes,
                  "loads": st.loads, "load_s": st.load_s, "compute_s": st.compute_s}
@@ -280,7 +286,8 @@ class SwapInterpreter:
         for step in range(min(self.prefetch, n - 1) + 1):
             i = (position + step) % n
             if i not in self._pending:
-                self._pending[i] = self._executor.submit(self._load, i)
+                self._pending[i] = self._executor.submit(self._load, i, self._loads % len(self._slots))
+                self._loads += 1
 
     def _take(self, i: int) -> _Loaded:
         future = self._pending[i]
@@ -292,10 +299,10 @@ class SwapInterpreter:
             self._pending.pop(i, None)  # the next invoke reads the stage again
             raise
 
-    def _load(self, i: int) -> _Loaded:
+    def _load(self, i: int, slot: int) -> _Loaded:
         started = time.perf_counter()
         t = self._templates[i]
-        data, view = _writable_bytes(t.base + t.blob_size)
+        data, view = self._buffer(slot)
         view[: len(t.graph)] = t.graph
         blob = view[t.base :]
         for sid, offset in t.placement.items():
@@ -321,6 +328,22 @@ class SwapInterpreter:
             c.stages[i].loads += 1
             c.stages[i].load_s += time.perf_counter() - started
         return loaded
+
+    def _buffer(self, slot: int) -> tuple[bytes, memoryview]:
+        """Model bytes for a stage load: the slot's earlier buffer when nothing else holds it.
+
+        Loads rotate over prefetch + 1 slots; by the time a slot comes round again, the stage that
+        used it has been released, so its pages (already faulted in) are reused instead of fresh
+        memory. Every slot is sized for the largest stage: a stage's model may have trailing bytes.
+        """
+        size = max(t.base + t.blob_size for t in self._templates)
+        data = self._slots[slot]
+        # 3 references: the slot list, `data`, getrefcount's argument; more means a live interpreter
+        if data is None or sys.getrefcount(data) > 3:
+            data, _ = _writable_bytes(size)
+            self._slots[slot] = data
+            self._counters.fresh_buffers += 1
+        return data, _view(data)
 
     def _release(self, loaded: _Loaded) -> None:
         with self._lock:
@@ -431,7 +454,10 @@ def _writable_bytes(n: int) -> tuple[bytes, memoryview]:
     of into a buffer that is then copied, so a stage's weights exist once in memory.
     """
     data = _new_bytes(None, n)
-    address = _bytes_address(data)
-    ctypes.memset(address, 0, n)
-    view = memoryview((ctypes.c_char * n).from_address(address)).cast("B")
-    return data, view
+    ctypes.memset(_bytes_address(data), 0, n)
+    return data, _view(data)
+
+
+def _view(data: bytes) -> memoryview:
+    """A writable view of a bytes object that only this module holds (see _writable_bytes)."""
+    return memoryview((ctypes.c_char * len(data)).from_address(_bytes_address(data))).cast("B")
