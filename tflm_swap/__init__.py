@@ -9,9 +9,12 @@ Public API::
     tflm_swap.verify(data)             check alignment and CRCs of every segment
     tflm_swap.split(data) / join(...)  (graph, flash image) pair and back
     tflm_swap.plan_model(model)        per-operator memory plan with lower bounds
+    tflm_swap.delegate_library()       path of the LiteRT weight-streaming delegate (load_delegate)
+    tflm_swap.delegate_options(path)   its options for a segmented model (builds the tile table)
 """
 
 from .convert import SegmentedModel, convert, to_tflite
+from .delegate import delegate_library, delegate_options
 from .errors import (
     BudgetError,
     MalformedModelError,
@@ -30,6 +33,6 @@ __version__ = "0.1.0"
 __all__ = [
     "BudgetError", "MalformedModelError", "Manifest", "ManifestError", "Model", "Plan",
     "SegmentIntegrityError", "SegmentedModel", "TflmSwapError", "UnsupportedModelError",
-    "convert", "estimate_latency", "join", "plan_model", "read_manifest", "segment_model",
-    "split", "to_tflite", "verify",
+    "convert", "delegate_library", "delegate_options", "estimate_latency", "join", "plan_model",
+    "read_manifest", "segment_model", "split", "to_tflite", "verify",
 ]
