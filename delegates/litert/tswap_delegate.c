@@ -29,6 +29,7 @@ typedef struct TswapOptions {
   int prefetch;
   unsigned ops;
   uint64_t min_weight_bytes;
+  int single_rounding;
 } TswapOptions;
 
 typedef struct TswapDelegate {
@@ -104,6 +105,7 @@ static int parse_options(char** keys, char** values, size_t n, TswapOptions* o, 
   memset(o, 0, sizeof *o);
   o->prefetch = 1;
   o->ops = OP_FC | OP_CONV | OP_DW;
+  o->single_rounding = 1; /* LiteRT 2.x; TFLite <= 2.14 wheels use double rounding */
   for (size_t i = 0; i < n; ++i) {
     const char* k = keys[i] ? keys[i] : "";
     const char* v = values[i] ? values[i] : "";
@@ -133,9 +135,17 @@ static int parse_options(char** keys, char** values, size_t n, TswapOptions* o, 
         snprintf(err, err_len, "tflm_swap delegate: option min_weight_bytes='%s' must be a non-negative integer", v);
         return -1;
       }
+    } else if (!strcmp(k, "rounding")) {
+      if (!strcmp(v, "single")) o->single_rounding = 1;
+      else if (!strcmp(v, "double")) o->single_rounding = 0;
+      else {
+        snprintf(err, err_len, "tflm_swap delegate: option rounding='%s' must be 'single' or 'double' (how the "
+                 "runtime's int8 kernels requantise; tflm_swap.delegate_options detects it)", v);
+        return -1;
+      }
     } else {
       snprintf(err, err_len, "tflm_swap delegate: unknown option '%s' (known: weights, table, tile_bytes, "
-               "prefetch, ops, min_weight_bytes)", k);
+               "prefetch, ops, min_weight_bytes, rounding)", k);
       return -1;
     }
   }
@@ -300,6 +310,7 @@ static int build_geometry(TfLiteContext* ctx, TswapNode* n, char* why, size_t wh
   g->input_offset = -in->params.zero_point;
   g->filter_offset = (n->op == kTfLiteBuiltinFullyConnected && !per_channel) ? -f->params.zero_point : 0;
   g->output_offset = out->params.zero_point;
+  g->single_rounding = n->d->opts.single_rounding;
   if (tswap_activation_range_int8(g->activation, out->params.scale, out->params.zero_point, &g->act_min,
                                   &g->act_max)) {
     snprintf(why, why_len, "activation range overflows"); return -1;
@@ -325,7 +336,7 @@ static void quantize_multipliers(TfLiteContext* ctx, TswapNode* n) {
       float fs = per_channel ? fq->scale->data[c] : fq->scale->data[0];
       m = (double)in->params.scale * (double)fs / (double)out->params.scale;
     }
-    tswap_quantize_multiplier(m, &k->multiplier[c], &k->shift[c]);
+    tswap_quantize_multiplier(m, k->g.single_rounding, &k->multiplier[c], &k->shift[c]);
   }
 }
 

@@ -6,7 +6,7 @@
 #include <string.h>
 
 /* ---------------------------------------------------------------- arithmetic helpers (TFLite) */
-void tswap_quantize_multiplier(double m, int32_t* quantized, int* shift) {
+void tswap_quantize_multiplier(double m, int single_rounding, int32_t* quantized, int* shift) {
   if (m == 0.0) {
     *quantized = 0;
     *shift = 0;
@@ -22,6 +22,10 @@ void tswap_quantize_multiplier(double m, int32_t* quantized, int* shift) {
   if (exp < -31) {
     exp = 0;
     q_fixed = 0;
+  }
+  if (single_rounding && exp > 30) { /* the single-rounding multiply supports shifts up to 30 */
+    exp = 30;
+    q_fixed = (1ll << 31) - 1;
   }
   *quantized = (int32_t)q_fixed;
   *shift = exp;
@@ -41,8 +45,16 @@ static int32_t rounding_divide_by_pot(int32_t x, int exponent) {
   return (x >> exponent) + (remainder > threshold ? 1 : 0);
 }
 
-/* MultiplyByQuantizedMultiplier, double-rounding variant (TFLite's default build). */
-static int32_t mbqm(int32_t x, int32_t multiplier, int shift) {
+/* MultiplyByQuantizedMultiplier, single-rounding variant (builds with TFLITE_SINGLE_ROUNDING=1). */
+static int32_t mbqm_single(int32_t x, int32_t multiplier, int shift) {
+  const int total_shift = 31 - shift; /* 1..62 */
+  const int64_t round = (int64_t)1 << (total_shift - 1);
+  int64_t result = (int64_t)x * (int64_t)multiplier + round;
+  return (int32_t)(result >> total_shift);
+}
+
+/* MultiplyByQuantizedMultiplier, double-rounding (gemmlowp) variant. */
+static int32_t mbqm_double(int32_t x, int32_t multiplier, int shift) {
   int left = shift > 0 ? shift : 0;
   int right = shift > 0 ? 0 : -shift;
   int32_t shifted = (int32_t)(uint32_t)((uint32_t)x << left); /* x * (1 << left), wrapping */
@@ -93,7 +105,8 @@ static inline float clamp_f(float x, float lo, float hi) {
 static inline int8_t requantize(const TswapKernel* k, int64_t acc64, const int32_t* bias, int oc) {
   int32_t acc = (int32_t)(uint32_t)(uint64_t)acc64; /* TFLite sums in int32 (wrapping in practice) */
   if (bias) acc = (int32_t)((uint32_t)acc + (uint32_t)bias[oc]);
-  acc = mbqm(acc, k->multiplier[oc], k->shift[oc]);
+  acc = k->g.single_rounding ? mbqm_single(acc, k->multiplier[oc], k->shift[oc])
+                             : mbqm_double(acc, k->multiplier[oc], k->shift[oc]);
   acc += k->g.output_offset;
   if (acc < k->g.act_min) acc = k->g.act_min;
   if (acc > k->g.act_max) acc = k->g.act_max;

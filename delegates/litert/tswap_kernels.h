@@ -1,7 +1,8 @@
 /* Tiled FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D kernels whose arithmetic replicates
  * TFLite's reference kernels (reference_ops / reference_integer_ops) bit for bit: float sums are
  * accumulated in the same order with separate multiply and add (built with -ffp-contract=off),
- * int8 uses the same int32 accumulation, gemmlowp-style double-rounding requantisation and clamps.
+ * int8 uses the same int32 accumulation, requantisation (single- or double-rounding, matching how
+ * the runtime was built: option `rounding`) and clamps.
  * The weights arrive as consecutive byte ranges (tiles) of the filter tensor in its TFLite layout;
  * partial sums live in accumulators sized at prepare time, so a tile may end anywhere. */
 #ifndef TSWAP_KERNELS_H_
@@ -23,6 +24,7 @@ typedef struct TswapGeometry {
   int stride_h, stride_w, dil_h, dil_w, pad_h, pad_w, depth_multiplier;
   /* int8 */
   int32_t input_offset, filter_offset, output_offset, act_min, act_max;
+  int single_rounding; /* TFLITE_SINGLE_ROUNDING requantisation (LiteRT 2.x) or gemmlowp double rounding */
   /* float */
   float act_min_f, act_max_f;
 } TswapGeometry;
@@ -54,7 +56,7 @@ void tswap_kernel_begin(TswapKernel* k, const TswapIo* io);
 void tswap_kernel_tile(TswapKernel* k, const TswapIo* io, const void* w, uint64_t first, uint64_t count);
 
 /* TFLite's QuantizeMultiplier (quantization_util.cc). */
-void tswap_quantize_multiplier(double m, int32_t* quantized, int* shift);
+void tswap_quantize_multiplier(double m, int single_rounding, int32_t* quantized, int* shift);
 /* TFLite's CalculateActivationRangeQuantized for int8; -1 if the bounds overflow int32. */
 int tswap_activation_range_int8(int activation, float scale, int32_t zero_point, int32_t* lo, int32_t* hi);
 void tswap_activation_range_float(int activation, float* lo, float* hi);

@@ -20,8 +20,10 @@ against the manifest's CRC32 first, so a table is only ever built from intact we
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.machinery
 import struct
+import tempfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from ..manifest import Manifest, read_manifest
 from ..schema import tfl
 
 SUPPORTED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+ROUNDINGS = ("single", "double")
 DEFAULT_TILE_BYTES = 1 << 20
 MIN_TILE_BYTES = 4096
 MAX_TILE_BYTES = 1 << 31
@@ -231,7 +234,9 @@ def _read_exact(f, offset: int, size: int, path: Path, seg_id: int) -> bytes:
     return data
 
 
-def _encode_table(records: list[TileRecord], tile_bytes: int, file_size: int, graph_bytes: int, graph_crc: int) -> bytes:
+def _encode_table(
+    records: list[TileRecord], tile_bytes: int, file_size: int, graph_bytes: int, graph_crc: int
+) -> bytes:
     n_tiles = sum(len(r.tile_crcs) for r in records)
     parts = [_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, tile_bytes, file_size, graph_bytes, graph_crc,
                           len(records), n_tiles)]
@@ -262,13 +267,20 @@ def delegate_options(
     ops: Iterable[str] = SUPPORTED_OPS,
     min_weight_bytes: int = 0,
     table_path: str | Path | None = None,
+    rounding: str = "auto",
 ) -> dict[str, str]:
     """Build (or reuse) the tile table and return the `load_delegate` options for `model_path`.
 
     `tile_bytes`: bytes per streamed tile (two tiles are resident with prefetch); `prefetch`: read the
     next tile in a background thread; `ops`: operator types to claim; `min_weight_bytes`: leave
-    operators with smaller weights to the interpreter.
+    operators with smaller weights to the interpreter; `rounding`: how int8 results are requantised,
+    'single' or 'double' to match the runtime's kernels, or 'auto' = `detect_rounding()` (the installed
+    LiteRT's reference kernels).
     """
+    if rounding == "auto":
+        rounding = detect_rounding()
+    if rounding not in ROUNDINGS:
+        raise DelegateError(f"rounding={rounding!r}: use 'auto', 'single' or 'double'")
     ops = [str(op).upper() for op in ops]
     unknown = sorted(set(ops) - set(SUPPORTED_OPS))
     if unknown or not ops:
@@ -286,7 +298,44 @@ def delegate_options(
         "prefetch": "true" if prefetch else "false",
         "ops": ",".join(ops),
         "min_weight_bytes": str(min_weight_bytes),
+        "rounding": rounding,
     }
+
+
+@functools.cache
+def detect_rounding(backend: str = "auto") -> str:
+    """'single' or 'double': the int8 requantisation of `backend`'s reference kernels (BUILTIN_REF).
+
+    TFLite builds choose between single-rounding and gemmlowp double-rounding MultiplyByQuantizedMultiplier
+    at compile time (TFLITE_SINGLE_ROUNDING). This runs a probe int8 FULLY_CONNECTED model (16,384
+    outputs, several on rounding boundaries) on the reference kernels and on the delegate in both modes.
+    """
+    from ..model import Model
+    from ..runtime.backends import litert_interpreter, random_inputs, resolve_backend, run_litert
+    from ..segment import segment_model
+    from .models import build_model, fc
+
+    name, module = resolve_backend(backend)
+    with tempfile.TemporaryDirectory(prefix="tflm_swap_probe_") as tmp:
+        path = Path(tmp) / "probe.tflite"
+        raw = build_model([8, 64], [fc(2048)], "int8", per_channel=False, seed=7)
+        path.write_bytes(segment_model(Model.from_bytes(raw)))
+        inputs = random_inputs(litert_interpreter(model_path=str(path), backend=name).get_input_details(),
+                               __import__("numpy").random.default_rng(0))
+
+        def run(delegate=None) -> bytes:
+            interpreter = litert_interpreter(model_path=str(path), backend=name,
+                                             delegates=[delegate] if delegate else None, reference_kernels=True)
+            interpreter.allocate_tensors()
+            return run_litert(interpreter, inputs)[0].tobytes()
+
+        stock = run()
+        base = delegate_options(path, tile_bytes=1 << 20, rounding="single")
+        matches = [mode for mode in ROUNDINGS
+                   if run(module.load_delegate(delegate_library(), {**base, "rounding": mode})) == stock]
+    if len(matches) != 1:
+        raise DelegateError(f"cannot tell the int8 rounding of {name} (modes matching the probe: {matches})")
+    return matches[0]
 
 
 def load_delegate(model_path: str | Path, backend: str = "ai_edge_litert", **options):
@@ -315,6 +364,6 @@ def delegate_stats(delegate) -> DelegateStats:
 
 __all__ = [
     "DEFAULT_TILE_BYTES", "SUPPORTED_OPS", "DelegateError", "DelegateStats", "TileRecord", "build_tile_table",
-    "default_table_path", "delegate_library", "delegate_options", "delegate_stats", "load_delegate",
+    "default_table_path", "delegate_library", "detect_rounding", "delegate_options", "delegate_stats", "load_delegate",
     "read_tile_table",
 ]

@@ -73,7 +73,8 @@ class _Builder:
             t.buffer = len(self.buffers) - 1
         if quant is not None:
             q = tfl.QuantizationParametersT()
-            q.scale, q.zeroPoint, q.quantizedDimension = [float(s) for s in quant[0]], [int(z) for z in quant[1]], quant[2]
+            q.scale, q.zeroPoint = [float(s) for s in quant[0]], [int(z) for z in quant[1]]
+            q.quantizedDimension = quant[2]
             t.quantization = q
         self.tensors.append(t)
         return len(self.tensors) - 1
@@ -108,7 +109,7 @@ class _Builder:
         if not self.int8:
             b = (self.rng.standard_normal(channels) * 0.1).astype(np.float32)
             return self.tensor(name, [channels], tfl.TensorType.FLOAT32, b.tobytes())
-        bscale = np.broadcast_to(np.asarray(scales) * in_scale, (channels,)) if len(scales) > 1 else [scales[0] * in_scale]
+        bscale = [float(s) * in_scale for s in scales]
         b = self.rng.integers(-2000, 2000, size=channels).astype(np.int32)
         return self.tensor(name, [channels], tfl.TensorType.INT32, b.tobytes(),
                            (list(bscale), [0] * len(bscale), 0))

@@ -1,0 +1,251 @@
+"""The LiteRT weight-streaming delegate on the real LiteRT interpreter: claims, bit-exact outputs
+against TFLite's reference kernels, option errors at load_delegate time, corrupt tiles."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import load_delegate
+
+import tflm_swap
+from tflm_swap import Model, SegmentIntegrityError, read_manifest, segment_model
+from tflm_swap.delegate import (
+    DelegateError,
+    build_tile_table,
+    default_table_path,
+    delegate_library,
+    delegate_options,
+    delegate_stats,
+    detect_rounding,
+    read_tile_table,
+)
+from tflm_swap.delegate import models as m
+from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert
+
+
+def write_model(tmp_path: Path, name: str, shape, layers, dtype="float32", per_channel=True, seed=0) -> Path:
+    """Build, segment and save a model; returns its path."""
+    raw = m.build_model(shape, layers, dtype, per_channel=per_channel, seed=seed)
+    path = tmp_path / f"{name}.tflite"
+    path.write_bytes(segment_model(Model.from_bytes(raw)))
+    return path
+
+
+def outputs(path: Path, delegate=None, n: int = 3, reference: bool = True, seed: int = 1):
+    """Outputs of `n` seeded random inferences, with or without the delegate."""
+    kwargs = {"reference_kernels": True} if reference else {"default_delegates": False}
+    interpreter = litert_interpreter(model_path=str(path), delegates=[delegate] if delegate else None, **kwargs)
+    interpreter.allocate_tensors()
+    rng = np.random.default_rng(seed)
+    return [run_litert(interpreter, random_inputs(interpreter.get_input_details(), rng)) for _ in range(n)]
+
+
+def assert_same(a, b) -> None:
+    for i, (xs, ys) in enumerate(zip(a, b)):
+        for x, y in zip(xs, ys):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert x.tobytes() == y.tobytes(), f"inference {i}: delegated outputs differ (max |d| = " \
+                f"{np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))})"
+
+
+def claimed_ops(path: Path, delegate) -> list[str]:
+    """Names of the original operators the delegate replaced (one DELEGATE node per claimed operator)."""
+    interpreter = litert_interpreter(model_path=str(path), delegates=[delegate], reference_kernels=True)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()  # every node: the originals, then the DELEGATE nodes replacing some
+    originals = [op for op in ops if op["op_name"] != "DELEGATE"]
+    claimed = [op for op in ops if op["op_name"] == "DELEGATE"]
+    names = [next(o["op_name"] for o in originals if list(o["inputs"]) == list(d["inputs"])) for d in claimed]
+    assert len(names) == delegate_stats(delegate).claimed_nodes
+    return sorted(names)
+
+
+CASES = {
+    "fc_f32_relu": ([3, 700], [m.fc(300, "RELU"), m.fc(50, "NONE")], "float32", True),
+    "fc_f32_relu6_nobias": ([1, 1000], [m.fc(130, "RELU6", bias=False), m.fc(33, "RELU_N1_TO_1")], "float32", True),
+    "fc_i8_per_tensor": ([2, 900], [m.fc(257, "RELU"), m.fc(40, "RELU6")], "int8", False),
+    "fc_i8_per_channel": ([1, 1200], [m.fc(200, "NONE"), m.fc(64, "RELU_N1_TO_1", bias=False)], "int8", True),
+    "conv_f32": ([1, 15, 13, 12], [m.conv(24, (3, 3), (2, 2), "SAME", "RELU6"),
+                                   m.conv(16, (2, 3), (1, 2), "VALID", "RELU", dilation=(2, 1))], "float32", True),
+    "conv_i8": ([2, 11, 9, 16], [m.conv(32, (3, 3), (1, 1), "SAME", "RELU"), m.conv(20, (1, 1))], "int8", True),
+    "conv_i8_per_tensor": ([1, 9, 9, 24], [m.conv(48, (3, 3), (2, 2), "VALID", "RELU6")], "int8", False),
+    "dw_f32": ([1, 14, 12, 64], [m.depthwise(2, (3, 3), (1, 1), "SAME", "RELU6"),
+                                 m.depthwise(1, (5, 5), (2, 2), "VALID", dilation=(1, 2))], "float32", True),
+    "dw_i8": ([1, 10, 10, 96], [m.depthwise(2, (3, 3), (2, 1), "SAME", "RELU"), m.fc(20)], "int8", True),
+    "mixed_f32": ([1, 12, 12, 8], [m.conv(32, (3, 3)), m.relu(), m.depthwise(3, (3, 3)), m.fc(40, "RELU")],
+                  "float32", True),
+}
+
+
+@pytest.mark.parametrize("tile_bytes", [4096, 1 << 20])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bit_identical_to_reference_kernels(tmp_path, case, tile_bytes):
+    shape, layers, dtype, per_channel = CASES[case]
+    path = write_model(tmp_path, case, shape, layers, dtype, per_channel)
+    delegate = load_delegate(delegate_library(), delegate_options(path, tile_bytes=tile_bytes))
+    assert_same(outputs(path), outputs(path, delegate))
+    stats = delegate_stats(delegate)
+    assert stats.claimed_nodes >= 1
+    assert stats.bytes_read > 0 and stats.slot_bytes <= tile_bytes
+
+
+def test_without_prefetch_one_slot(tmp_path):
+    shape, layers, dtype, per_channel = CASES["fc_i8_per_channel"]
+    path = write_model(tmp_path, "noprefetch", shape, layers, dtype, per_channel)
+    delegate = load_delegate(delegate_library(), delegate_options(path, tile_bytes=4096, prefetch=False))
+    assert_same(outputs(path), outputs(path, delegate))
+    stats = delegate_stats(delegate)
+    assert stats.slots == 1 and stats.buffer_bytes == 4096
+
+
+def test_weights_never_touched_through_tensor_data(tmp_path):
+    """Claimed weights are streamed from the file: every tile of every claimed tensor is read per invoke."""
+    path = write_model(tmp_path, "reads", [1, 2000], [m.fc(500), m.fc(10)])
+    delegate = load_delegate(delegate_library(), delegate_options(path, tile_bytes=65536))
+    outputs(path, delegate, n=2)
+    stats = delegate_stats(delegate)
+    weights = (2000 * 500 + 500 * 10) * 4
+    assert stats.claimed_nodes == 2
+    assert stats.bytes_read == 2 * weights  # weights only; biases stay with the tensor data
+    assert stats.tiles_read == 2 * (-(-2000 * 500 * 4 // 65536) + 1)
+
+
+def test_unclaimed_ops_stay_with_the_interpreter(tmp_path):
+    # the RELU op and the small (inline) FC weights are not the delegate's; ops= and min_weight_bytes= exclude more
+    layers = [m.conv(32, (3, 3)), m.relu(), m.depthwise(1, (3, 3)), m.fc(300), m.fc(3)]
+    path = write_model(tmp_path, "mixed", [1, 8, 8, 16], layers)
+    everything = load_delegate(delegate_library(), delegate_options(path, tile_bytes=4096))
+    # depthwise weights (1152 B) and fc(3) (3600 B) are segments too (>= 1024 B); RELU never is claimed
+    assert claimed_ops(path, everything) == ["CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED"]
+    only_fc = load_delegate(delegate_library(), delegate_options(path, tile_bytes=4096, ops=["FULLY_CONNECTED"]))
+    assert claimed_ops(path, only_fc) == ["FULLY_CONNECTED", "FULLY_CONNECTED"]
+    big = load_delegate(delegate_library(), delegate_options(path, tile_bytes=4096, min_weight_bytes=100_000))
+    assert claimed_ops(path, big) == ["FULLY_CONNECTED"]
+    small = write_model(tmp_path, "inline", [1, 8, 8, 16], [m.conv(2, (1, 1)), m.fc(1)])  # < 1024 B: inline
+    assert claimed_ops(small, load_delegate(delegate_library(), delegate_options(small, tile_bytes=4096))) == []
+    for d in (everything, only_fc, big):
+        assert_same(outputs(path), outputs(path, d))
+
+
+def test_rounding_mode_matters_and_is_detected(tmp_path):
+    """The installed LiteRT's reference kernels requantise one way; the other mode differs on the probe."""
+    mode = detect_rounding()
+    other = "double" if mode == "single" else "single"
+    path = write_model(tmp_path, "rounding", [8, 64], [m.fc(2048)], "int8", per_channel=False, seed=7)
+    ref = outputs(path, n=1, seed=0)
+    same = load_delegate(delegate_library(), delegate_options(path, rounding=mode))
+    wrong = load_delegate(delegate_library(), {**delegate_options(path), "rounding": other})
+    assert_same(ref, outputs(path, same, n=1, seed=0))
+    assert ref[0][0].tobytes() != outputs(path, wrong, n=1, seed=0)[0][0].tobytes()
+
+
+# ---------------------------------------------------------------------------------- errors
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("delegate_small")
+    path = write_model(tmp, "small", [1, 600], [m.fc(100, "RELU"), m.fc(10)])
+    build_tile_table(path, 4096)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"weights": None}, "option 'weights'"),
+        ({"color": "blue"}, "unknown option 'color'"),
+        ({"tile_bytes": "4097"}, "tile_bytes='4097' must be a multiple of 16"),
+        ({"tile_bytes": "-4096"}, "tile_bytes='-4096'"),
+        ({"tile_bytes": "8192"}, "was built with 4096-byte tiles"),
+        ({"prefetch": "maybe"}, "prefetch='maybe'"),
+        ({"ops": "FULLY_CONNECTED,SOFTMAX"}, "unknown operator 'SOFTMAX'"),
+        ({"ops": ""}, "ops is empty"),
+        ({"min_weight_bytes": "1e6"}, "min_weight_bytes='1e6'"),
+        ({"rounding": "nearest"}, "rounding='nearest' must be 'single' or 'double'"),
+        ({"weights": "/nonexistent/model.tflite"}, "cannot open weights file '/nonexistent/model.tflite'"),
+        ({"table": "/nonexistent/model.tiles"}, "cannot open tile table '/nonexistent/model.tiles'"),
+    ],
+)
+def test_invalid_options_fail_at_load_delegate(small_model, change, message):
+    options = {"weights": str(small_model), "tile_bytes": "4096"}
+    for key, value in change.items():
+        if value is None:
+            options.pop(key)
+        else:
+            options[key] = value
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_delegate(delegate_library(), options)
+
+
+def test_table_of_another_model_is_refused(tmp_path, small_model):
+    other = write_model(tmp_path, "other", [1, 600], [m.fc(100, "RELU"), m.fc(10)], seed=5)
+    with pytest.raises(ValueError, match="does not belong to this weights file|was built for a"):
+        load_delegate(delegate_library(), {"weights": str(other), "table": str(default_table_path(small_model))})
+
+
+def test_corrupt_table_is_refused(tmp_path, small_model):
+    table = tmp_path / "bad.tiles"
+    data = bytearray(default_table_path(small_model).read_bytes())
+    data[70] ^= 0xFF
+    table.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="tile table .* is corrupt"):
+        load_delegate(delegate_library(), {"weights": str(small_model), "table": str(table)})
+
+
+def test_corrupt_tile_fails_the_invoke(tmp_path, small_model):
+    path = tmp_path / "corrupt.tflite"
+    shutil.copy(small_model, path)
+    options = delegate_options(path, tile_bytes=4096)  # table from the intact file
+    _, records = read_tile_table(options["table"])
+    victim = max(records, key=lambda r: r.size)
+    data = bytearray(path.read_bytes())
+    data[victim.offset + 5 * 4096 + 17] ^= 0x40  # one bit in tile 5 of the big weights
+    path.write_bytes(bytes(data))
+    delegate = load_delegate(delegate_library(), options)
+    interpreter = litert_interpreter(model_path=str(path), delegates=[delegate], reference_kernels=True)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.ones((1, 600), np.float32))
+    with pytest.raises(RuntimeError, match=f"tile 5 of tensor {victim.tensor} .* fails its CRC32 check"):
+        interpreter.invoke()
+    with pytest.raises(RuntimeError, match="CRC32"):  # and again: the reader recovered, still refuses
+        interpreter.invoke()
+    with pytest.raises(SegmentIntegrityError, match="fails its CRC32 check"):  # a new table is refused too
+        build_tile_table(path, 8192)
+
+
+def test_python_option_errors(small_model):
+    with pytest.raises(DelegateError, match="tile_bytes=100"):
+        delegate_options(small_model, tile_bytes=100)
+    with pytest.raises(DelegateError, match="ops="):
+        delegate_options(small_model, ops=["RELU"])
+    with pytest.raises(DelegateError, match="min_weight_bytes"):
+        delegate_options(small_model, min_weight_bytes=-1)
+    with pytest.raises(DelegateError, match="rounding="):
+        delegate_options(small_model, rounding="up")
+    with pytest.raises(DelegateError, match="does not exist"):
+        delegate_options(small_model.with_name("missing.tflite"))
+
+
+def test_table_contents_and_reuse(tmp_path):
+    path = write_model(tmp_path, "table", [1, 1000], [m.fc(300), m.fc(20)])
+    table = build_tile_table(path, 4096)
+    mtime = table.stat().st_mtime_ns
+    header, records = read_tile_table(table)
+    manifest = read_manifest(path.read_bytes())
+    entries = {e.buffer: (manifest.image_offset + s.offset + e.offset, e.size)
+               for s in manifest.segments for e in s.entries}
+    assert header["tile_bytes"] == 4096 and header["file_size"] == path.stat().st_size
+    assert {(r.offset, r.size) for r in records} == set(entries.values())
+    for r in records:
+        assert len(r.tile_crcs) == -(-r.size // 4096)
+    assert build_tile_table(path, 4096) == table and table.stat().st_mtime_ns == mtime  # reused
+    build_tile_table(path, 8192)
+    assert read_tile_table(table)[0]["tile_bytes"] == 8192
+
+
+def test_public_api_exports():
+    assert tflm_swap.delegate_library() == delegate_library()
+    assert Path(delegate_library()).is_file()
+    assert tflm_swap.delegate_options is delegate_options
