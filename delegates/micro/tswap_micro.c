@@ -1,0 +1,183 @@
+/* tflm_swap micro core: see tswap_micro.h. C99, no heap, no global mutable state. */
+#include "tswap_micro.h"
+
+#include <string.h>
+
+#include "tswap_crc32.h"
+
+static uint32_t get_u32(const uint8_t* p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static int is_pow2(uint32_t v) { return v != 0u && (v & (v - 1u)) == 0u; }
+
+static uint32_t driver_align(const tswap_flash* flash) { return flash->align > 1u ? flash->align : 1u; }
+
+static int flash_read(const tswap_flash* flash, uint32_t offset, void* dst, uint32_t len) {
+  if (flash->size != 0u && (offset > flash->size || len > flash->size - offset)) return TSWAP_ERR_TRUNCATED;
+  if (offset > UINT32_MAX - flash->base) return TSWAP_ERR_RANGE;
+  return flash->read(flash->ctx, flash->base + offset, dst, len) == 0 ? TSWAP_OK : TSWAP_ERR_FLASH;
+}
+
+static int check_header(const uint8_t* h, const tswap_flash* flash, uint32_t cap, uint32_t* count) {
+  if (memcmp(h, TSWAP_IMAGE_MAGIC, 4) != 0) return TSWAP_ERR_MAGIC;
+  if (get_u32(h + 4) != TSWAP_IMAGE_VERSION) return TSWAP_ERR_VERSION;
+  if (tswap_crc32(h, 28) != get_u32(h + 28)) return TSWAP_ERR_HEADER_CRC;
+  uint32_t n = get_u32(h + 12), header_size = get_u32(h + 8), image_size = get_u32(h + 16);
+  if (n > (UINT32_MAX - TSWAP_HEADER_BYTES) / TSWAP_ENTRY_BYTES) return TSWAP_ERR_TABLE;
+  if (header_size != TSWAP_HEADER_BYTES + n * TSWAP_ENTRY_BYTES || image_size < header_size) return TSWAP_ERR_TABLE;
+  if (!is_pow2(get_u32(h + 20)) || get_u32(h + 20) < driver_align(flash)) return TSWAP_ERR_ALIGN;
+  if (flash->size != 0u && image_size > flash->size) return TSWAP_ERR_TRUNCATED;
+  if (n > cap) return TSWAP_ERR_CAPACITY;
+  *count = n;
+  return TSWAP_OK;
+}
+
+static int check_entry(const uint8_t* e, uint32_t prev_end, uint32_t image_size, uint32_t alignment,
+                       tswap_segment* out) {
+  uint32_t offset = get_u32(e), size = get_u32(e + 4);
+  if (get_u32(e + 12) != 0u) return TSWAP_ERR_TABLE;
+  if (offset % alignment != 0u) return TSWAP_ERR_ALIGN;
+  if (offset < prev_end || offset > image_size || size > image_size - offset) return TSWAP_ERR_TABLE;
+  out->offset = offset;
+  out->size = size;
+  out->crc32 = get_u32(e + 8);
+  return TSWAP_OK;
+}
+
+int tswap_image_open(tswap_image* img, const tswap_flash* flash, tswap_segment* table, uint32_t cap) {
+  uint8_t header[TSWAP_HEADER_BYTES];
+  uint8_t entry[TSWAP_ENTRY_BYTES];
+  uint32_t n = 0, i, crc = 0, end;
+  int rc;
+  if (img == NULL || flash == NULL || flash->read == NULL || (table == NULL && cap != 0u)) return TSWAP_ERR_ARG;
+  if ((flash->start == NULL) != (flash->poll == NULL) || (flash->align > 1u && !is_pow2(flash->align))) {
+    return TSWAP_ERR_ARG;
+  }
+  memset(img, 0, sizeof(*img));
+  if ((rc = flash_read(flash, 0, header, sizeof(header))) != TSWAP_OK) return rc;
+  if ((rc = check_header(header, flash, cap, &n)) != TSWAP_OK) return rc;
+  end = get_u32(header + 8);
+  for (i = 0; i < n; ++i) {
+    if ((rc = flash_read(flash, TSWAP_HEADER_BYTES + i * TSWAP_ENTRY_BYTES, entry, sizeof(entry))) != TSWAP_OK) {
+      return rc;
+    }
+    crc = tswap_crc32_update(crc, entry, sizeof(entry));
+    if ((rc = check_entry(entry, end, get_u32(header + 16), get_u32(header + 20), &table[i])) != TSWAP_OK) {
+      return rc;
+    }
+    end = table[i].offset + table[i].size;
+  }
+  if (crc != get_u32(header + 24)) return TSWAP_ERR_HEADER_CRC;
+  img->flash = flash;
+  img->segments = table;
+  img->segment_count = n;
+  img->image_size = get_u32(header + 16);
+  img->alignment = get_u32(header + 20);
+  return TSWAP_OK;
+}
+
+int tswap_check_request(const tswap_image* img, uint32_t id, uint32_t offset, uint32_t len, const void* dst) {
+  uint32_t a;
+  if (img == NULL || img->flash == NULL) return TSWAP_ERR_ARG;
+  if (id >= img->segment_count) return TSWAP_ERR_SEGMENT_ID;
+  if (offset > img->segments[id].size || len > img->segments[id].size - offset) return TSWAP_ERR_RANGE;
+  a = driver_align(img->flash);
+  if (((img->flash->base + img->segments[id].offset + offset) & (a - 1u)) != 0u) return TSWAP_ERR_ALIGN;
+  if (dst != NULL && ((uintptr_t)dst & (uintptr_t)(a - 1u)) != 0u) return TSWAP_ERR_ALIGN;
+  return TSWAP_OK;
+}
+
+int tswap_load(tswap_image* img, uint32_t id, uint32_t offset, void* dst, uint32_t len, int verify_crc) {
+  int rc = tswap_check_request(img, id, offset, len, dst);
+  if (rc != TSWAP_OK) return rc;
+  if (dst == NULL && len != 0u) return TSWAP_ERR_ARG;
+  if (img->pending) return TSWAP_ERR_BUSY;
+  if (verify_crc && (offset != 0u || len != img->segments[id].size)) return TSWAP_ERR_RANGE;
+  if (len == 0u) return TSWAP_OK;
+  if ((rc = flash_read(img->flash, img->segments[id].offset + offset, dst, len)) != TSWAP_OK) return rc;
+  img->bytes_read += len;
+  if (verify_crc && tswap_crc32(dst, len) != img->segments[id].crc32) return TSWAP_ERR_CRC;
+  return TSWAP_OK;
+}
+
+int tswap_load_start(tswap_image* img, uint32_t id, uint32_t offset, void* dst, uint32_t len) {
+  int rc = tswap_check_request(img, id, offset, len, dst);
+  const tswap_flash* f;
+  uint32_t addr;
+  if (rc != TSWAP_OK) return rc;
+  if (dst == NULL && len != 0u) return TSWAP_ERR_ARG;
+  if (img->pending) return TSWAP_ERR_BUSY;
+  f = img->flash;
+  if (f->start == NULL || len == 0u) return tswap_load(img, id, offset, dst, len, 0);
+  addr = img->segments[id].offset + offset;
+  if (f->size != 0u && (addr > f->size || len > f->size - addr)) return TSWAP_ERR_TRUNCATED;
+  if (f->start(f->ctx, f->base + addr, dst, len) != 0) return TSWAP_ERR_FLASH;
+  img->pending = 1u;
+  img->bytes_read += len;
+  return TSWAP_OK;
+}
+
+int tswap_load_wait(tswap_image* img) {
+  int done;
+  if (img == NULL || img->flash == NULL) return TSWAP_ERR_ARG;
+  if (!img->pending) return img->flash->start == NULL ? TSWAP_OK : TSWAP_ERR_IDLE;
+  do {
+    done = img->flash->poll(img->flash->ctx);
+  } while (done == 0);
+  img->pending = 0u;
+  return done > 0 ? TSWAP_OK : TSWAP_ERR_FLASH;
+}
+
+int tswap_image_verify(tswap_image* img, uint8_t* scratch, uint32_t scratch_len) {
+  uint32_t i, done, chunk, crc;
+  int rc;
+  if (img == NULL || img->flash == NULL || scratch == NULL || scratch_len == 0u) return TSWAP_ERR_ARG;
+  for (i = 0; i < img->segment_count; ++i) {
+    crc = 0;
+    for (done = 0; done < img->segments[i].size; done += chunk) {
+      chunk = img->segments[i].size - done < scratch_len ? img->segments[i].size - done : scratch_len;
+      if ((rc = flash_read(img->flash, img->segments[i].offset + done, scratch, chunk)) != TSWAP_OK) return rc;
+      crc = tswap_crc32_update(crc, scratch, chunk);
+    }
+    if (crc != img->segments[i].crc32) return TSWAP_ERR_CRC;
+  }
+  return TSWAP_OK;
+}
+
+static int memory_read(void* ctx, uint32_t addr, void* dst, uint32_t len) {
+  const tswap_memory_flash* mem = (const tswap_memory_flash*)ctx;
+  if (addr > mem->len || len > mem->len - addr) return -1;
+  if (len != 0u) memcpy(dst, mem->data + addr, len);
+  return 0;
+}
+
+void tswap_flash_from_memory(tswap_flash* flash, tswap_memory_flash* mem, const void* data, uint32_t len) {
+  mem->data = (const uint8_t*)data;
+  mem->len = data == NULL ? 0u : len;
+  memset(flash, 0, sizeof(*flash));
+  flash->read = memory_read;
+  flash->ctx = mem;
+  flash->size = mem->len;
+}
+
+const char* tswap_strerror(int status) {
+  switch (status) {
+    case TSWAP_OK: return "ok";
+    case TSWAP_ERR_ARG: return "invalid argument";
+    case TSWAP_ERR_TRUNCATED: return "image truncated: larger than the flash holding it";
+    case TSWAP_ERR_MAGIC: return "not a tflm_swap image (bad magic)";
+    case TSWAP_ERR_VERSION: return "unsupported image version";
+    case TSWAP_ERR_HEADER_CRC: return "image header or segment table CRC mismatch";
+    case TSWAP_ERR_TABLE: return "inconsistent image header or segment table";
+    case TSWAP_ERR_CAPACITY: return "more segments than the table storage holds";
+    case TSWAP_ERR_SEGMENT_ID: return "segment id out of range";
+    case TSWAP_ERR_RANGE: return "request outside the segment";
+    case TSWAP_ERR_ALIGN: return "misaligned request, destination or image alignment";
+    case TSWAP_ERR_FLASH: return "flash driver error";
+    case TSWAP_ERR_CRC: return "segment CRC mismatch";
+    case TSWAP_ERR_BUSY: return "a load is already in flight";
+    case TSWAP_ERR_IDLE: return "no load in flight";
+    default: return "unknown tswap status";
+  }
+}

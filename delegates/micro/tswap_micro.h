@@ -1,0 +1,113 @@
+/* tflm_swap micro core: the flash image of a TFLM-target model, read segment by segment.
+ *
+ * C99, no heap, no global mutable state. The image ("TSWI", version 1, little-endian) is:
+ *
+ *   0  magic "TSWI"          16 image_size (bytes, header included)
+ *   4  version (1)           20 alignment (power of two; every segment offset is a multiple)
+ *   8  header_size           24 table_crc32 (CRC32 of the segment table bytes)
+ *  12  segment_count         28 header_crc32 (CRC32 of bytes 0..27)
+ *  32  segment table: segment_count x { offset, size, crc32, reserved(0) }  (16 bytes each)
+ *      then the segments, each at a multiple of `alignment` from the image start, ascending,
+ *      non-overlapping, inside image_size.
+ *
+ * A segment holds one constant tensor's bytes. The TFLM load operator reads segment `id` into its
+ * output tensor (see tswap_tflm.h). CRC32 is zlib's (delegates/common/tswap_crc32.h).
+ */
+#ifndef TSWAP_MICRO_H_
+#define TSWAP_MICRO_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TSWAP_IMAGE_MAGIC "TSWI"
+#define TSWAP_IMAGE_VERSION 1u
+#define TSWAP_HEADER_BYTES 32u
+#define TSWAP_ENTRY_BYTES 16u
+
+typedef enum {
+  TSWAP_OK = 0,
+  TSWAP_ERR_ARG = -1,          /* NULL pointer or zero-capacity argument */
+  TSWAP_ERR_TRUNCATED = -2,    /* image (or header) larger than the flash/buffer holding it */
+  TSWAP_ERR_MAGIC = -3,        /* not a TSWI image */
+  TSWAP_ERR_VERSION = -4,      /* image version this library does not read */
+  TSWAP_ERR_HEADER_CRC = -5,   /* header or segment table CRC mismatch */
+  TSWAP_ERR_TABLE = -6,        /* inconsistent header or segment table (sizes, order, overlap) */
+  TSWAP_ERR_CAPACITY = -7,     /* more segments than the caller's table storage holds */
+  TSWAP_ERR_SEGMENT_ID = -8,   /* segment id out of range */
+  TSWAP_ERR_RANGE = -9,        /* request outside the segment */
+  TSWAP_ERR_ALIGN = -10,       /* request or destination not aligned as the flash driver needs */
+  TSWAP_ERR_FLASH = -11,       /* the flash driver reported an error */
+  TSWAP_ERR_CRC = -12,         /* segment payload CRC mismatch */
+  TSWAP_ERR_BUSY = -13,        /* an asynchronous read is already in flight */
+  TSWAP_ERR_IDLE = -14         /* wait without a started read */
+} tswap_status;
+
+/* The user's flash driver. `read` is required and blocking; `start`/`poll` are optional (both or
+ * neither) and let a DMA transfer run while the CPU computes. Addresses are absolute flash
+ * addresses: `base` + image offset. Return 0 on success, nonzero on error; poll returns 1 when the
+ * transfer finished, 0 while it runs, <0 on error. */
+typedef struct tswap_flash {
+  int (*read)(void* ctx, uint32_t addr, void* dst, uint32_t len);
+  int (*start)(void* ctx, uint32_t addr, void* dst, uint32_t len);
+  int (*poll)(void* ctx);
+  void* ctx;
+  uint32_t base;   /* flash address of the image's first byte */
+  uint32_t size;   /* bytes available from base (0: unknown, not checked) */
+  uint32_t align;  /* required alignment of flash address and destination (power of two; 0/1: none) */
+} tswap_flash;
+
+typedef struct tswap_segment {
+  uint32_t offset; /* from the image start */
+  uint32_t size;
+  uint32_t crc32;
+} tswap_segment;
+
+typedef struct tswap_image {
+  const tswap_flash* flash;
+  tswap_segment* segments; /* caller-provided storage, filled by tswap_image_open */
+  uint32_t segment_count;
+  uint32_t image_size;
+  uint32_t alignment;
+  uint32_t pending;        /* 1 while an asynchronous load is in flight */
+  uint64_t bytes_read;     /* payload bytes read from flash since open (statistics) */
+} tswap_image;
+
+/* Read and validate the header and segment table through `flash` into `table` (capacity `cap`).
+ * Checks magic, version, both CRCs, sizes, alignment, ordering and bounds of every segment. */
+int tswap_image_open(tswap_image* img, const tswap_flash* flash, tswap_segment* table, uint32_t cap);
+
+/* Check a load request without reading: valid id, [offset, offset+len) inside the segment, flash
+ * address and `dst` aligned as the driver requires. `dst` may be NULL to skip the pointer check. */
+int tswap_check_request(const tswap_image* img, uint32_t id, uint32_t offset, uint32_t len, const void* dst);
+
+/* Blocking read of `len` bytes at `offset` in segment `id` into `dst`. With `verify_crc` the whole
+ * segment must be requested (offset 0, len = size) and its CRC32 is checked after the read. */
+int tswap_load(tswap_image* img, uint32_t id, uint32_t offset, void* dst, uint32_t len, int verify_crc);
+
+/* Start an asynchronous read (falls back to a blocking read when the driver has no `start`);
+ * tswap_load_wait blocks until it finished (busy-polls the driver). One read in flight at a time. */
+int tswap_load_start(tswap_image* img, uint32_t id, uint32_t offset, void* dst, uint32_t len);
+int tswap_load_wait(tswap_image* img);
+
+/* CRC32 of every segment, reading through `scratch` (any size >= 1). */
+int tswap_image_verify(tswap_image* img, uint8_t* scratch, uint32_t scratch_len);
+
+/* A driver for an image already in addressable memory (memory-mapped XIP flash, tests, fuzzing). */
+typedef struct tswap_memory_flash {
+  const uint8_t* data;
+  uint32_t len;
+} tswap_memory_flash;
+void tswap_flash_from_memory(tswap_flash* flash, tswap_memory_flash* mem, const void* data, uint32_t len);
+
+/* A short English description of a tswap_status value. */
+const char* tswap_strerror(int status);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TSWAP_MICRO_H_ */

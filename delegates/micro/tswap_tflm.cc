@@ -1,0 +1,141 @@
+// tflm_swap TFLM kernels: see tswap_tflm.h.
+#include "tswap_tflm.h"
+
+#include <stdint.h>
+
+#include "tensorflow/lite/micro/kernels/kernel_util.h"
+#include "tensorflow/lite/micro/memory_helpers.h"
+#include "tensorflow/lite/micro/micro_context.h"
+#include "tensorflow/lite/micro/micro_log.h"
+
+namespace tswap {
+namespace {
+
+constexpr size_t kOptionBytes = 8;
+
+struct OpData {
+  tswap_image* image;
+  uint32_t segment;
+  uint32_t flags;
+  uint32_t bytes;
+};
+
+uint32_t ReadU32(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
+         (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+}
+
+void* Init(TfLiteContext* context, const char* buffer, size_t length) {
+  auto* data = static_cast<OpData*>(context->AllocatePersistentBuffer(context, sizeof(OpData)));
+  if (data == nullptr) return nullptr;
+  data->image = nullptr;
+  data->segment = UINT32_MAX;  // invalid until Prepare has checked the options
+  data->flags = 0;
+  data->bytes = 0;
+  if (buffer != nullptr && length == kOptionBytes) {
+    const auto* p = reinterpret_cast<const uint8_t*>(buffer);
+    data->segment = ReadU32(p);
+    data->flags = ReadU32(p + 4);
+  } else {
+    data->flags = UINT32_MAX;  // Prepare reports the bad option length
+  }
+  return data;
+}
+
+// Validates options, image binding and the tensor the segment is read into (output or input 0).
+TfLiteStatus PrepareTarget(TfLiteContext* context, TfLiteNode* node, bool target_is_input) {
+  auto* data = static_cast<OpData*>(node->user_data);
+  TF_LITE_ENSURE(context, data != nullptr);
+  if (data->flags == UINT32_MAX) {
+    MicroPrintf("tswap: load op custom options must be %d bytes (segment id, flags)", (int)kOptionBytes);
+    return kTfLiteError;
+  }
+  tflite::MicroContext* micro_context = tflite::GetMicroContext(context);
+  data->image = static_cast<tswap_image*>(micro_context->external_context());
+  if (data->image == nullptr || data->image->flash == nullptr) {
+    MicroPrintf("tswap: no image bound; call tswap::SetUp(interpreter, image) before AllocateTensors");
+    return kTfLiteError;
+  }
+  TF_LITE_ENSURE_EQ(context, tflite::NumInputs(node), target_is_input ? 1 : 0);
+  TF_LITE_ENSURE_EQ(context, tflite::NumOutputs(node), target_is_input ? 0 : 1);
+  TfLiteTensor* tensor = target_is_input ? micro_context->AllocateTempInputTensor(node, 0)
+                                         : micro_context->AllocateTempOutputTensor(node, 0);
+  TF_LITE_ENSURE(context, tensor != nullptr);
+  size_t bytes = 0, type_size = 0;
+  TfLiteStatus status = tflite::TfLiteTypeSizeOf(tensor->type, &type_size);
+  if (status == kTfLiteOk) {
+    bytes = type_size;
+    for (int i = 0; i < tensor->dims->size; ++i) bytes *= static_cast<size_t>(tensor->dims->data[i]);
+  }
+  micro_context->DeallocateTempTfLiteTensor(tensor);
+  TF_LITE_ENSURE_OK(context, status);
+  int rc = tswap_check_request(data->image, data->segment, 0, static_cast<uint32_t>(bytes), nullptr);
+  if (rc != TSWAP_OK) {
+    MicroPrintf("tswap: segment %u: %s", (unsigned)data->segment, tswap_strerror(rc));
+    return kTfLiteError;
+  }
+  if (bytes != data->image->segments[data->segment].size) {
+    MicroPrintf("tswap: segment %u holds %u bytes but its tensor needs %u", (unsigned)data->segment,
+                (unsigned)data->image->segments[data->segment].size, (unsigned)bytes);
+    return kTfLiteError;
+  }
+  data->bytes = static_cast<uint32_t>(bytes);
+  return kTfLiteOk;
+}
+
+TfLiteStatus PrepareLoad(TfLiteContext* context, TfLiteNode* node) { return PrepareTarget(context, node, false); }
+TfLiteStatus PrepareWait(TfLiteContext* context, TfLiteNode* node) { return PrepareTarget(context, node, true); }
+
+TfLiteStatus Report(int rc, const OpData* data) {
+  if (rc == TSWAP_OK) return kTfLiteOk;
+  MicroPrintf("tswap: loading segment %u failed: %s", (unsigned)data->segment, tswap_strerror(rc));
+  return kTfLiteError;
+}
+
+TfLiteStatus EvalLoad(TfLiteContext* context, TfLiteNode* node) {
+  const auto* data = static_cast<const OpData*>(node->user_data);
+  TfLiteEvalTensor* out = tflite::micro::GetEvalOutput(context, node, 0);
+  return Report(tswap_load(data->image, data->segment, 0, out->data.raw, data->bytes,
+                           (data->flags & kFlagVerifyCrc) != 0u),
+                data);
+}
+
+TfLiteStatus EvalStart(TfLiteContext* context, TfLiteNode* node) {
+  const auto* data = static_cast<const OpData*>(node->user_data);
+  TfLiteEvalTensor* out = tflite::micro::GetEvalOutput(context, node, 0);
+  return Report(tswap_load_start(data->image, data->segment, 0, out->data.raw, data->bytes), data);
+}
+
+TfLiteStatus EvalWait(TfLiteContext* context, TfLiteNode* node) {
+  (void)context;
+  const auto* data = static_cast<const OpData*>(node->user_data);
+  return Report(tswap_load_wait(data->image), data);
+}
+
+}  // namespace
+
+TFLMRegistration* Register_TSWAP_LOAD() {
+  static TFLMRegistration r = tflite::micro::RegisterOp(Init, PrepareLoad, EvalLoad);
+  return &r;
+}
+
+TFLMRegistration* Register_TSWAP_LOAD_START() {
+  static TFLMRegistration r = tflite::micro::RegisterOp(Init, PrepareLoad, EvalStart);
+  return &r;
+}
+
+TFLMRegistration* Register_TSWAP_LOAD_WAIT() {
+  static TFLMRegistration r = tflite::micro::RegisterOp(Init, PrepareWait, EvalWait);
+  return &r;
+}
+
+TfLiteStatus SetUp(tflite::MicroInterpreter& interpreter, tswap_image* image) {
+  if (image == nullptr || image->flash == nullptr) {
+    MicroPrintf("tswap: SetUp needs an image opened with tswap_image_open");
+    return kTfLiteError;
+  }
+  if (interpreter.SetMicroExternalContext(image) != kTfLiteOk) return kTfLiteError;
+  return interpreter.AllocateTensors();
+}
+
+}  // namespace tswap

@@ -1,0 +1,85 @@
+"""Run a model on a real TFLite Micro on the host (xmos-ai-tools' TFLM) with our load operators.
+
+`run_host_tflm` feeds inputs to the compiled host runner (delegates/micro/host/tswap_host_runner.cc)
+and returns the outputs with the arena figures TFLM's RecordingMicroAllocator reports.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TflmSwapError
+from ..model import Model, numpy_dtype
+from .native import build_host_runner
+
+
+@dataclass
+class HostRun:
+    """Outputs of every inference and the arena use TFLM recorded."""
+
+    outputs: list[list[np.ndarray]]
+    arena_total: int
+    arena_head: int  # non-persistent: activations + staged weights (TFLM's greedy planner)
+    arena_tail: int  # persistent: tensor structs, node data, kernel data
+    flash_bytes: int  # image bytes read by the load operators over all inferences
+
+
+def io_specs(graph: bytes, which: str) -> list[tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of the graph's inputs or outputs."""
+    model = Model.from_bytes(graph, read_external=False)
+    indices = model.inputs if which == "inputs" else model.outputs
+    return [(tuple(int(d) for d in model.tensors[t].shape), np.dtype(numpy_dtype(model.tensors[t].type)))
+            for t in indices]
+
+
+def run_host_tflm(graph: bytes, image: bytes | None, inputs: list[list[np.ndarray]],
+                  deferred: bool = False) -> HostRun:
+    """Run `len(inputs)` inferences of `graph` (with `image` behind its load operators, or None for a
+    model without them). `deferred` makes the file flash driver complete reads only when polled."""
+    if not inputs:
+        raise TflmSwapError("run_host_tflm needs at least one inference's inputs")
+    in_specs, out_specs = io_specs(graph, "inputs"), io_specs(graph, "outputs")
+    blob = bytearray()
+    for n, arrays in enumerate(inputs):
+        if len(arrays) != len(in_specs):
+            raise TflmSwapError(f"inference {n}: {len(arrays)} inputs given, the model has {len(in_specs)}")
+        for (shape, dtype), x in zip(in_specs, arrays):
+            blob += np.ascontiguousarray(x, dtype=dtype).reshape(shape).tobytes()
+    runner = build_host_runner()
+    with tempfile.TemporaryDirectory(prefix="tswap_host_") as tmp:
+        d = Path(tmp)
+        (d / "model.tflite").write_bytes(graph)
+        (d / "inputs.bin").write_bytes(bytes(blob))
+        image_arg = "-"
+        if image is not None:
+            (d / "image.bin").write_bytes(image)
+            image_arg = str(d / "image.bin")
+        argv = [str(runner), str(d / "model.tflite"), image_arg, str(d / "inputs.bin"), str(d / "outputs.bin"),
+                str(len(inputs))] + (["deferred"] if deferred else [])
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=600)
+        if proc.returncode != 0:
+            raise TflmSwapError(f"host TFLM run failed: {proc.stderr.strip()[-2000:] or proc.stdout[-2000:]}")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        raw = (d / "outputs.bin").read_bytes()
+    return HostRun(_split_outputs(raw, out_specs, len(inputs)), report["arena_total"], report["arena_head"],
+                   report["arena_tail"], report["flash_bytes"])
+
+
+def _split_outputs(raw: bytes, specs, count: int) -> list[list[np.ndarray]]:
+    sizes = [int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in specs]
+    if len(raw) != sum(sizes) * count:
+        raise TflmSwapError(f"host TFLM wrote {len(raw)} output bytes, expected {sum(sizes) * count}")
+    result, pos = [], 0
+    for _ in range(count):
+        arrays = []
+        for (shape, dtype), size in zip(specs, sizes):
+            arrays.append(np.frombuffer(raw[pos : pos + size], dtype=dtype).reshape(shape).copy())
+            pos += size
+        result.append(arrays)
+    return result

@@ -1,0 +1,132 @@
+"""Find the native sources and the host TFLM, and compile them (cached by content hash).
+
+The C/C++ sources live in `delegates/` of the repository (an editable install) or, in a wheel, in
+`tflm_swap/micro/native_src/` (copied by the build); `native_sources()` finds either. The host TFLM is
+xmos-ai-tools' `xtflm_python.so` (namespace `tflite_micro`, hence `-Dtflite=tflite_micro`), which
+also needs Debian's gemmlowp headers (`libgemmlowp-dev`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TflmSwapError
+
+# Library files a user's project needs, relative to the source root (delegates/).
+CORE_FILES = ("micro/tswap_micro.h", "micro/tswap_micro.c", "common/tswap_crc32.h", "common/tswap_crc32.c")
+TFLM_FILES = ("micro/tswap_tflm.h", "micro/tswap_tflm.cc")
+HOST_FILES = ("micro/tswap_file_flash.h", "micro/tswap_file_flash.c")
+GEMMLOWP_DIRS = ("/usr/include/gemmlowp", "/usr/local/include/gemmlowp")
+
+
+class NativeToolError(TflmSwapError):
+    """A compiler, the host TFLM library or a native source is missing, or a build failed."""
+
+
+def native_sources() -> Path:
+    """The directory holding `micro/` and `common/` C sources (repository `delegates/` or packaged copy)."""
+    here = Path(__file__).resolve().parent
+    for root in (here / "native_src", here.parents[1] / "delegates"):
+        if (root / "micro" / "tswap_micro.c").is_file() and (root / "common" / "tswap_crc32.c").is_file():
+            return root
+    raise NativeToolError(f"tflm_swap's C sources are missing (looked in {here / 'native_src'} and "
+                          f"{here.parents[1] / 'delegates'}); reinstall tflm_swap")
+
+
+def compiler(name: str) -> str:
+    """Path of a compiler (gcc, g++, clang); raises NativeToolError naming what to install."""
+    path = shutil.which(os.environ.get(name.upper().replace("+", "X"), name))
+    if path is None:
+        raise NativeToolError(f"{name} not found on PATH; install it (Debian: apt-get install {name})")
+    return path
+
+
+@dataclass(frozen=True)
+class HostTflm:
+    """Where the host TFLM headers and library are, and the flags to compile against them."""
+
+    include: Path
+    library: Path
+    gemmlowp: Path
+
+    def cxx_flags(self) -> list[str]:
+        return ["-std=c++17", "-Dtflite=tflite_micro", "-isystem", str(self.include),
+                "-isystem", str(self.gemmlowp)]
+
+    def link_flags(self) -> list[str]:
+        return [str(self.library), f"-Wl,-rpath,{self.library.parent}"]
+
+
+def host_tflm() -> HostTflm:
+    """Locate xmos-ai-tools' host TFLM; raises NativeToolError naming the missing piece."""
+    spec = importlib.util.find_spec("xmos_ai_tools")
+    if spec is None or spec.origin is None:
+        raise NativeToolError("xmos-ai-tools is not installed (pip install xmos-ai-tools); it provides "
+                              "the host TFLite Micro library the TFLM target is verified with")
+    root = Path(spec.origin).parent
+    include = root / "runtime" / "include"
+    libs = sorted((root / "xinterpreters" / "libs").glob("*/xtflm_python.so"))
+    if not (include / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file() or not libs:
+        raise NativeToolError(f"xmos-ai-tools at {root} lacks the TFLM headers or xtflm_python.so")
+    gemm = next((Path(d) for d in GEMMLOWP_DIRS if Path(d, "fixedpoint").is_dir()), None)
+    if gemm is None:
+        raise NativeToolError("gemmlowp headers not found (Debian: apt-get install libgemmlowp-dev)")
+    return HostTflm(include, libs[0], gemm)
+
+
+def cache_dir() -> Path:
+    """Where compiled binaries are cached (TFLM_SWAP_CACHE, else ~/.cache/tflm_swap/native)."""
+    base = os.environ.get("TFLM_SWAP_CACHE") or Path.home() / ".cache" / "tflm_swap" / "native"
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build(name: str, sources: list[Path], command: list[str], extra_key: str = "") -> Path:
+    """Compile `sources` with `command` (ending before '-o OUT'); reuse a cached binary of the same
+    sources and flags. Raises NativeToolError with the compiler's message on failure."""
+    digest = hashlib.sha256(extra_key.encode() + " ".join(command).encode())
+    for src in sources:
+        digest.update(src.read_bytes())
+    for header in sorted({h for s in sources for h in s.parent.glob("*.h")}):
+        digest.update(header.read_bytes())
+    out = cache_dir() / f"{name}-{digest.hexdigest()[:16]}"
+    if out.is_file():
+        return out
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    proc = subprocess.run([*command, "-o", str(tmp)], capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise NativeToolError(f"building {name} failed:\n{' '.join(command)}\n{proc.stderr[-4000:]}")
+    os.replace(tmp, out)
+    return out
+
+
+def c_objects_command(sources: list[Path], extra: list[str] | None = None) -> list[str]:
+    """A gcc command line compiling the C core strictly (C99, warnings as errors)."""
+    root = native_sources()
+    return [compiler("gcc"), "-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic",
+            f"-I{root / 'micro'}", f"-I{root / 'common'}", *(extra or []), *map(str, sources)]
+
+
+def build_host_runner() -> Path:
+    """The host runner (delegates/micro/host/tswap_host_runner.cc) linked to the host TFLM."""
+    root, tflm = native_sources(), host_tflm()
+    c_src = [root / f for f in CORE_FILES + HOST_FILES if f.endswith(".c")]
+    cc_src = [root / "micro" / "host" / "tswap_host_runner.cc", root / "micro" / "tswap_tflm.cc"]
+    objects = [build_c_object(src) for src in c_src]
+    command = [compiler("g++"), "-O2", "-Wall", *tflm.cxx_flags(), f"-I{root / 'micro'}",
+               f"-I{root / 'common'}", *map(str, cc_src), *map(str, objects), *tflm.link_flags()]
+    return build("tswap_host_runner", c_src + cc_src, command, str(tflm.library))
+
+
+def build_c_object(source: Path, extra: list[str] | None = None) -> Path:
+    """One C99 source of the core compiled to a cached object file (strict warnings)."""
+    command = [*c_objects_command([source], extra), "-c"]
+    return build(source.stem + ".o", [source], command)
