@@ -13,6 +13,7 @@ DELEGATE_SOURCES = [
     "delegates/litert/tswap_kernels.c",
     "delegates/litert/tswap_reader.c",
     "delegates/litert/tswap_table.c",
+    "delegates/litert/tswap_crc32_fast.c",
     "delegates/common/tswap_crc32.c",
 ]
 
@@ -20,7 +21,7 @@ delegate = Extension(
     "tflm_swap._litert_delegate",
     sources=DELEGATE_SOURCES,
     depends=["delegates/litert/tswap_tflite_abi.h", "delegates/litert/tswap_kernels.h",
-             "delegates/litert/tswap_reader.h", "delegates/litert/tswap_table.h",
+             "delegates/litert/tswap_reader.h", "delegates/litert/tswap_table.h", "delegates/litert/tswap_crc32_fast.h",
              "delegates/common/tswap_crc32.h"],
     # -ffp-contract=off: no fused multiply-add, so float sums round exactly like TFLite's kernels
     extra_compile_args=["-std=c11", "-O2", "-ffp-contract=off", "-fno-fast-math", "-fvisibility=hidden",

@@ -3,7 +3,9 @@ against TFLite's reference kernels, option errors at load_delegate time, corrupt
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +251,16 @@ def test_public_api_exports():
     assert tflm_swap.delegate_library() == delegate_library()
     assert Path(delegate_library()).is_file()
     assert tflm_swap.delegate_options is delegate_options
+
+
+def test_tile_crc_matches_zlib():
+    """The delegate's slice-by-8 CRC32 equals zlib.crc32 for every length and alignment."""
+    lib = ctypes.CDLL(delegate_library())
+    crc = lib.tflm_swap_crc32
+    crc.restype, crc.argtypes = ctypes.c_uint32, [ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t]
+    data = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    for start in range(9):
+        for length in (0, 1, 7, 8, 9, 63, 64, 65, 1000, 4096):
+            chunk = data[start : start + length]
+            assert crc(0, chunk, len(chunk)) == zlib.crc32(chunk)
+            assert crc(0xDEADBEEF, chunk, len(chunk)) == zlib.crc32(chunk, 0xDEADBEEF)

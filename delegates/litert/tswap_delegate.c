@@ -12,6 +12,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "tswap_crc32_fast.h"
 #include "tswap_kernels.h"
 #include "tswap_reader.h"
 #include "tswap_table.h"
@@ -626,4 +627,9 @@ TSWAP_EXPORT int tflm_swap_delegate_stats(const TfLiteDelegate* delegate, uint64
   pthread_mutex_unlock(&d->reader.mu);
   pthread_mutex_unlock(&d->eval_mu);
   return 7;
+}
+
+/* zlib-compatible CRC32 as the delegate computes it (exported for tests). */
+TSWAP_EXPORT uint32_t tflm_swap_crc32(uint32_t crc, const void* data, size_t len) {
+  return tswap_crc32_fast(crc, data, len);
 }

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../common/tswap_crc32.h"
+#include "tswap_crc32_fast.h"
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -30,7 +30,7 @@ static int read_tile(int fd, uint8_t* dst, const TswapReadRequest* q, char* msg)
              (unsigned long long)q->offset, (unsigned long long)(q->offset + q->len), (long long)got);
     return -1;
   }
-  uint32_t crc = tswap_crc32(dst, q->len);
+  uint32_t crc = tswap_crc32_fast(0, dst, q->len);
   if (crc != q->crc) {
     snprintf(msg, TSWAP_ERR_LEN, "tflm_swap delegate: tile %u of tensor %u (file bytes %llu..%llu) fails "
              "its CRC32 check (computed %08x, table has %08x): the weights file is corrupt", q->tile,
