@@ -111,7 +111,7 @@ def test_weights_never_touched_through_tensor_data(tmp_path):
     stats = delegate_stats(delegate)
     weights = (2000 * 500 + 500 * 10) * 4
     assert stats.claimed_nodes == 2
-    assert stats.bytes_read == 2 * weights  # weights only; biases stay with the tensor data
+    assert stats.bytes_read == 2 * weights  # weights only; biases are read (and checked) once when prepared
     assert stats.tiles_read == 2 * (-(-2000 * 500 * 4 // 65536) + 1)
 
 
@@ -215,6 +215,21 @@ def test_corrupt_tile_fails_the_invoke(tmp_path, small_model):
         interpreter.invoke()
     with pytest.raises(SegmentIntegrityError, match="fails its CRC32 check"):  # a new table is refused too
         build_tile_table(path, 8192)
+
+
+def test_corrupt_bias_fails_allocate_tensors(tmp_path):
+    path = write_model(tmp_path, "corrupt_bias", [1, 300], [m.fc(400)])  # 1600-byte bias: in a segment
+    options = delegate_options(path, tile_bytes=4096)
+    model = Model.from_bytes(path.read_bytes())
+    bias = model.op_inputs(0)[2]
+    record = next(r for r in read_tile_table(options["table"])[1] if r.tensor == bias)
+    data = bytearray(path.read_bytes())
+    data[record.offset + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    interpreter = litert_interpreter(model_path=str(path), reference_kernels=True,
+                                     delegates=[load_delegate(delegate_library(), options)])
+    with pytest.raises(RuntimeError, match=f"tensor {bias} \\(the bias.*fails its CRC32 check"):
+        interpreter.allocate_tensors()
 
 
 def test_python_option_errors(small_model):

@@ -53,6 +53,8 @@ typedef struct TswapNode {
   TfLiteDepthwiseConvParams dw;
   TfLiteFullyConnectedParams fc;
   const TswapTensorRecord* rec;
+  const TswapTensorRecord* bias_rec; /* bias stored in a segment: read from the file, not the mmap */
+  void* bias_copy;
   TswapKernel kernel;
   int prepared;
 } TswapNode;
@@ -376,6 +378,8 @@ static int claimable(TswapDelegate* d, TfLiteContext* ctx, const TfLiteNode* nod
   if (n->bias >= 0 && ctx->tensors[n->bias].allocation_type != kTfLiteMmapRo) return 0;
   n->rec = tswap_table_find(&d->table, (uint32_t)n->filter);
   if (!n->rec || n->rec->size != f->bytes) return 0;
+  n->bias_rec = n->bias >= 0 ? tswap_table_find(&d->table, (uint32_t)n->bias) : NULL;
+  if (n->bias_rec && n->bias_rec->size != ctx->tensors[n->bias].bytes) return 0;
   char why[128];
   return build_geometry(ctx, n, why, sizeof why) == 0;
 }
@@ -403,7 +407,39 @@ static void node_free(TfLiteContext* ctx, void* buffer) {
   TswapNode* n = (TswapNode*)buffer;
   if (!n) return;
   tswap_kernel_free(&n->kernel);
+  free(n->bias_copy);
   free(n);
+}
+
+/* Read a segment-resident bias from the file once, checking its tiles' CRCs: touching it through
+ * the interpreter's mmap would fault in a whole (up to 2 MiB) page-cache folio around it. */
+static TfLiteStatus read_bias(TfLiteContext* ctx, TswapNode* n) {
+  const TswapTensorRecord* r = n->bias_rec;
+  const TswapTable* t = &n->d->table;
+  free(n->bias_copy);
+  n->bias_copy = malloc((size_t)r->size);
+  if (!n->bias_copy) {
+    ctx->ReportError(ctx, "tflm_swap delegate: out of memory reading the bias of tensor %d", n->filter);
+    return kTfLiteError;
+  }
+  for (uint32_t i = 0; i < r->n_tiles; ++i) {
+    uint64_t off = (uint64_t)i * t->tile_bytes;
+    size_t len = (size_t)(r->size - off < t->tile_bytes ? r->size - off : t->tile_bytes);
+    uint8_t* dst = (uint8_t*)n->bias_copy + off;
+    if (tswap_pread_full(n->d->fd, dst, len, r->offset + off) != (int64_t)len) {
+      ctx->ReportError(ctx, "tflm_swap delegate: cannot read the bias (tensor %u) from the weights file", r->tensor);
+      return kTfLiteError;
+    }
+    uint32_t crc = tswap_crc32_fast(0, dst, len);
+    if (crc != t->tile_crc[r->first_tile + i]) {
+      ctx->ReportError(ctx, "tflm_swap delegate: tile %u of tensor %u (the bias, file bytes %llu..%llu) fails its "
+                       "CRC32 check (computed %08x, table has %08x): the weights file is corrupt", i, r->tensor,
+                       (unsigned long long)(r->offset + off), (unsigned long long)(r->offset + off + len), crc,
+                       t->tile_crc[r->first_tile + i]);
+      return kTfLiteError;
+    }
+  }
+  return kTfLiteOk;
 }
 
 static TfLiteStatus node_prepare(TfLiteContext* ctx, TfLiteNode* node) {
@@ -436,6 +472,7 @@ static TfLiteStatus node_prepare(TfLiteContext* ctx, TfLiteNode* node) {
                      (unsigned long long)slot);
     return kTfLiteError;
   }
+  if (n->bias_rec && read_bias(ctx, n) != kTfLiteOk) return kTfLiteError;
   n->prepared = 1;
   return kTfLiteOk;
 }
@@ -484,7 +521,7 @@ static TfLiteStatus node_invoke(TfLiteContext* ctx, TfLiteNode* node) {
   }
   TswapIo io;
   io.input = ctx->tensors[n->input].data.data;
-  io.bias = n->bias >= 0 ? ctx->tensors[n->bias].data.data : NULL;
+  io.bias = n->bias_copy ? n->bias_copy : (n->bias >= 0 ? ctx->tensors[n->bias].data.data : NULL);
   io.output = ctx->tensors[n->output].data.data;
   if (!io.input || !io.output || (n->bias >= 0 && !io.bias)) {
     ctx->ReportError(ctx, "tflm_swap delegate: tensors of node on tensor %d are not allocated", n->filter);
