@@ -130,3 +130,36 @@ def build_c_object(source: Path, extra: list[str] | None = None) -> Path:
     """One C99 source of the core compiled to a cached object file (strict warnings)."""
     command = [*c_objects_command([source], extra), "-c"]
     return build(source.stem + ".o", [source], command)
+
+
+def build_example(project: str | Path, prefix: str) -> Path:
+    """Compile a generated project's `main.cc` on the host (file-backed flash, host TFLM), as its
+    README describes; returns the executable (cached by source content)."""
+    project, tflm = Path(project), host_tflm()
+    lib = project / "tswap"
+    c_src = [lib / "tswap_micro.c", lib / "tswap_crc32.c", lib / "tswap_file_flash.c"]
+    objects = [build(f"example-{s.stem}.o", [s], [compiler("gcc"), "-std=c99", "-O2", "-Wall", "-Wextra",
+                                                  "-Werror", f"-I{lib}", "-c", str(s)]) for s in c_src]
+    cc_src = [project / "main.cc", project / f"{prefix}_model_data.cc", lib / "tswap_tflm.cc"]
+    command = [compiler("g++"), "-O2", "-Wall", *tflm.cxx_flags(), f"-I{project}", f"-I{lib}",
+               *map(str, cc_src), *map(str, objects), *tflm.link_flags()]
+    return build(f"{prefix}_example", c_src + cc_src + [project / f"{prefix}_tswap.h"], command, str(tflm.library))
+
+
+def build_unit_tests() -> Path:
+    """The C core's unit tests (delegates/micro/tests) with AddressSanitizer and UBSan."""
+    root = native_sources()
+    sources = [root / "micro" / "tests" / "test_tswap_micro.c", root / "micro" / "tswap_micro.c",
+               root / "common" / "tswap_crc32.c"]
+    command = c_objects_command(sources, ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
+    return build("test_tswap_micro", sources, command)
+
+
+def build_fuzzer() -> Path:
+    """The libFuzzer target (delegates/micro/fuzz/fuzz_image.c), clang with ASan and UBSan."""
+    root = native_sources()
+    sources = [root / "micro" / "fuzz" / "fuzz_image.c", root / "micro" / "tswap_micro.c",
+               root / "common" / "tswap_crc32.c"]
+    command = [compiler("clang"), "-g", "-O1", "-fsanitize=fuzzer,address,undefined",
+               "-fno-sanitize-recover=all", f"-I{root / 'micro'}", f"-I{root / 'common'}", *map(str, sources)]
+    return build("fuzz_image", sources, command)

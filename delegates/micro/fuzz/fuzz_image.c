@@ -1,0 +1,38 @@
+/* libFuzzer target: arbitrary bytes as a flash image. Opening must never read out of bounds, and
+ * every segment an accepted image lists must load (with its CRC checked) within the flash.
+ * Build: clang -fsanitize=fuzzer,address,undefined -I.. -I../../common fuzz_image.c ../tswap_micro.c
+ *        ../../common/tswap_crc32.c */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "tswap_micro.h"
+
+#define MAX_SEGMENTS 64u
+#define MAX_LOAD 8192u
+
+int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static tswap_segment table[MAX_SEGMENTS];
+  static uint8_t dst[MAX_LOAD];
+  uint8_t scratch[33];
+  tswap_flash flash;
+  tswap_memory_flash mem;
+  tswap_image image;
+  uint32_t i;
+  int rc;
+  if (size > UINT32_MAX) return 0;
+  tswap_flash_from_memory(&flash, &mem, data, (uint32_t)size);
+  flash.align = size > 0 ? (uint32_t)1u << (data[size - 1] & 3u) : 1u;
+  if (tswap_image_open(&image, &flash, table, MAX_SEGMENTS) != TSWAP_OK) return 0;
+  if (image.image_size > size) abort(); /* accepted an image larger than the flash */
+  for (i = 0; i < image.segment_count; ++i) {
+    if (table[i].offset + (uint64_t)table[i].size > image.image_size) abort();
+    if (table[i].size > MAX_LOAD) continue;
+    rc = tswap_load(&image, i, 0, dst, table[i].size, 1);
+    if (rc != TSWAP_OK && rc != TSWAP_ERR_CRC && rc != TSWAP_ERR_ALIGN) abort();
+  }
+  (void)tswap_image_verify(&image, scratch, sizeof(scratch));
+  rc = tswap_check_request(&image, image.segment_count, 0, 0, NULL);
+  if (rc != TSWAP_ERR_SEGMENT_ID) abort();
+  return 0;
+}

@@ -1,0 +1,274 @@
+/* Unit tests of the tflm_swap micro core (tswap_micro.c). Built with -fsanitize=address,undefined
+ * by tests/test_micro_native.py. Prints one line per failed check; exit status = failures. */
+#include <stdio.h>
+#include <string.h>
+
+#include "tswap_crc32.h"
+#include "tswap_micro.h"
+
+static int failures = 0;
+#define CHECK_EQ(got, want)                                                                      \
+  do {                                                                                           \
+    long g_ = (long)(got), w_ = (long)(want);                                                    \
+    if (g_ != w_) {                                                                              \
+      printf("FAIL %s:%d: %s = %ld, expected %ld\n", __FILE__, __LINE__, #got, g_, w_);         \
+      ++failures;                                                                                \
+    }                                                                                            \
+  } while (0)
+
+static void put_u32(uint8_t* p, uint32_t v) {
+  p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+
+/* Re-seal the header and table CRCs after a test edited the header fields. */
+static void seal(uint8_t* img) {
+  uint32_t n = img[12] | (img[13] << 8);
+  put_u32(img + 24, tswap_crc32(img + 32, 16u * n));
+  put_u32(img + 28, tswap_crc32(img, 28));
+}
+
+/* Three segments of 40, 7 and 64 bytes, 16-byte alignment; returns the image size. */
+static uint32_t make_image(uint8_t* img, uint32_t cap) {
+  const uint32_t sizes[3] = {40, 7, 64};
+  uint32_t offset = 32 + 3 * 16, i, j;
+  memset(img, 0, cap);
+  memcpy(img, "TSWI", 4);
+  put_u32(img + 4, 1);
+  put_u32(img + 8, 32 + 3 * 16);
+  put_u32(img + 12, 3);
+  put_u32(img + 20, 16);
+  for (i = 0; i < 3; ++i) {
+    offset = (offset + 15u) & ~15u;
+    for (j = 0; j < sizes[i]; ++j) img[offset + j] = (uint8_t)(i * 50 + j + 1);
+    put_u32(img + 32 + 16 * i, offset);
+    put_u32(img + 36 + 16 * i, sizes[i]);
+    put_u32(img + 40 + 16 * i, tswap_crc32(img + offset, sizes[i]));
+    offset += sizes[i];
+  }
+  put_u32(img + 16, offset);
+  seal(img);
+  return offset;
+}
+
+static int open_mem(tswap_image* im, tswap_flash* fl, tswap_memory_flash* mem, const uint8_t* img,
+                    uint32_t len, tswap_segment* table, uint32_t cap) {
+  tswap_flash_from_memory(fl, mem, img, len);
+  return tswap_image_open(im, fl, table, cap);
+}
+
+static void test_valid(void) {
+  uint8_t img[512], dst[64];
+  tswap_segment table[8];
+  tswap_flash fl;
+  tswap_memory_flash mem;
+  tswap_image im;
+  uint32_t size = make_image(img, sizeof(img)), i;
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, size, table, 8), TSWAP_OK);
+  CHECK_EQ(im.segment_count, 3);
+  CHECK_EQ(im.image_size, size);
+  for (i = 0; i < 3; ++i) {
+    CHECK_EQ(tswap_load(&im, i, 0, dst, table[i].size, 1), TSWAP_OK);
+    CHECK_EQ(memcmp(dst, img + table[i].offset, table[i].size), 0);
+  }
+  CHECK_EQ(im.bytes_read, 40 + 7 + 64);
+  CHECK_EQ(tswap_load(&im, 2, 10, dst, 20, 0), TSWAP_OK);
+  CHECK_EQ(dst[0], img[table[2].offset + 10]);
+  CHECK_EQ(tswap_image_verify(&im, dst, 5), TSWAP_OK);
+  CHECK_EQ(tswap_load(&im, 1, 0, dst, 0, 0), TSWAP_OK);
+  /* exactly as many table slots as segments is enough */
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, size, table, 3), TSWAP_OK);
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, size, table, 2), TSWAP_ERR_CAPACITY);
+}
+
+static void test_truncated(void) {
+  uint8_t img[512];
+  tswap_segment table[8];
+  tswap_flash fl;
+  tswap_memory_flash mem;
+  tswap_image im;
+  uint32_t size = make_image(img, sizeof(img)), len;
+  for (len = 1; len < size; ++len) {
+    int rc = open_mem(&im, &fl, &mem, img, len, table, 8);
+    if (rc != TSWAP_ERR_TRUNCATED) {
+      printf("FAIL truncated to %u bytes: %s\n", (unsigned)len, tswap_strerror(rc));
+      ++failures;
+    }
+  }
+  /* an empty memory flash has size 0 (= unknown): the driver's own bounds check refuses the read */
+  CHECK_EQ(open_mem(&im, &fl, &mem, NULL, 0, table, 8), TSWAP_ERR_FLASH);
+}
+
+static void test_corrupt(void) {
+  uint8_t img[512], bad[512], dst[64];
+  tswap_segment table[8];
+  tswap_flash fl;
+  tswap_memory_flash mem;
+  tswap_image im;
+  uint32_t size = make_image(img, sizeof(img)), i;
+  memcpy(bad, img, size); bad[0] = 'X';
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_MAGIC);
+  memcpy(bad, img, size); put_u32(bad + 4, 2); seal(bad);
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_VERSION);
+  /* every single-bit flip in header or table is caught */
+  for (i = 8 * 8; i < 8 * (32 + 48); ++i) {
+    int rc;
+    memcpy(bad, img, size);
+    bad[i / 8] ^= (uint8_t)(1u << (i % 8));
+    rc = open_mem(&im, &fl, &mem, bad, size, table, 8);
+    if (rc == TSWAP_OK) {
+      printf("FAIL bit flip %u in the header/table went unnoticed\n", (unsigned)i);
+      ++failures;
+    }
+  }
+  memcpy(bad, img, size);
+  bad[table[1].offset + 3] ^= 0x40;
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_OK);
+  CHECK_EQ(tswap_load(&im, 1, 0, dst, 7, 1), TSWAP_ERR_CRC);
+  CHECK_EQ(tswap_load(&im, 1, 0, dst, 7, 0), TSWAP_OK); /* unchecked read succeeds */
+  CHECK_EQ(tswap_image_verify(&im, dst, 64), TSWAP_ERR_CRC);
+}
+
+/* Tables with valid CRCs but inconsistent contents. */
+static void test_inconsistent(void) {
+  uint8_t img[512], bad[512];
+  tswap_segment table[8];
+  tswap_flash fl;
+  tswap_memory_flash mem;
+  tswap_image im;
+  uint32_t size = make_image(img, sizeof(img));
+  memcpy(bad, img, size); put_u32(bad + 32 + 16 + 0, 96); seal(bad); /* overlaps segment 0 */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  memcpy(bad, img, size); put_u32(bad + 32 + 16 * 2, 168); seal(bad); /* misaligned segment 2 */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_ALIGN);
+  memcpy(bad, img, size); put_u32(bad + 36 + 16 * 2, 65); seal(bad); /* past image_size */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  memcpy(bad, img, size); put_u32(bad + 36 + 16 * 2, 0xFFFFFFF0u); seal(bad); /* offset+size wraps */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  memcpy(bad, img, size); put_u32(bad + 44, 1); seal(bad); /* reserved field */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  memcpy(bad, img, size); put_u32(bad + 8, 64); seal(bad); /* header_size != 32 + 16 n */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  memcpy(bad, img, size); put_u32(bad + 12, 0x10000001u); put_u32(bad + 8, 32u + 16u * 0x10000001u);
+  put_u32(bad + 28, tswap_crc32(bad, 28)); /* header_size arithmetic overflows */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  memcpy(bad, img, size); put_u32(bad + 20, 24); seal(bad); /* alignment not a power of two */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_ALIGN);
+  memcpy(bad, img, size); put_u32(bad + 16, 40); seal(bad); /* image_size < header_size */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  memcpy(bad, img, size); put_u32(bad + 16, size + 100); seal(bad); /* larger than the flash */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TRUNCATED);
+}
+
+static void test_requests(void) {
+  uint8_t img[512];
+  uint32_t words[32];
+  uint8_t* dst = (uint8_t*)words;
+  tswap_segment table[8];
+  tswap_flash fl;
+  tswap_memory_flash mem;
+  tswap_image im;
+  uint32_t size = make_image(img, sizeof(img));
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, size, table, 8), TSWAP_OK);
+  CHECK_EQ(tswap_load(&im, 3, 0, dst, 1, 0), TSWAP_ERR_SEGMENT_ID);
+  CHECK_EQ(tswap_load(&im, 0xFFFFFFFFu, 0, dst, 1, 0), TSWAP_ERR_SEGMENT_ID);
+  CHECK_EQ(tswap_load(&im, 1, 0, dst, 8, 0), TSWAP_ERR_RANGE);
+  CHECK_EQ(tswap_load(&im, 1, 8, dst, 0, 0), TSWAP_ERR_RANGE);
+  CHECK_EQ(tswap_load(&im, 0, 0xFFFFFFFFu, dst, 2, 0), TSWAP_ERR_RANGE);
+  CHECK_EQ(tswap_load(&im, 0, 1, dst, 0xFFFFFFFFu, 0), TSWAP_ERR_RANGE);
+  CHECK_EQ(tswap_load(&im, 0, 4, dst, 8, 1), TSWAP_ERR_RANGE); /* CRC needs the whole segment */
+  CHECK_EQ(tswap_load(&im, 0, 0, NULL, 8, 0), TSWAP_ERR_ARG);
+  CHECK_EQ(tswap_load(NULL, 0, 0, dst, 8, 0), TSWAP_ERR_ARG);
+  /* a driver that needs word alignment */
+  fl.align = 4;
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_OK);
+  CHECK_EQ(tswap_load(&im, 0, 1, dst, 4, 0), TSWAP_ERR_ALIGN);
+  CHECK_EQ(tswap_load(&im, 0, 0, dst + 2, 4, 0), TSWAP_ERR_ALIGN);
+  CHECK_EQ(tswap_check_request(&im, 0, 4, 4, NULL), TSWAP_OK);
+  CHECK_EQ(tswap_load(&im, 0, 4, dst, 4, 0), TSWAP_OK);
+  fl.base = 2; /* image placed at a misaligned flash address */
+  CHECK_EQ(tswap_load(&im, 0, 0, dst, 4, 0), TSWAP_ERR_ALIGN);
+  fl.base = 0;
+  fl.align = 32; /* image aligned to 16 only */
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_ERR_ALIGN);
+  fl.align = 3;
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_ERR_ARG);
+  CHECK_EQ(tswap_image_open(&im, NULL, table, 8), TSWAP_ERR_ARG);
+  CHECK_EQ(tswap_image_open(&im, &fl, NULL, 8), TSWAP_ERR_ARG);
+}
+
+/* A DMA-like driver: start records, poll copies; counts polls; can fail. */
+typedef struct {
+  const uint8_t* img;
+  uint32_t len, addr, n;
+  void* dst;
+  int pending, polls, fail_read, fail_poll;
+} fake_dma;
+
+static int dma_read(void* ctx, uint32_t addr, void* dst, uint32_t len) {
+  fake_dma* d = (fake_dma*)ctx;
+  if (d->fail_read || addr > d->len || len > d->len - addr) return -1;
+  memcpy(dst, d->img + addr, len);
+  return 0;
+}
+static int dma_start(void* ctx, uint32_t addr, void* dst, uint32_t len) {
+  fake_dma* d = (fake_dma*)ctx;
+  d->addr = addr; d->dst = dst; d->n = len; d->pending = 1; d->polls = 0;
+  return 0;
+}
+static int dma_poll(void* ctx) {
+  fake_dma* d = (fake_dma*)ctx;
+  if (d->fail_poll) return -1;
+  if (++d->polls < 3) return 0;
+  d->pending = 0;
+  return dma_read(ctx, d->addr, d->dst, d->n) == 0 ? 1 : -1;
+}
+
+static void test_async_and_driver_errors(void) {
+  uint8_t img[512], dst[64];
+  tswap_segment table[8];
+  tswap_flash fl;
+  tswap_image im;
+  fake_dma d;
+  uint32_t size = make_image(img, sizeof(img));
+  memset(&d, 0, sizeof(d));
+  d.img = img; d.len = size;
+  memset(&fl, 0, sizeof(fl));
+  fl.read = dma_read; fl.start = dma_start; fl.poll = dma_poll; fl.ctx = &d; fl.size = size;
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_OK);
+  CHECK_EQ(tswap_load_wait(&im), TSWAP_ERR_IDLE);
+  CHECK_EQ(tswap_load_start(&im, 2, 0, dst, 64), TSWAP_OK);
+  CHECK_EQ(tswap_load_start(&im, 0, 0, dst, 8), TSWAP_ERR_BUSY);
+  CHECK_EQ(tswap_load(&im, 0, 0, dst, 8, 0), TSWAP_ERR_BUSY);
+  CHECK_EQ(tswap_load_wait(&im), TSWAP_OK);
+  CHECK_EQ(d.polls, 3);
+  CHECK_EQ(memcmp(dst, img + table[2].offset, 64), 0);
+  d.fail_poll = 1;
+  CHECK_EQ(tswap_load_start(&im, 0, 0, dst, 40), TSWAP_OK);
+  CHECK_EQ(tswap_load_wait(&im), TSWAP_ERR_FLASH);
+  d.fail_poll = 0;
+  d.fail_read = 1;
+  CHECK_EQ(tswap_load(&im, 0, 0, dst, 40, 0), TSWAP_ERR_FLASH);
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_ERR_FLASH);
+  fl.poll = NULL; /* start without poll is a configuration error */
+  d.fail_read = 0;
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_ERR_ARG);
+  /* without start/poll, start falls back to a blocking read and wait is a no-op */
+  fl.start = NULL;
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_OK);
+  CHECK_EQ(tswap_load_start(&im, 1, 0, dst, 7), TSWAP_OK);
+  CHECK_EQ(tswap_load_wait(&im), TSWAP_OK);
+  CHECK_EQ(memcmp(dst, img + table[1].offset, 7), 0);
+  CHECK_EQ(strcmp(tswap_strerror(TSWAP_ERR_CRC), "segment CRC mismatch"), 0);
+  CHECK_EQ(strcmp(tswap_strerror(12345), "unknown tswap status"), 0);
+}
+
+int main(void) {
+  test_valid();
+  test_truncated();
+  test_corrupt();
+  test_inconsistent();
+  test_requests();
+  test_async_and_driver_errors();
+  printf("%s: %d failure(s)\n", failures ? "FAILED" : "ok", failures);
+  return failures;
+}

@@ -1,0 +1,54 @@
+"""Planner link: predict the TFLM arena of a rewritten graph and compare it with the lower bounds.
+
+Overhead model (checked against TFLM's RecordingMicroAllocator on the MLPerf Tiny models):
+
+- head (non-persistent: activations + staged weights) = the planner's TFLM-faithful greedy layout
+  (`planner.greedy_arena`) of the rewritten graph's tensor lifetimes, where every loaded weight is
+  an ordinary tensor live from its load operator to its last reader. Exact on all four models.
+- tail (persistent) = the stock model's tail + `TAIL_PER_LOAD_OP` bytes per inserted operator
+  (TFLM's node + registration record and our 24-byte OpData; 64-bit host figure, within 16 bytes).
+- The per-operator lower bound (`plan.strategies['per_op'].lower_bound`: live activations plus the
+  operator's own weights) bounds the head; head / bound is what the rewrite costs over the ideal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import Model
+from ..planner import activation_blocks, greedy_arena, plan_model
+from ..segment import DEFAULT_MIN_SEGMENT_BYTES
+from .rewrite import MicroModel
+
+TAIL_PER_LOAD_OP = 120  # bytes of TFLM persistent arena per inserted operator (64-bit host)
+
+
+@dataclass(frozen=True)
+class ArenaPrediction:
+    """Predicted TFLM arena of the rewritten graph next to the planner's bounds for the source."""
+
+    head: int
+    tail: int | None  # None without the stock model's tail
+    per_op_bound: int
+    prefetch_bound: int  # planner's prefetch_1 lower bound
+
+    @property
+    def total(self) -> int | None:
+        return None if self.tail is None else self.head + self.tail
+
+    @property
+    def bound(self) -> int:
+        """The bound the rewrite is judged against: prefetch_1's with prefetch, else per_op's."""
+        return self.per_op_bound
+
+
+def predict_arena(micro: MicroModel, source: bytes, stock_tail: int | None = None,
+                  min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES) -> ArenaPrediction:
+    """Predict the arena TFLM allocates for `micro` (rewritten from `source`); `stock_tail` is the
+    persistent arena TFLM reports for the source model (adds the tail prediction)."""
+    graph = Model.from_bytes(micro.graph)
+    head = greedy_arena(activation_blocks(graph))[0]
+    plan = plan_model(Model.from_bytes(source), prefetch_depths=(1,), min_segment_bytes=min_segment_bytes)
+    tail = None if stock_tail is None else stock_tail + TAIL_PER_LOAD_OP * len(micro.loads)
+    return ArenaPrediction(head, tail, plan.strategies["per_op"].lower_bound,
+                           plan.strategies["prefetch_1"].lower_bound)
