@@ -226,9 +226,10 @@ def test_corrupt_bias_fails_allocate_tensors(tmp_path):
     data = bytearray(path.read_bytes())
     data[record.offset + 3] ^= 0x01
     path.write_bytes(bytes(data))
-    interpreter = litert_interpreter(model_path=str(path), reference_kernels=True,
-                                     delegates=[load_delegate(delegate_library(), options)])
     with pytest.raises(RuntimeError, match=f"tensor {bias} .the bias.*fails its CRC32 check"):
+        # the delegate's kernels are prepared when it is applied (and again on allocate_tensors)
+        interpreter = litert_interpreter(model_path=str(path), reference_kernels=True,
+                                         delegates=[load_delegate(delegate_library(), options)])
         interpreter.allocate_tensors()
 
 
