@@ -130,6 +130,8 @@ class SwapInterpreter:
         if self._templates:
             return
         self._templates = [self._template(s) for s in self.stages]
+        if not self.resident:
+            _pin_mmap_threshold()
         self._slots = [None] * (1 if self.resident else min(self.prefetch, len(self.stages) - 1) + 1)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tflm_swap-prefetch")
         self._schedule(0)
@@ -334,12 +336,15 @@ class SwapInterpreter:
 
         Loads rotate over prefetch + 1 slots; by the time a slot comes round again, the stage that
         used it has been released, so its pages (already faulted in) are reused instead of fresh
-        memory. Every slot is sized for the largest stage: a stage's model may have trailing bytes.
+        memory (faulting in fresh pages costs several times the read itself). Every slot is sized for
+        the largest stage (a stage's model may have trailing bytes); the planner caps each stage at
+        budget / (prefetch + 1), so the slots together stay within the budget.
         """
         size = max(t.base + t.blob_size for t in self._templates)
         data = self._slots[slot]
         # 3 references: the slot list, `data`, getrefcount's argument; more means a live interpreter
         if data is None or sys.getrefcount(data) > 3:
+            self._slots[slot] = data = None  # an old buffer still in use is freed with its interpreter
             data, _ = _writable_bytes(size)
             self._slots[slot] = data
             self._counters.fresh_buffers += 1
@@ -456,6 +461,25 @@ def _writable_bytes(n: int) -> tuple[bytes, memoryview]:
     data = _new_bytes(None, n)
     ctypes.memset(_bytes_address(data), 0, n)
     return data, _view(data)
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+_mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc only
+
+
+def _pin_mmap_threshold() -> None:
+    """Make glibc serve every allocation of 1 MiB or more with its own mapping, unmapped on free.
+
+    By default glibc raises its mmap threshold (up to 32 MiB) each time such a block is freed, and
+    from then on keeps freed blocks below it in its heaps: XNNPACK's packed copy of a released
+    stage's weights (and a replaced stage buffer) would stay resident, and the process would hold
+    far more than the budget (measured: 145 MiB of weights RSS for a 128 MiB budget). Pinning the
+    threshold (what `MALLOC_MMAP_THRESHOLD_=1048576` does) applies to the whole process; it is
+    glibc's own behaviour before its first raise, with 1 MiB instead of 128 KiB.
+    """
+    if _mallopt is not None:
+        _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def _view(data: bytes) -> memoryview:
