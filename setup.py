@@ -24,7 +24,7 @@ delegate = Extension(
              "delegates/litert/tswap_reader.h", "delegates/litert/tswap_table.h", "delegates/litert/tswap_crc32_fast.h",
              "delegates/common/tswap_crc32.h"],
     # -ffp-contract=off: no fused multiply-add, so float sums round exactly like TFLite's kernels
-    extra_compile_args=["-std=c11", "-O2", "-ffp-contract=off", "-fno-fast-math", "-fvisibility=hidden",
+    extra_compile_args=["-std=c11", "-O3", "-ffp-contract=off", "-fno-fast-math", "-fvisibility=hidden",
                         "-pthread"],
     extra_link_args=["-pthread"],
     libraries=["m"],

@@ -3,9 +3,10 @@ against TFLite's reference kernels, option errors at load_delegate time, corrupt
 
 from __future__ import annotations
 
-import ctypes
+import os
 import shutil
-import zlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -269,14 +270,25 @@ def test_public_api_exports():
     assert tflm_swap.delegate_options is delegate_options
 
 
-def test_tile_crc_matches_zlib():
-    """The delegate's slice-by-8 CRC32 equals zlib.crc32 for every length and alignment."""
-    lib = ctypes.CDLL(delegate_library())
-    crc = lib.tflm_swap_crc32
-    crc.restype, crc.argtypes = ctypes.c_uint32, [ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t]
-    data = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
-    for start in range(9):
-        for length in (0, 1, 7, 8, 9, 63, 64, 65, 1000, 4096):
-            chunk = data[start : start + length]
-            assert crc(0, chunk, len(chunk)) == zlib.crc32(chunk)
-            assert crc(0xDEADBEEF, chunk, len(chunk)) == zlib.crc32(chunk, 0xDEADBEEF)
+_CRC_CHECK = """
+import ctypes, sys, zlib
+import numpy as np
+crc = ctypes.CDLL(sys.argv[1]).tflm_swap_crc32
+crc.restype, crc.argtypes = ctypes.c_uint32, [ctypes.c_uint32, ctypes.c_char_p, ctypes.c_size_t]
+data = np.random.default_rng(0).integers(0, 256, 70000, dtype=np.uint8).tobytes()
+for start in range(9):
+    for length in (0, 1, 7, 8, 9, 15, 16, 63, 64, 65, 79, 80, 128, 1000, 4096, 4097, 65536):
+        chunk = data[start : start + length]
+        for init in (0, 0xDEADBEEF):
+            assert crc(init, chunk, len(chunk)) == zlib.crc32(chunk, init), (start, length, init)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("pclmul", ["default", "disabled"])
+def test_tile_crc_matches_zlib(pclmul):
+    """The delegate's CRC32 (PCLMULQDQ folding, or slice-by-8) equals zlib.crc32 for any length and alignment."""
+    env = {**os.environ, "TFLM_SWAP_NO_PCLMUL": "1"} if pclmul == "disabled" else dict(os.environ)
+    proc = subprocess.run([sys.executable, "-c", _CRC_CHECK, delegate_library()], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

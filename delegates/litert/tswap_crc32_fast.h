@@ -1,5 +1,6 @@
-/* Slice-by-8 CRC-32 (same function as ../common/tswap_crc32.h and zlib.crc32, about 5x faster than
- * the byte-wise table), used to check every streamed tile. */
+/* Fast CRC-32 (the same function as ../common/tswap_crc32.h and zlib.crc32), used to check every
+ * streamed tile: PCLMULQDQ folding on x86-64 CPUs that have it (set TFLM_SWAP_NO_PCLMUL=1 to disable),
+ * else slice-by-8 tables derived from the shared byte-wise CRC. */
 #ifndef TSWAP_CRC32_FAST_H_
 #define TSWAP_CRC32_FAST_H_
 

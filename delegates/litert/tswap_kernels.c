@@ -133,7 +133,7 @@ int tswap_kernel_alloc(TswapKernel* k) {
   k->multiplier = (int32_t*)calloc((size_t)g->out_c, sizeof(int32_t));
   k->shift = (int*)calloc((size_t)g->out_c, sizeof(int));
   if (g->is_int8 && g->op == kTfLiteBuiltinFullyConnected) {
-    k->xq = (int32_t*)malloc((size_t)g->batches * g->depth * sizeof(int32_t) + 1);
+    k->xq = (int16_t*)malloc((size_t)g->batches * g->depth * sizeof(int16_t) + 1);
     if (!k->xq) return -1;
   }
   return (k->acc && k->multiplier && k->shift) ? 0 : -1;
@@ -155,7 +155,7 @@ void tswap_kernel_begin(TswapKernel* k, const TswapIo* io) {
   if (g->is_int8 && g->op == kTfLiteBuiltinFullyConnected) {
     const int8_t* x = (const int8_t*)io->input;
     size_t n = (size_t)g->batches * g->depth;
-    for (size_t i = 0; i < n; ++i) k->xq[i] = (int32_t)x[i] + g->input_offset;
+    for (size_t i = 0; i < n; ++i) k->xq[i] = (int16_t)((int32_t)x[i] + g->input_offset);
   }
 }
 
@@ -224,15 +224,15 @@ static void fc_i8(TswapKernel* k, const TswapIo* io, const int8_t* w, uint64_t f
     int d1 = (uint64_t)(D - d0) < avail ? D : d0 + (int)avail;
     const int8_t* wr = w + (e - first) - d0;
     for (int b = 0; b < g->batches; ++b) {
-      const int32_t* xb = k->xq + (size_t)b * D;
+      const int16_t* xb = k->xq + (size_t)b * D;
       int64_t a = d0 == 0 ? 0 : acc[b];
       for (int c0 = d0; c0 < d1; c0 += 32768) { /* int32 partial sums cannot overflow in 32768 terms */
         int c1 = d1 - c0 > 32768 ? c0 + 32768 : d1;
         int32_t t = 0;
         if (fo == 0) {
-          for (int d = c0; d < c1; ++d) t += (int32_t)wr[d] * xb[d];
+          for (int d = c0; d < c1; ++d) t += (int16_t)wr[d] * xb[d]; /* int16 x int16 -> int32 dot product */
         } else {
-          for (int d = c0; d < c1; ++d) t += ((int32_t)wr[d] + fo) * xb[d];
+          for (int d = c0; d < c1; ++d) t += ((int32_t)wr[d] + fo) * (int32_t)xb[d];
         }
         a += t;
       }

@@ -35,7 +35,7 @@ typedef struct TswapKernel {
   int* shift;
   void* acc;           /* float or int64 partial sums */
   size_t acc_count;
-  int32_t* xq;         /* int8 FC: input + input_offset, batches x depth */
+  int16_t* xq;         /* int8 FC: input + input_offset (fits int16), batches x depth */
   uint64_t filter_elems;
 } TswapKernel;
 
