@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert (Keras/SavedModel) and segment a model")
     c.add_argument("model", help=".tflite file, .keras/.h5 file, or SavedModel directory")
-    c.add_argument("-o", "--output", required=True, help="segmented .tflite to write")
+    c.add_argument("-o", "--output", required=True, help="segmented .tflite to write (--target tflm: a directory)")
+    c.add_argument("--target", choices=("litert", "tflm"), default="litert",
+                   help="litert: one segmented .tflite; tflm: TFLite Micro project with load operators")
     c.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="flash page size (bytes)")
     c.add_argument("--min-segment-bytes", type=int, default=DEFAULT_MIN_SEGMENT_BYTES,
                    help="buffers smaller than this stay inline in the graph")
@@ -39,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--representative-data", help=".npy file of sample inputs for int8 calibration")
     c.add_argument("--graph", help="also write the split graph flatbuffer here")
     c.add_argument("--image", help="also write the split flash image here")
+    from .micro.cli import add_tflm_arguments
+
+    add_tflm_arguments(c)
     c.set_defaults(func=_cmd_convert)
 
     i = sub.add_parser("inspect", help="per-operator memory table, strategies, lower bounds and a plot")
@@ -123,6 +128,10 @@ def _cmd_convert(args) -> int:
     data = np.load(args.representative_data) if args.representative_data else None
     result = convert(args.model, representative_data=data, quantization=args.quantization,
                      page_size=args.page_size, min_segment_bytes=args.min_segment_bytes)
+    if args.target == "tflm":
+        from .micro.cli import convert_tflm
+
+        return convert_tflm(result.data, args.model, args)
     inputs = (args.model,)
     result.save(args.output, inputs)
     m = result.manifest

@@ -64,7 +64,8 @@ def run_host_tflm(graph: bytes, image: bytes | None, inputs: list[list[np.ndarra
                 str(len(inputs))] + (["deferred"] if deferred else [])
         proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=600)
         if proc.returncode != 0:
-            raise TflmSwapError(f"host TFLM run failed: {proc.stderr.strip()[-2000:] or proc.stdout[-2000:]}")
+            log = (proc.stdout + "\n" + proc.stderr).strip()  # TFLM's MicroPrintf writes to stdout
+            raise TflmSwapError(f"host TFLM run failed: {log[-2000:]}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         raw = (d / "outputs.bin").read_bytes()
     return HostRun(_split_outputs(raw, out_specs, len(inputs)), report["arena_total"], report["arena_head"],

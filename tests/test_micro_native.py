@@ -1,0 +1,65 @@
+"""The C core of the TFLM target on the host: unit tests (ASan/UBSan) and a brief libFuzzer run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zlib
+
+import pytest
+
+from tflm_swap.errors import SegmentIntegrityError
+from tflm_swap.micro import build_image, parse_image
+from tflm_swap.micro.native import NativeToolError, build_fuzzer, build_unit_tests
+
+
+def native_or_skip(builder):
+    """Build a native binary; skip when a tool is missing, except under CI (then fail)."""
+    try:
+        return builder()
+    except NativeToolError as exc:
+        if os.environ.get("CI") or os.environ.get("TFLM_SWAP_REQUIRE_SHARED", "") not in ("", "0"):
+            pytest.fail(f"native toolchain required in CI: {exc}")
+        pytest.skip(str(exc))
+
+
+def test_c_core_unit_tests_pass_under_sanitizers():
+    binary = native_or_skip(build_unit_tests)
+    proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok: 0 failure(s)" in proc.stdout
+
+
+def test_fuzz_image_reader_briefly(tmp_path):
+    binary = native_or_skip(build_fuzzer)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    image, _ = build_image([bytes(range(40)), b"\x07" * 7, bytes(300)])
+    (corpus / "valid").write_bytes(image)
+    (corpus / "empty_table").write_bytes(build_image([])[0])
+    proc = subprocess.run([str(binary), "-max_total_time=20", "-timeout=5", "-rss_limit_mb=1024", str(corpus)],
+                          capture_output=True, text=True, errors="replace", timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done" in proc.stderr
+
+
+def test_python_image_round_trip_and_rejections():
+    payloads = [b"a" * 33, b"", b"\x01\x02\x03"]
+    image, table = build_image(payloads, alignment=64)
+    assert [s.size for s in parse_image(image)] == [33, 0, 3]
+    assert all(s.offset % 64 == 0 for s in table)
+    assert all(zlib.crc32(image[s.offset : s.offset + s.size]) == s.crc32 for s in table)
+    with pytest.raises(SegmentIntegrityError, match="shorter than"):
+        parse_image(image[:10])
+    with pytest.raises(SegmentIntegrityError, match="truncated"):
+        parse_image(image[:-1])
+    flipped = bytearray(image)
+    flipped[table[0].offset] ^= 1
+    with pytest.raises(SegmentIntegrityError, match="segment 0 fails its CRC32"):
+        parse_image(bytes(flipped))
+    flipped = bytearray(image)
+    flipped[40] ^= 1
+    with pytest.raises(SegmentIntegrityError, match="table CRC"):
+        parse_image(bytes(flipped))
+    with pytest.raises(SegmentIntegrityError, match="magic"):
+        parse_image(b"XXXX" + image[4:])

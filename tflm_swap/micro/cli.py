@@ -1,0 +1,57 @@
+"""`tflm-swap convert --target tflm`: write a TFLM project (graph C array, image, headers, main.cc)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TflmSwapError
+from .codegen import generate_project
+from .image import DEFAULT_ALIGNMENT
+from .native import NativeToolError
+from .rewrite import MicroModel, rewrite_for_tflm
+
+
+def add_tflm_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the `tflm` target (added to `convert`)."""
+    g = parser.add_argument_group("--target tflm (output: a directory of C/C++ sources + image)")
+    g.add_argument("--prefix", default=None, help="C identifier prefix of generated names (default: from model)")
+    g.add_argument("--prefetch", action="store_true", help="read each operator's largest weights one op early")
+    g.add_argument("--verify-crc", action="store_true", help="check each segment's CRC32 on every load")
+    g.add_argument("--alignment", type=int, default=DEFAULT_ALIGNMENT, help="segment alignment in the image")
+    g.add_argument("--arena-size", type=int, default=None,
+                   help="arena bytes for the generated header (default: measured on the host TFLM)")
+
+
+def convert_tflm(data: bytes, model_path: str, args) -> int:
+    """Rewrite `data` for TFLM and write the project to `args.output`; prints a summary."""
+    micro = rewrite_for_tflm(data, min_segment_bytes=args.min_segment_bytes, prefetch=args.prefetch,
+                             verify_crc=args.verify_crc, alignment=args.alignment, source=model_path)
+    prefix = args.prefix or _identifier(Path(model_path).stem)
+    arena = args.arena_size or measured_arena(micro)
+    files = generate_project(micro, args.output, prefix, arena, inputs=(model_path,))
+    print(f"wrote {len(files)} files to {args.output}: graph {len(micro.graph)} bytes "
+          f"({prefix}_model_data.cc), image {len(micro.image)} bytes ({prefix}_image.bin), "
+          f"{len(micro.loads)} load operators, {micro.flash_bytes_per_inference} flash bytes per "
+          f"inference, arena {arena} bytes")
+    return 0
+
+
+def measured_arena(micro: MicroModel) -> int:
+    """The arena the host TFLM allocates for the rewritten graph (one inference on zero inputs)."""
+    from .host import io_specs, run_host_tflm
+
+    try:
+        zeros = [np.zeros(shape, dtype) for shape, dtype in io_specs(micro.graph, "inputs")]
+        return run_host_tflm(micro.graph, micro.image, [zeros]).arena_total
+    except NativeToolError as exc:
+        raise TflmSwapError(f"cannot measure the arena on the host TFLM ({exc}); pass --arena-size") from exc
+
+
+def _identifier(stem: str) -> str:
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "model"
+    return name if not name[0].isdigit() else f"m_{name}"
+
+
