@@ -3,6 +3,7 @@ against TFLite's reference kernels, option errors at load_delegate time, corrupt
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -292,3 +293,19 @@ def test_tile_crc_matches_zlib(pclmul):
     proc = subprocess.run([sys.executable, "-c", _CRC_CHECK, delegate_library()], env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_cli_delegate_prints_loadable_options(tmp_path, capsys):
+    from tflm_swap.cli import main
+
+    path = write_model(tmp_path, "cli", [1, 600], [m.fc(100)])
+    assert main(["delegate", str(path), "--tile-bytes", "8192", "--rounding", "double"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["library"] == delegate_library() and printed["options"]["tile_bytes"] == "8192"
+    delegate = load_delegate(printed["library"], printed["options"])
+    assert_same(outputs(path), outputs(path, delegate))
+    assert main(["delegate", str(tmp_path / "missing.tflite")]) == 2
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(m.build_model([1, 8], [m.fc(4)]))
+    assert main(["delegate", str(plain)]) == 2
+    assert "no 'tflm_swap' manifest" in capsys.readouterr().err

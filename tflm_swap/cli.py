@@ -95,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--out", required=True, help="directory for stage_NN.tflite and stages.json")
     st.set_defaults(func=_cmd_stages)
 
+    dl = sub.add_parser("delegate", help="build the tile table of the LiteRT weight-streaming delegate; print its "
+                        "library path and load_delegate options as JSON")
+    dl.add_argument("model", help="segmented .tflite")
+    dl.add_argument("--tile-bytes", type=int, default=1 << 20)
+    dl.add_argument("--no-prefetch", action="store_true", help="read tiles inline (one tile buffer)")
+    dl.add_argument("--ops", default="FULLY_CONNECTED,CONV_2D,DEPTHWISE_CONV_2D")
+    dl.add_argument("--min-weight-bytes", type=int, default=0)
+    dl.add_argument("--rounding", default="auto", choices=["auto", "single", "double"])
+    dl.add_argument("--table", default=None, help="tile table path (default MODEL.tiles)")
+    dl.set_defaults(func=_cmd_delegate)
+
     d = sub.add_parser("demo", help="the end-to-end demo on scikit-learn's digits (no data needed)")
     d.add_argument("--out", default="tflm_swap_demo", help="directory for the artifacts")
     d.add_argument("--epochs", type=int, default=8)
@@ -302,6 +313,16 @@ def _cmd_stages(args) -> int:
                       "outputs": [model.tensor_name(t) for t in outputs]})
     write_atomic(out / "stages.json", json.dumps(index, indent=2).encode(), (args.model,))
     print(f"wrote {len(stages)} stage models and stages.json to {out}/")
+    return 0
+
+
+def _cmd_delegate(args) -> int:
+    from .delegate import delegate_library, delegate_options
+
+    options = delegate_options(args.model, tile_bytes=args.tile_bytes, prefetch=not args.no_prefetch,
+                               ops=[o for o in args.ops.split(",") if o], min_weight_bytes=args.min_weight_bytes,
+                               table_path=args.table, rounding=args.rounding)
+    print(json.dumps({"library": delegate_library(), "options": options}, indent=1))
     return 0
 
 
