@@ -1,7 +1,7 @@
 """Find the native sources and the host TFLM, and compile them (cached by content hash).
 
-The C/C++ sources live in `delegates/` of the repository (an editable install) or, in a wheel, in
-`tflm_swap/micro/native_src/` (copied by the build); `native_sources()` finds either. The host TFLM is
+The C/C++ sources live in `delegates/` of the repository (an editable install) or, from a wheel,
+in `<prefix>/share/tflm_swap/delegates/` (setup.cfg `data_files`); `native_sources()` finds either. The host TFLM is
 xmos-ai-tools' `xtflm_python.so` (namespace `tflite_micro`, hence `-Dtflite=tflite_micro`), which
 also needs Debian's gemmlowp headers (`libgemmlowp-dev`).
 """
@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,12 @@ class NativeToolError(TflmSwapError):
 def native_sources() -> Path:
     """The directory holding `micro/` and `common/` C sources (repository `delegates/` or packaged copy)."""
     here = Path(__file__).resolve().parent
-    for root in (here / "native_src", here.parents[1] / "delegates"):
+    installed = Path(sys.prefix) / "share" / "tflm_swap" / "delegates"  # wheel: setup.cfg data_files
+    for root in (here.parents[1] / "delegates", installed, here / "native_src"):
         if (root / "micro" / "tswap_micro.c").is_file() and (root / "common" / "tswap_crc32.c").is_file():
             return root
-    raise NativeToolError(f"tflm_swap's C sources are missing (looked in {here / 'native_src'} and "
-                          f"{here.parents[1] / 'delegates'}); reinstall tflm_swap")
+    raise NativeToolError(f"tflm_swap's C sources are missing (looked in {here.parents[1] / 'delegates'} "
+                          f"and {installed}); reinstall tflm_swap")
 
 
 def compiler(name: str) -> str:
