@@ -3,6 +3,7 @@ against TFLite's reference kernels, option errors at load_delegate time, corrupt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -79,6 +80,11 @@ CASES = {
     "dw_f32": ([1, 14, 12, 64], [m.depthwise(2, (3, 3), (1, 1), "SAME", "RELU6"),
                                  m.depthwise(1, (5, 5), (2, 2), "VALID", dilation=(1, 2))], "float32", True),
     "dw_i8": ([1, 10, 10, 96], [m.depthwise(2, (3, 3), (2, 1), "SAME", "RELU"), m.fc(20)], "int8", True),
+    # rows / filters / taps wider than a 4096-byte tile: partial sums carried across tiles
+    "fc_f32_deep": ([2, 3000], [m.fc(64, "RELU")], "float32", True),
+    "fc_i8_deep": ([1, 9000], [m.fc(16, "RELU6")], "int8", True),
+    "conv_f32_wide": ([1, 6, 6, 512], [m.conv(8, (3, 3), (1, 1), "SAME", "RELU")], "float32", True),
+    "dw_f32_wide": ([1, 6, 6, 1100], [m.depthwise(1, (3, 3), (1, 1), "SAME")], "float32", True),
     "mixed_f32": ([1, 12, 12, 8], [m.conv(32, (3, 3)), m.relu(), m.depthwise(3, (3, 3)), m.fc(40, "RELU")],
                   "float32", True),
 }
@@ -187,6 +193,39 @@ def test_table_of_another_model_is_refused(tmp_path, small_model):
     other = write_model(tmp_path, "other", [1, 600], [m.fc(100, "RELU"), m.fc(10)], seed=5)
     with pytest.raises(ValueError, match="does not belong to this weights file|was built for a"):
         load_delegate(delegate_library(), {"weights": str(other), "table": str(default_table_path(small_model))})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"offset": 10**12}, {"size": 0}, {"offset": 16}],  # past the end, empty, inside the graph
+    ids=["past_end", "empty", "in_graph"],
+)
+def test_inconsistent_table_records_are_refused(tmp_path, small_model, change):
+    """A well-formed (CRC-valid) table whose records point outside the segments is refused by the C reader."""
+    from tflm_swap.delegate import _encode_table
+
+    header, records = read_tile_table(default_table_path(small_model))
+    first = records[0]
+    size = change.get("size", first.size)
+    tiles = -(-size // header["tile_bytes"])
+    crcs = (tuple(first.tile_crcs) + (0,) * tiles)[:tiles]
+    records[0] = dataclasses.replace(first, offset=change.get("offset", first.offset), size=size, tile_crcs=crcs)
+    table = tmp_path / "bad.tiles"
+    table.write_bytes(_encode_table(records, header["tile_bytes"], header["file_size"], header["graph_bytes"],
+                                    header["graph_crc"]))
+    with pytest.raises(ValueError, match="record 0 .* is inconsistent"):
+        load_delegate(delegate_library(), {"weights": str(small_model), "table": str(table)})
+
+
+def test_truncated_table_and_model_are_refused(tmp_path, small_model):
+    table = tmp_path / "short.tiles"
+    table.write_bytes(default_table_path(small_model).read_bytes()[:-9])
+    with pytest.raises(ValueError, match="is corrupt|describes"):
+        load_delegate(delegate_library(), {"weights": str(small_model), "table": str(table)})
+    short = tmp_path / "short.tflite"
+    short.write_bytes(small_model.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="was built for a .*-byte model file"):
+        load_delegate(delegate_library(), {"weights": str(short), "table": str(default_table_path(small_model))})
 
 
 def test_corrupt_table_is_refused(tmp_path, small_model):
