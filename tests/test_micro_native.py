@@ -63,3 +63,24 @@ def test_python_image_round_trip_and_rejections():
         parse_image(bytes(flipped))
     with pytest.raises(SegmentIntegrityError, match="magic"):
         parse_image(b"XXXX" + image[4:])
+
+
+def test_c_core_compiles_freestanding_for_cortex_m4(tmp_path):
+    """The core builds for a 32-bit MCU (Cortex-M4, freestanding) with -Wconversion -Werror and
+    needs no data or bss; string.h is declared by a shim since no ARM libc is installed here."""
+    from tflm_swap.micro.native import compiler, native_sources
+
+    clang = native_or_skip(lambda: compiler("clang"))
+    (tmp_path / "string.h").write_text("#include <stddef.h>\nvoid* memcpy(void*, const void*, size_t);\n"
+                                       "void* memset(void*, int, size_t);\n"
+                                       "int memcmp(const void*, const void*, size_t);\n")
+    root = native_sources()
+    for src in (root / "micro" / "tswap_micro.c", root / "common" / "tswap_crc32.c"):
+        obj = tmp_path / (src.stem + ".o")
+        proc = subprocess.run([clang, "--target=thumbv7em-none-eabi", "-mcpu=cortex-m4", "-ffreestanding",
+                               "-std=c99", "-Os", "-Wall", "-Wextra", "-Wconversion", "-Wcast-align", "-Werror",
+                               "-pedantic", "-isystem", str(tmp_path), f"-I{root / 'micro'}",
+                               f"-I{root / 'common'}", "-c", str(src), "-o", str(obj)],
+                              capture_output=True, text=True, errors="replace")
+        assert proc.returncode == 0, proc.stderr
+        assert obj.stat().st_size > 0
