@@ -189,6 +189,18 @@ def test_invalid_options_fail_at_load_delegate(small_model, change, message):
         load_delegate(delegate_library(), options)
 
 
+def test_interpreter_on_another_model_is_refused(tmp_path, small_model):
+    """Same architecture, different weights: the delegate refuses instead of streaming the wrong file."""
+    other = write_model(tmp_path, "twin", [1, 600], [m.fc(100, "RELU"), m.fc(10)], seed=9)
+    delegate = load_delegate(delegate_library(), delegate_options(small_model, tile_bytes=4096))
+    with pytest.raises((RuntimeError, ValueError), match="interpreter's model is not .*small.tflite"):
+        litert_interpreter(model_path=str(other), delegates=[delegate], reference_kernels=True).allocate_tensors()
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(m.build_model([1, 600], [m.fc(100, "RELU"), m.fc(10)]))
+    with pytest.raises((RuntimeError, ValueError), match="has no tflm_swap manifest"):
+        litert_interpreter(model_path=str(plain), delegates=[delegate], reference_kernels=True).allocate_tensors()
+
+
 def test_table_of_another_model_is_refused(tmp_path, small_model):
     other = write_model(tmp_path, "other", [1, 600], [m.fc(100, "RELU"), m.fc(10)], seed=5)
     with pytest.raises(ValueError, match="does not belong to this weights file|was built for a"):
@@ -212,7 +224,7 @@ def test_inconsistent_table_records_are_refused(tmp_path, small_model, change):
     records[0] = dataclasses.replace(first, offset=change.get("offset", first.offset), size=size, tile_crcs=crcs)
     table = tmp_path / "bad.tiles"
     table.write_bytes(_encode_table(records, header["tile_bytes"], header["file_size"], header["graph_bytes"],
-                                    header["graph_crc"]))
+                                    header["graph_crc"], header["manifest_header"]))
     with pytest.raises(ValueError, match="record 0 .* is inconsistent"):
         load_delegate(delegate_library(), {"weights": str(small_model), "table": str(table)})
 

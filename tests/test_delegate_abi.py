@@ -47,7 +47,23 @@ def test_abi_layout_matches_tflite_headers(tmp_path):
     ours = _layout(tmp_path, "ours")
     theirs = _layout(tmp_path, "tflite", "-DTSWAP_USE_TFLITE_HEADERS", f"-I{include}")
     assert ours.count("\n") > 100
-    assert ours == theirs
+    # xmos-ai-tools' TFLM fork adds IsVariableTensor and IsConstantTensor to TfLiteContext before
+    # GetModelMetadata; upstream TFLite (LiteRT, tflite-runtime) has GetModelMetadata right after
+    # GetEvalTensor. Our header follows upstream; the runtime tests exercise that member for real.
+    key = "TfLiteContext.GetModelMetadata"
+    ours_md, theirs_md = _member(ours, key), _member(theirs, key)
+    assert ours_md == (_member(ours, "TfLiteContext.GetEvalTensor")[0] + 8, 8)
+    assert theirs_md == (ours_md[0] + 16, 8)
+    assert _without(ours, key) == _without(theirs, key)
+
+
+def _member(layout: str, key: str) -> tuple[int, int]:
+    line = next(row for row in layout.splitlines() if row.split()[0] == key)
+    return int(line.split()[1]), int(line.split()[2])
+
+
+def _without(layout: str, key: str) -> list[str]:
+    return [row for row in layout.splitlines() if row.split()[0] != key]
 
 
 # --------------------------------------------------------------------- tflite-runtime 2.14
@@ -102,6 +118,12 @@ for name, case in job["cases"].items():
     stock = run(case["path"])
     result["cases"][name] = {mode: run(case["path"], load_delegate(job["library"], {**case["options"],
                              "rounding": mode})) == stock for mode in ("single", "double")}
+try:  # the delegate reads the model's metadata through TfLiteContext.GetModelMetadata
+    first = next(iter(job["cases"].values()))
+    Interpreter(model_path=job["other_model"], experimental_delegates=[load_delegate(job["library"], first["options"])])
+    result["other_model_error"] = None
+except (RuntimeError, ValueError) as exc:
+    result["other_model_error"] = str(exc)
 try:
     load_delegate(job["library"], {"weights": "/nonexistent.tflite"})
     result["missing_weights_error"] = None
@@ -128,6 +150,9 @@ def test_delegate_on_tflite_runtime_214(tmp_path):
         raw = m.build_model(shape, layers, dtype, per_channel=per_channel, seed=3)
         path.write_bytes(segment_model(Model.from_bytes(raw)))
         job["cases"][name] = {"path": str(path), "options": delegate_options(path, tile_bytes=4096, rounding="double")}
+    job["other_model"] = str(tmp_path / "fc_f32_other.tflite")
+    raw = m.build_model(*cases["fc_f32"][:3], per_channel=True, seed=4)
+    Path(job["other_model"]).write_bytes(segment_model(Model.from_bytes(raw)))
     (tmp_path / "job.json").write_text(json.dumps(job))
     proc = subprocess.run([str(python), "-c", _CHILD, str(tmp_path / "job.json")], capture_output=True, text=True,
                           timeout=300)
@@ -140,3 +165,4 @@ def test_delegate_on_tflite_runtime_214(tmp_path):
     assert result["cases"]["fc_i8"] == {"single": False, "double": True}
     assert result["cases"]["conv_dw_i8"]["double"] is True
     assert "cannot open weights file '/nonexistent.tflite'" in (result["missing_weights_error"] or "")
+    assert "interpreter's model is not" in (result["other_model_error"] or "")

@@ -42,6 +42,12 @@ int main(void) {
   F(TfLiteContext, impl_); F(TfLiteContext, ResizeTensor); F(TfLiteContext, ReportError);
   F(TfLiteContext, AddTensors); F(TfLiteContext, GetNodeAndRegistration);
   F(TfLiteContext, ReplaceNodeSubsetsWithDelegateKernels); F(TfLiteContext, recommended_num_threads);
+  F(TfLiteContext, GetExternalContext); F(TfLiteContext, SetExternalContext);
+  F(TfLiteContext, allow_fp32_relax_to_fp16); F(TfLiteContext, profiler); F(TfLiteContext, AllocatePersistentBuffer);
+  F(TfLiteContext, AllocateBufferForEval); F(TfLiteContext, RequestScratchBufferInArena);
+  F(TfLiteContext, GetScratchBuffer); F(TfLiteContext, ResizeTensorExplicit);
+  F(TfLiteContext, PreviewDelegatePartitioning); F(TfLiteContext, GetTensor); F(TfLiteContext, GetEvalTensor);
+  F(TfLiteContext, GetModelMetadata);
   S(TfLiteRegistration);
   F(TfLiteRegistration, init); F(TfLiteRegistration, free); F(TfLiteRegistration, prepare);
   F(TfLiteRegistration, invoke); F(TfLiteRegistration, profiling_string); F(TfLiteRegistration, builtin_code);

@@ -546,8 +546,29 @@ static const char* node_profiling_string(const TfLiteContext* ctx, const TfLiteN
 }
 
 /* --------------------------------------------------------------------------- delegate hooks */
+/* The interpreter must run the model the tile table describes: its `tflm_swap` metadata header
+ * (which carries the CRC32 of the manifest, and so of every segment's CRC) must equal the table's. */
+static TfLiteStatus check_same_model(TfLiteContext* ctx, const TswapDelegate* d) {
+  if (!ctx->GetModelMetadata) return kTfLiteOk; /* runtimes without the accessor: nothing to compare */
+  const char* ptr = NULL;
+  size_t bytes = 0;
+  if (ctx->GetModelMetadata(ctx, "tflm_swap", &ptr, &bytes) != kTfLiteOk || !ptr || bytes < 16) {
+    ctx->ReportError(ctx, "tflm_swap delegate: the interpreter's model has no tflm_swap manifest, so it is not "
+                     "the segmented model '%s' the delegate streams weights from", d->opts.weights);
+    return kTfLiteError;
+  }
+  if (memcmp(ptr, d->table.manifest_header, sizeof d->table.manifest_header) != 0) {
+    ctx->ReportError(ctx, "tflm_swap delegate: the interpreter's model is not '%s' (its tflm_swap manifest "
+                     "differs); load the interpreter from the same file as the delegate's 'weights' option",
+                     d->opts.weights);
+    return kTfLiteError;
+  }
+  return kTfLiteOk;
+}
+
 static TfLiteStatus delegate_prepare(TfLiteContext* ctx, TfLiteDelegate* base) {
   TswapDelegate* d = (TswapDelegate*)base->data_;
+  if (check_same_model(ctx, d) != kTfLiteOk) return kTfLiteError;
   TfLiteIntArray* plan = NULL;
   if (ctx->GetExecutionPlan(ctx, &plan) != kTfLiteOk || !plan) return kTfLiteError;
   int n_plan = plan->size;

@@ -101,6 +101,11 @@ static int parse(const uint8_t* d, size_t len, TswapTable* t, const char* path, 
   t->graph_crc = rd32(d + 32);
   t->n_records = rd32(d + 36);
   t->n_tiles = rd32(d + 40);
+  memcpy(t->manifest_header, d + 44, sizeof t->manifest_header);
+  if (memcmp(t->manifest_header, "TSWP", 4) != 0) {
+    snprintf(err, err_len, "tile table '%s' does not record the model's tflm_swap manifest; rebuild it", path);
+    return -1;
+  }
   uint64_t want = (uint64_t)TSWAP_TABLE_HEADER_BYTES + (uint64_t)t->n_records * TSWAP_TABLE_RECORD_BYTES +
                   (uint64_t)t->n_tiles * 4u + 4u;
   if (want != len) {

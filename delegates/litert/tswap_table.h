@@ -29,6 +29,7 @@ typedef struct TswapTable {
   uint32_t graph_crc;
   uint32_t n_records;
   uint32_t n_tiles;
+  uint8_t manifest_header[16]; /* the model's `tflm_swap` metadata header: magic, version, length, CRC32 */
   TswapTensorRecord* records; /* sorted by tensor index */
   uint32_t* tile_crc;
 } TswapTable;

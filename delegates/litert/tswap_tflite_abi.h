@@ -153,7 +153,22 @@ typedef struct TfLiteContext {
                                                         const TfLiteIntArray* nodes_to_replace,
                                                         struct TfLiteDelegate* delegate);
   int recommended_num_threads;
-  /* Later members (GetExternalContext, ...) are not used. */
+  void* (*GetExternalContext)(struct TfLiteContext*, int);
+  void (*SetExternalContext)(struct TfLiteContext*, int, void*);
+  bool allow_fp32_relax_to_fp16;
+  void* profiler;
+  void* (*AllocatePersistentBuffer)(struct TfLiteContext* ctx, size_t bytes);
+  TfLiteStatus (*AllocateBufferForEval)(struct TfLiteContext* ctx, size_t bytes, void** ptr);
+  TfLiteStatus (*RequestScratchBufferInArena)(struct TfLiteContext* ctx, size_t bytes, int* buffer_idx);
+  void* (*GetScratchBuffer)(struct TfLiteContext* ctx, int buffer_idx);
+  TfLiteStatus (*ResizeTensorExplicit)(struct TfLiteContext* ctx, TfLiteTensor* tensor, int dims, const int* shape);
+  TfLiteStatus (*PreviewDelegatePartitioning)(struct TfLiteContext* context, const TfLiteIntArray* nodes_to_replace,
+                                              TfLiteDelegateParams** partition_params_array, int* num_partitions);
+  TfLiteTensor* (*GetTensor)(const struct TfLiteContext* context, int tensor_idx);
+  void* (*GetEvalTensor)(const struct TfLiteContext* context, int tensor_idx);
+  TfLiteStatus (*GetModelMetadata)(const struct TfLiteContext* context, const char* name, const char** ptr,
+                                   size_t* bytes);
+  /* Later members are not used. */
 } TfLiteContext;
 
 typedef struct TfLiteRegistration {

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import MalformedModelError, ManifestError, SegmentIntegrityError, TflmSwapError
 from ..fileio import write_atomic
-from ..manifest import Manifest, read_manifest
+from ..manifest import HEADER_SIZE, MANIFEST_NAME, Manifest, find_metadata, read_manifest
 from ..schema import tfl
 
 SUPPORTED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
@@ -42,8 +42,8 @@ MAX_TILE_BYTES = 1 << 31
 TABLE_SUFFIX = ".tiles"
 TABLE_MAGIC = b"TSWT"
 TABLE_VERSION = 1
-_HEADER = struct.Struct("<4sIQQQIII20x")  # magic, version, tile_bytes, file_size, graph_bytes, graph_crc,
-#                                            n_records, n_tiles, reserved -> 64 bytes
+_HEADER = struct.Struct("<4sIQQQIII16s4x")  # magic, version, tile_bytes, file_size, graph_bytes, graph_crc,
+#                                              n_records, n_tiles, manifest header, reserved -> 64 bytes
 _RECORD = struct.Struct("<IIQQII")  # tensor, buffer, file offset, size, first tile, tile count -> 32 bytes
 _LIBRARY_STEM = "_litert_delegate"
 
@@ -118,7 +118,8 @@ def build_tile_table(
     if _table_matches(table_path, tile_bytes, file_size, manifest.image_offset, graph_crc):
         return table_path
     records = _scan_segments(model_path, graph, manifest, tile_bytes)
-    blob = _encode_table(records, tile_bytes, file_size, manifest.image_offset, graph_crc)
+    manifest_header = find_metadata(graph, MANIFEST_NAME)[:HEADER_SIZE]
+    blob = _encode_table(records, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header)
     try:
         return write_atomic(table_path, blob, inputs=(model_path,))
     except OSError as exc:
@@ -134,9 +135,10 @@ def read_tile_table(table_path: str | Path) -> tuple[dict, list[TileRecord]]:
         raise DelegateError(f"{table_path} is not a tflm_swap tile table")
     if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
         raise DelegateError(f"tile table {table_path} fails its CRC32 check")
-    magic, version, tile_bytes, file_size, graph_bytes, graph_crc, n_rec, n_tiles = _HEADER.unpack_from(data)
+    magic, version, tile_bytes, file_size, graph_bytes, graph_crc, n_rec, n_tiles, manifest_header = (
+        _HEADER.unpack_from(data))
     header = {"version": version, "tile_bytes": tile_bytes, "file_size": file_size, "graph_bytes": graph_bytes,
-              "graph_crc": graph_crc, "records": n_rec, "tiles": n_tiles}
+              "graph_crc": graph_crc, "records": n_rec, "tiles": n_tiles, "manifest_header": manifest_header}
     crc_base = _HEADER.size + n_rec * _RECORD.size
     records = []
     for i in range(n_rec):
@@ -235,11 +237,12 @@ def _read_exact(f, offset: int, size: int, path: Path, seg_id: int) -> bytes:
 
 
 def _encode_table(
-    records: list[TileRecord], tile_bytes: int, file_size: int, graph_bytes: int, graph_crc: int
+    records: list[TileRecord], tile_bytes: int, file_size: int, graph_bytes: int, graph_crc: int,
+    manifest_header: bytes,
 ) -> bytes:
     n_tiles = sum(len(r.tile_crcs) for r in records)
     parts = [_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, tile_bytes, file_size, graph_bytes, graph_crc,
-                          len(records), n_tiles)]
+                          len(records), n_tiles, manifest_header)]
     first = 0
     for r in records:
         parts.append(_RECORD.pack(r.tensor, r.buffer, r.offset, r.size, first, len(r.tile_crcs)))
