@@ -115,6 +115,7 @@ class SwapInterpreter:
             raise
         self.resident = len(self.stages) == 1
         self._templates: list[_Template] = []
+        self._last_use: list[list[int]] = []  # per stage: crossing tensors read for the last time there
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
         self._slots: list[bytes | None] = []  # model bytes reused across loads (see _buffer)
@@ -130,6 +131,7 @@ class SwapInterpreter:
         if self._templates:
             return
         self._templates = [self._template(s) for s in self.stages]
+        self._last_use = _last_uses(self._templates, set(self._model.inputs) | set(self._model.outputs))
         if not self.resident:
             _pin_mmap_threshold()
         self._slots = [None] * (1 if self.resident else min(self.prefetch, len(self.stages) - 1) + 1)
@@ -173,6 +175,8 @@ class SwapInterpreter:
             loaded.interpreter.invoke()
             for index, t in zip(loaded.output_index, template.outputs):
                 values[t] = loaded.interpreter.get_tensor(index).copy()
+            for t in self._last_use[i]:  # activations no later stage reads: free them now
+                values.pop(t, None)
             self._counters.stages[i].compute_s += time.perf_counter() - started
             if not self.resident:
                 self._release(loaded)
@@ -183,8 +187,8 @@ class SwapInterpreter:
         if tensor_index in self._values:
             return self._values[tensor_index].copy()
         raise ValueError(
-            f"tensor {tensor_index} is not available: only inputs, outputs and tensors crossing stage "
-            "boundaries are kept (run invoke() first)"
+            f"tensor {tensor_index} is not available: only the model's inputs and outputs are kept "
+            "(run invoke() first)"
         )
 
     def get_signature_list(self) -> dict[str, dict[str, list[str]]]:
@@ -402,6 +406,20 @@ class SwapSignatureRunner:
             self._interpreter.set_tensor(self._inputs[name], value)
         self._interpreter.invoke()
         return {name: self._interpreter.get_tensor(t) for name, t in self._outputs.items()}
+
+
+def _last_uses(templates: list[_Template], keep: set[int]) -> list[list[int]]:
+    """For each stage, the tensors crossing stage boundaries that no later stage reads (minus `keep`),
+    so that an invoke holds only the activations still needed, not every boundary it passed."""
+    last: dict[int, int] = {}
+    for i, t in enumerate(templates):
+        for tensor in t.inputs + t.outputs:
+            last[tensor] = i
+    drops: list[list[int]] = [[] for _ in templates]
+    for tensor, i in last.items():
+        if tensor not in keep:
+            drops[i].append(tensor)
+    return drops
 
 
 def _text(value: bytes | str | None) -> str:
