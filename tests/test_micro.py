@@ -115,6 +115,10 @@ def test_corrupt_or_foreign_image_fails_clearly(runner):
     bad[micro.segments[2].offset + 5] ^= 0x10
     with pytest.raises(TflmSwapError, match="segment 2.*CRC mismatch"):
         run_host_tflm(micro.graph, bytes(bad), x)
+    prefetching = rewrite_for_tflm(kws, prefetch=True, verify_crc=True)  # checked in TSWAP_LOAD_WAIT
+    assert prefetching.image == micro.image
+    with pytest.raises(TflmSwapError, match="segment 2.*CRC mismatch"):
+        run_host_tflm(prefetching.graph, bytes(bad), x, deferred=True)
     foreign = rewrite_for_tflm(require_model("ad01_int8").read_bytes())
     with pytest.raises(TflmSwapError, match="holds .* bytes but its tensor needs"):
         run_host_tflm(micro.graph, foreign.image, x)

@@ -7,6 +7,7 @@
 #include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_context.h"
 #include "tensorflow/lite/micro/micro_log.h"
+#include "tswap_crc32.h"
 
 namespace tswap {
 namespace {
@@ -107,9 +108,13 @@ TfLiteStatus EvalStart(TfLiteContext* context, TfLiteNode* node) {
 }
 
 TfLiteStatus EvalWait(TfLiteContext* context, TfLiteNode* node) {
-  (void)context;
   const auto* data = static_cast<const OpData*>(node->user_data);
-  return Report(tswap_load_wait(data->image), data);
+  int rc = tswap_load_wait(data->image);
+  if (rc == TSWAP_OK && (data->flags & kFlagVerifyCrc) != 0u) {
+    const TfLiteEvalTensor* in = tflite::micro::GetEvalInput(context, node, 0);
+    if (tswap_crc32(in->data.raw, data->bytes) != data->image->segments[data->segment].crc32) rc = TSWAP_ERR_CRC;
+  }
+  return Report(rc, data);
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 //   TSWAP_LOAD_WAIT   1 input (the tensor a START filled), no outputs: waits for that read.
 //
 // Custom options (all three): 8 bytes, little-endian: uint32 segment id, uint32 flags
-// (bit 0: check the segment's CRC32 after a blocking read). Prepare validates the id, that the
+// (bit 0: check the segment's CRC32 after the read: in TSWAP_LOAD, or in TSWAP_LOAD_WAIT). Prepare validates the id, that the
 // output tensor's byte size equals the segment size, and the flash alignment; Eval only reads.
 //
 // The operators find the image through the interpreter's external context: call

@@ -11,7 +11,8 @@ With `prefetch=True` the largest loaded tensor of each operator is read asynchro
 read in flight at a time; the other tensors of that operator use blocking loads after the wait).
 
 Custom options of the three operators: `struct.pack("<II", segment_id, flags)`, flags bit 0 = check
-the segment CRC32 after a blocking read. The rewritten graph has no `Buffer.offset` anywhere.
+the segment CRC32 after the read (set on TSWAP_LOAD and TSWAP_LOAD_WAIT with `verify_crc`).
+The rewritten graph has no `Buffer.offset` anywhere.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, fla
             ops.append((_custom(codes[LOAD_START_OP], [], [t], s, 0), LOAD_START_OP, s, t, 0))
         if k in asynchronous:
             t, s = asynchronous[k]
-            ops.append((_custom(codes[LOAD_WAIT_OP], [t], [], s, 0), LOAD_WAIT_OP, s, t, k))
+            ops.append((_custom(codes[LOAD_WAIT_OP], [t], [], s, flags), LOAD_WAIT_OP, s, t, k))
         for t, s in by_op.get(k, []):
             if asynchronous.get(k) != (t, s):
                 ops.append((_custom(codes[LOAD_OP], [], [t], s, flags), LOAD_OP, s, t, k))
