@@ -150,12 +150,12 @@ def test_segmented_input_gives_the_same_graph():
     assert Model.from_bytes(b.graph).metadata("tflm_swap") is None
 
 
-@pytest.mark.parametrize("name", ["kws_ref_model", "ad01_int8"])
-def test_generated_example_matches_litert_reference(runner, tmp_path, name):
+@pytest.mark.parametrize("name,options", [("kws_ref_model", []), ("ad01_int8", ["--prefetch", "--verify-crc"])])
+def test_generated_example_matches_litert_reference(runner, tmp_path, name, options):
     data = require_model(name).read_bytes()
     out = tmp_path / "project"
     assert cli_main(["convert", str(require_model(name)), "--target", "tflm", "-o", str(out),
-                     "--prefix", "net"]) == 0
+                     "--prefix", "net", *options]) == 0
     header = (out / "net_tswap.h").read_text()
     arena = int(re.search(r"NET_ARENA_SIZE (\d+)u", header).group(1))
     exe = native_or_skip(lambda: build_example(out, "net"))
