@@ -191,3 +191,16 @@ def test_cli_writes_project_beside_its_input_untouched(tmp_path):
     assert code == 0 and src.read_bytes() == require_model("kws_ref_model").read_bytes()
     assert "#define M_ARENA_SIZE 40000u" in (tmp_path / "m_tswap.h").read_text()
     assert (tmp_path / "m_image.bin").read_bytes() == rewrite_for_tflm(src.read_bytes()).image
+
+
+def test_tensor_also_read_in_a_non_loadable_slot_stays_inline():
+    data = require_model("kws_ref_model").read_bytes()
+    loaded = {s.tensor for s in rewrite_for_tflm(data).loads}
+    model = Model.from_bytes(data)
+    first = min(loaded)
+    last = len(model.operators) - 1  # SOFTMAX: give it the conv filter as an extra (non-loadable) input
+    model.operators[last].inputs = [*model.operators[last].inputs, first]
+    edited = rewrite_for_tflm(bytes(model.pack()))
+    assert first not in {s.tensor for s in edited.loads}
+    assert {s.tensor for s in edited.loads} == loaded - {first}
+    assert Model.from_bytes(edited.graph).constant_buffer(first) is not None

@@ -116,8 +116,11 @@ def _refuse_offline_plan(model: Model) -> None:
 
 
 def _pick_loads(model: Model, min_bytes: int) -> list[tuple[int, int, int]]:
-    """(first reader op, tensor, buffer) of every tensor to load, in execution order."""
-    picks, seen = [], set()
+    """(first reader op, tensor, buffer) of every tensor to load, in execution order.
+
+    A tensor is loaded only when every operator reading it reads it in a loadable slot (an operator
+    that needs the data at Prepare, or a constant tensor, keeps its input inline)."""
+    picks, seen = [], _read_elsewhere(model)
     for op in range(len(model.operators)):
         slots = LOADABLE_INPUTS.get(model.opcode_name(op), ())
         inputs = model.operators[op].inputs
@@ -133,6 +136,18 @@ def _pick_loads(model: Model, min_bytes: int) -> list[tuple[int, int, int]]:
             seen.add(t)
             picks.append((op, t, b))
     return picks
+
+
+def _read_elsewhere(model: Model) -> set[int]:
+    """Tensors some operator reads in a slot that is not loadable."""
+    tensors = set()
+    for op in range(len(model.operators)):
+        slots = LOADABLE_INPUTS.get(model.opcode_name(op), ())
+        inputs = model.operators[op].inputs
+        for slot, t in enumerate(inputs if inputs is not None else []):
+            if t >= 0 and slot not in slots:
+                tensors.add(int(t))
+    return tensors
 
 
 def _strip(model: Model, loaded: set[int]) -> Model:
