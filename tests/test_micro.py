@@ -204,3 +204,15 @@ def test_tensor_also_read_in_a_non_loadable_slot_stays_inline():
     assert first not in {s.tensor for s in edited.loads}
     assert {s.tensor for s in edited.loads} == loaded - {first}
     assert Model.from_bytes(edited.graph).constant_buffer(first) is not None
+
+
+def test_bad_load_op_options_are_refused_in_prepare(runner):
+    data = require_model("kws_ref_model").read_bytes()
+    micro = rewrite_for_tflm(data)
+    x = _inputs(data, 1)
+    for options, message in (([1, 0, 0], "custom options must be 8 bytes"),
+                             (list(struct.pack("<II", 99, 0)), "segment 99: segment id out of range")):
+        graph = Model.from_bytes(micro.graph)
+        graph.operators[micro.loads[0].op].customOptions = options
+        with pytest.raises(TflmSwapError, match=message):
+            run_host_tflm(bytes(graph.pack()), micro.image, x)

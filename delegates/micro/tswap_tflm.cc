@@ -19,6 +19,7 @@ struct OpData {
   uint32_t segment;
   uint32_t flags;
   uint32_t bytes;
+  bool options_ok;
 };
 
 uint32_t ReadU32(const uint8_t* p) {
@@ -33,12 +34,11 @@ void* Init(TfLiteContext* context, const char* buffer, size_t length) {
   data->segment = UINT32_MAX;  // invalid until Prepare has checked the options
   data->flags = 0;
   data->bytes = 0;
-  if (buffer != nullptr && length == kOptionBytes) {
+  data->options_ok = buffer != nullptr && length == kOptionBytes;  // Prepare reports a bad length
+  if (data->options_ok) {
     const auto* p = reinterpret_cast<const uint8_t*>(buffer);
     data->segment = ReadU32(p);
     data->flags = ReadU32(p + 4);
-  } else {
-    data->flags = UINT32_MAX;  // Prepare reports the bad option length
   }
   return data;
 }
@@ -47,7 +47,7 @@ void* Init(TfLiteContext* context, const char* buffer, size_t length) {
 TfLiteStatus PrepareTarget(TfLiteContext* context, TfLiteNode* node, bool target_is_input) {
   auto* data = static_cast<OpData*>(node->user_data);
   TF_LITE_ENSURE(context, data != nullptr);
-  if (data->flags == UINT32_MAX) {
+  if (!data->options_ok) {
     MicroPrintf("tswap: load op custom options must be %d bytes (segment id, flags)", (int)kOptionBytes);
     return kTfLiteError;
   }
