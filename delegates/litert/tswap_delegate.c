@@ -275,7 +275,9 @@ static int build_geometry(TfLiteContext* ctx, TswapNode* n, char* why, size_t wh
       g->dil_h = n->dw.dilation_height_factor; g->dil_w = n->dw.dilation_width_factor;
     }
     if (g->dil_h < 1 || g->dil_w < 1 || g->stride_h < 1 || g->stride_w < 1 || g->f_h < 1 || g->f_w < 1 ||
-        g->in_c < 1 || g->out_c < 1 || g->in_c > 65536) {
+        g->in_c < 1 || g->out_c < 1 || g->in_c > 65536 || g->dil_h > 65536 || g->dil_w > 65536 ||
+        g->stride_h > 65536 || g->stride_w > 65536 || g->f_h > 65536 || g->f_w > 65536 || g->in_h < 1 ||
+        g->in_w < 1 || g->in_h > (1 << 24) || g->in_w > (1 << 24) || g->batches < 1) {
       snprintf(why, why_len, "invalid strides, dilations or shapes"); return -1;
     }
     g->out_h = out_size(padding, g->in_h, g->f_h, g->stride_h, g->dil_h);
