@@ -115,10 +115,10 @@ def build_tile_table(
     graph, manifest = _read_graph(model_path)
     graph_crc = zlib.crc32(graph[: manifest.image_offset])
     file_size = model_path.stat().st_size
-    if _table_matches(table_path, tile_bytes, file_size, manifest.image_offset, graph_crc):
+    manifest_header = find_metadata(graph, MANIFEST_NAME)[:HEADER_SIZE]
+    if _table_matches(table_path, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header):
         return table_path
     records = _scan_segments(model_path, graph, manifest, tile_bytes)
-    manifest_header = find_metadata(graph, MANIFEST_NAME)[:HEADER_SIZE]
     blob = _encode_table(records, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header)
     try:
         return write_atomic(table_path, blob, inputs=(model_path,))
@@ -252,13 +252,16 @@ def _encode_table(
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def _table_matches(path: Path, tile_bytes: int, file_size: int, graph_bytes: int, graph_crc: int) -> bool:
+def _table_matches(
+    path: Path, tile_bytes: int, file_size: int, graph_bytes: int, graph_crc: int, manifest_header: bytes
+) -> bool:
     try:
         header, _ = read_tile_table(path)
     except (OSError, DelegateError, struct.error):
         return False
     return (header["version"], header["tile_bytes"], header["file_size"], header["graph_bytes"],
-            header["graph_crc"]) == (TABLE_VERSION, tile_bytes, file_size, graph_bytes, graph_crc)
+            header["graph_crc"], header["manifest_header"]) == (
+        TABLE_VERSION, tile_bytes, file_size, graph_bytes, graph_crc, manifest_header)
 
 
 # ------------------------------------------------------------------------------------- options
