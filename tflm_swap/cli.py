@@ -106,6 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--table", default=None, help="tile table path (default MODEL.tiles)")
     dl.set_defaults(func=_cmd_delegate)
 
+    from .cascade.cli import register as _register_cascade
+
+    _register_cascade(sub)
+
     d = sub.add_parser("demo", help="the end-to-end demo on scikit-learn's digits (no data needed)")
     d.add_argument("--out", default="tflm_swap_demo", help="directory for the artifacts")
     d.add_argument("--epochs", type=int, default=8)

@@ -1,0 +1,141 @@
+"""`tflm-swap cascade build|eval|run`: the cascade subcommands (registered by tflm_swap.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TflmSwapError
+from ..report import format_bytes, parse_size
+
+
+def register(sub) -> None:
+    """Add the `cascade` command and its `build`, `eval` and `run` subcommands to `sub`."""
+    c = sub.add_parser("cascade", help="router + slimmed specialist cascades: build, eval, run")
+    csub = c.add_subparsers(dest="cascade_command", required=True)
+
+    b = csub.add_parser("build", help="train a cascade from labelled images and write the bundle")
+    b.add_argument("--data", required=True, help=".npz with images 'x' [N,H,W(,C)] and labels 'y'")
+    b.add_argument("--model", help="trained Keras model (.keras/.h5) to start from (default: train the default CNN)")
+    b.add_argument("-o", "--output", required=True, help="bundle file to write (e.g. model.cascade)")
+    b.add_argument("--n-test", type=int, default=0, help="hold out the last N samples and print the evaluation")
+    b.add_argument("--n-groups", type=int, help="number of class groups (default: chosen automatically)")
+    b.add_argument("--group-method", choices=("activations", "confusion"), default="activations")
+    b.add_argument("--epochs", type=int, default=10, help="monolithic model epochs (when training it)")
+    b.add_argument("--router-epochs", type=int, default=10)
+    b.add_argument("--sparsity-epochs", type=int, default=3)
+    b.add_argument("--finetune-epochs", type=int, default=3)
+    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--fallback", choices=("top2", "full", "none"), default="top2")
+    b.add_argument("--threshold", type=float, default=0.9, help="router confidence below which to fall back")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_build)
+
+    e = csub.add_parser("eval", help="accuracy and costs of a bundle on labelled images")
+    e.add_argument("bundle")
+    e.add_argument("--data", required=True, help=".npz with 'x' and 'y'")
+    e.add_argument("--last", type=int, default=0, help="use only the last N samples (e.g. the held-out ones)")
+    _runtime_options(e)
+    e.add_argument("--json", help="also write the figures as JSON here")
+    e.set_defaults(func=cmd_eval)
+
+    r = csub.add_parser("run", help="run a bundle on inputs within a RAM budget; per-inference bytes loaded")
+    r.add_argument("bundle")
+    r.add_argument("--data", required=True, help=".npz with 'x' (labels 'y' optional) or an .npy of images")
+    r.add_argument("--limit", type=int, default=20, help="inputs to run (default 20)")
+    _runtime_options(r)
+    r.add_argument("--prefetch", action="store_true", help="prefetch the most likely next specialist")
+    r.set_defaults(func=cmd_run)
+
+
+def _runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("litert", "tflm"), default="litert")
+    p.add_argument("--ram-budget", help="weight bytes held at once, e.g. 64KiB (default: router + largest model)")
+    p.add_argument("--cache", choices=("lru", "lfu"), default="lru")
+
+
+def _budget(args, bundle) -> int:
+    if args.ram_budget:
+        return parse_size(args.ram_budget)
+    return bundle.router.weight_bytes + max(s.weight_bytes for s in bundle.specialists)
+
+
+def cmd_build(args) -> int:
+    """Train and bundle; with --n-test, evaluate on the held-out tail."""
+    from .builder import CascadeBuilder
+    from .data import load_npz, split_by_order
+    from .report import evaluate, format_table
+
+    x, y = load_npz(args.data)
+    x_test = y_test = None
+    if args.n_test:
+        x, y, x_test, y_test = split_by_order(x, y, args.n_test)
+    model = None
+    if args.model:
+        import keras
+
+        model = keras.models.load_model(args.model)
+    builder = CascadeBuilder(
+        n_groups=args.n_groups, group_method=args.group_method, epochs=args.epochs,
+        router_epochs=args.router_epochs, sparsity_epochs=args.sparsity_epochs,
+        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, fallback=args.fallback,
+        threshold=args.threshold, seed=args.seed, verbose=0 if args.quiet else 2,
+    ).fit(model, x, y)
+    path = builder.bundle_.save(args.output)
+    print(f"wrote {path}: {len(builder.groups_)} groups {builder.groups_}, "
+          f"{format_bytes(path.stat().st_size)}")
+    if x_test is not None:
+        print(format_table({"held-out": evaluate(builder.bundle_, x_test, y_test, keras_model=builder.model_)}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    """Print the evaluation table of a bundle."""
+    from .bundle import CascadeBundle
+    from .data import load_npz
+    from .report import evaluate, format_table
+
+    bundle = CascadeBundle.load(args.bundle)
+    x, y = load_npz(args.data)
+    if args.last:
+        x, y = x[-args.last :], y[-args.last :]
+    result = evaluate(bundle, x, y, backend=args.backend, ram_budget=_budget(args, bundle), cache=args.cache)
+    print(format_table({Path(args.bundle).name: result}))
+    if args.json:
+        from ..fileio import write_atomic
+
+        write_atomic(args.json, json.dumps(result, indent=1, default=float).encode())
+    return 0
+
+
+def cmd_run(args) -> int:
+    """Run inputs one by one and print what each inference loaded."""
+    from .bundle import CascadeBundle
+    from .data import load_npz, prepare_images
+    from .interpreter import CascadeInterpreter
+
+    bundle = CascadeBundle.load(args.bundle)
+    if args.data.endswith(".npy"):
+        x, y = prepare_images(np.load(args.data)), None
+    else:
+        with np.load(args.data) as d:
+            has_y = "y" in d
+        x, y = load_npz(args.data) if has_y else (prepare_images(np.load(args.data)["x"]), None)
+    x = x[: args.limit]
+    if len(x) == 0:
+        raise TflmSwapError("no inputs to run")
+    with CascadeInterpreter(bundle, ram_budget=_budget(args, bundle), cache=args.cache, prefetch=args.prefetch,
+                            backend=args.backend) as ci:
+        scores = ci.predict(x)
+        stats = ci.stats()
+        for i, rec in enumerate(ci.records):
+            label = "" if y is None else f" label {int(y[i])}"
+            print(f"#{i:3d}: class {int(np.argmax(scores[i]))}{label}; router group {rec.group} "
+                  f"(p={rec.confidence:.3f}) ran {rec.groups_run or 'monolithic'}; loaded {rec.bytes_loaded} B, "
+                  f"weights used {rec.weights_used} B")
+    print(json.dumps(stats, indent=1, default=float))
+    return 0

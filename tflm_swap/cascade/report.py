@@ -1,0 +1,154 @@
+"""Evaluation of a cascade against its monolithic model: accuracy, costs, latency, table and plot."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..report import format_bytes
+from ..runtime.backends import litert_interpreter
+from .bundle import CascadeBundle
+from .groups import group_labels
+from .interpreter import CascadeInterpreter, _dequantize, _quantize
+
+ROWS = (
+    ("monolithic float top-1", "mono_float_top1", "{:.4f}"),
+    ("monolithic int8 top-1", "mono_int8_top1", "{:.4f}"),
+    ("router top-1 (groups)", "router_top1", "{:.4f}"),
+    ("cascade top-1", "cascade_top1", "{:.4f}"),
+    ("cascade - monolithic int8 (points)", "delta_points", "{:+.2f}"),
+    ("low-confidence fallback rate", "fallback_rate", "{:.4f}"),
+    ("monolithic weights / MACs", "mono_cost", "{}"),
+    ("router weights / MACs (% of monolithic)", "router_pct", "{}"),
+    ("specialists' weights, total (% of monolithic)", "specialists_pct", "{:.1f}%"),
+    ("weights used per inference, mean (%)", "used_pct", "{:.1f}%"),
+    ("weights used per inference, max (router + 2 specialists)", "used_max_pct", "{:.1f}%"),
+    ("MACs per inference, mean (% of monolithic)", "macs_pct", "{:.1f}%"),
+    ("flash bytes loaded per inference (budget: router + largest)", "loaded_per_inference", "{}"),
+    ("host latency: monolithic int8 / cascade / cascade without loads", "latency", "{}"),
+)
+
+
+def evaluate(bundle: CascadeBundle, x: np.ndarray, y: np.ndarray, keras_model=None, backend: str = "litert",
+             ram_budget: int | str | None = "tight", cache: str = "lru") -> dict:
+    """Figures of the cascade on (x, y). `ram_budget='tight'` holds the router and one largest model."""
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y).reshape(-1)
+    mono_bytes = bundle.monolithic.weight_bytes if bundle.monolithic else bundle.stats.get("monolithic_weight_bytes")
+    result: dict = {"n": len(x), "n_groups": len(bundle.groups), "groups": bundle.groups, "backend": backend}
+    if keras_model is not None:
+        result["mono_float_top1"] = float(np.mean(np.argmax(keras_model.predict(x, verbose=0), 1) == y))
+    if bundle.monolithic is not None:
+        pred, seconds = _run_plain(bundle.member_bytes(bundle.monolithic), x)
+        result["mono_int8_top1"], result["mono_latency_s"] = float(np.mean(pred == y)), seconds
+    if ram_budget == "tight":
+        ram_budget = bundle.router.weight_bytes + max(s.weight_bytes for s in bundle.specialists)
+    with CascadeInterpreter(bundle, ram_budget=ram_budget, cache=cache, backend=backend) as ci:
+        result["router_top1"] = float(np.mean(np.argmax(ci.route(x), 1) == group_labels(y, bundle.groups)))
+        started = time.perf_counter()
+        scores = ci.predict(x)
+        result["cascade_latency_s"] = (time.perf_counter() - started) / len(x)
+        stats, records = ci.stats(), ci.records
+    resident = [r.seconds for r in records if r.bytes_loaded == 0]
+    result["cascade_latency_resident_s"] = float(np.mean(resident)) if resident else None
+    result["cascade_top1"] = float(np.mean(np.argmax(scores, 1) == y))
+    result["ram_budget"] = ram_budget
+    result.update(_costs(bundle, mono_bytes, stats, records))
+    if "mono_int8_top1" in result:
+        result["delta_points"] = 100 * (result["cascade_top1"] - result["mono_int8_top1"])
+    return result
+
+
+def _costs(bundle: CascadeBundle, mono_bytes: int, stats: dict, records) -> dict:
+    mono = bundle.monolithic
+    mono_macs = mono.macs if mono else 0
+    spec_macs = [s.macs for s in bundle.specialists]
+    macs = [bundle.router.macs + sum(spec_macs[g] for g in r.groups_run) + (mono_macs if r.monolithic else 0)
+            for r in records]
+    largest_two = sorted((s.weight_bytes for s in bundle.specialists), reverse=True)[:2]
+    return {
+        "mono_weight_bytes": mono_bytes, "mono_macs": mono_macs,
+        "router_weight_bytes": bundle.router.weight_bytes, "router_macs": bundle.router.macs,
+        "router_weight_pct": 100 * bundle.router.weight_bytes / mono_bytes,
+        "router_macs_pct": 100 * bundle.router.macs / mono_macs if mono_macs else None,
+        "specialist_weight_bytes": [s.weight_bytes for s in bundle.specialists],
+        "specialists_pct": 100 * sum(s.weight_bytes for s in bundle.specialists) / mono_bytes,
+        "used_per_inference": stats["weights_used_per_inference"],
+        "used_pct": 100 * stats["weights_used_per_inference"] / mono_bytes,
+        "used_max_pct": 100 * (bundle.router.weight_bytes + sum(largest_two)) / mono_bytes,
+        "macs_pct": 100 * float(np.mean(macs)) / mono_macs if mono_macs else None,
+        "loaded_per_inference_bytes": stats["bytes_loaded_per_inference"],
+        "fallback_rate": stats["fallback_rate"],
+    }
+
+
+def _run_plain(data: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """argmax predictions of a plain LiteRT interpreter (builtin kernels, no XNNPACK) and seconds per input."""
+    interpreter = litert_interpreter(data, default_delegates=False)
+    interpreter.allocate_tensors()
+    d_in, d_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    preds = np.empty(len(x), dtype=np.int64)
+    started = time.perf_counter()
+    for i in range(len(x)):
+        interpreter.set_tensor(d_in["index"], _quantize(x[i : i + 1], d_in))
+        interpreter.invoke()
+        preds[i] = int(np.argmax(_dequantize(interpreter.get_tensor(d_out["index"]), d_out)))
+    return preds, (time.perf_counter() - started) / max(len(x), 1)
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A Markdown table: one row per figure, one column per named result (e.g. dataset)."""
+    names = list(results)
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, key, fmt in ROWS:
+        cells = [_cell(r, key, fmt) for r in results.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(r: dict, key: str, fmt: str) -> str:
+    if key == "mono_cost":
+        return f"{format_bytes(r['mono_weight_bytes'])} / {r['mono_macs'] / 1e6:.2f} M"
+    if key == "router_pct":
+        macs = "n/a" if r.get("router_macs_pct") is None else f"{r['router_macs_pct']:.1f}%"
+        return f"{r['router_weight_pct']:.1f}% / {macs}"
+    if key == "loaded_per_inference":
+        return f"{r['loaded_per_inference_bytes']:.0f} B"
+    if key == "latency":
+        mono = r.get("mono_latency_s")
+        warm = r.get("cascade_latency_resident_s")
+        warm_text = "-" if warm is None else f"{warm * 1e3:.3f} ms"
+        mono_text = "-" if mono is None else f"{mono * 1e3:.3f} ms"
+        return f"{mono_text} / {r['cascade_latency_s'] * 1e3:.3f} ms / {warm_text}"
+    value = r.get(key)
+    return "-" if value is None else fmt.format(value)
+
+
+def plot_tradeoff(sweep: dict[str, list[dict]], path: str | Path) -> Path:
+    """Accuracy against weights used per inference (% of monolithic), one point per number of groups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rows in sweep.items():
+        rows = sorted(rows, key=lambda r: r["n_groups"])
+        xs, ys = [r["used_pct"] for r in rows], [100 * r["cascade_top1"] for r in rows]
+        line = ax.plot(xs, ys, "o-", label=f"{name} cascade")[0]
+        for r, xv, yv in zip(rows, xs, ys):
+            ax.annotate(f"{r['n_groups']} groups", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if rows and rows[0].get("mono_int8_top1") is not None:
+            ax.plot([100], [100 * rows[0]["mono_int8_top1"]], "s", color=line.get_color(),
+                    label=f"{name} monolithic int8")
+    ax.set_xlabel("weights used per inference (% of monolithic int8)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
