@@ -85,6 +85,9 @@ CASES = {
     "fc_i8_deep": ([1, 9000], [m.fc(16, "RELU6")], "int8", True),
     "conv_f32_wide": ([1, 6, 6, 512], [m.conv(8, (3, 3), (1, 1), "SAME", "RELU")], "float32", True),
     "dw_f32_wide": ([1, 6, 6, 1100], [m.depthwise(1, (3, 3), (1, 1), "SAME")], "float32", True),
+    "fc_keep_num_dims": ([2, 3, 400], [m.fc(300, "RELU", keep_num_dims=True), m.fc(20, keep_num_dims=True)],
+                         "float32", True),
+    "fc_i8_3d_flatten": ([2, 3, 400], [m.fc(260, "RELU")], "int8", True),
     "mixed_f32": ([1, 12, 12, 8], [m.conv(32, (3, 3)), m.relu(), m.depthwise(3, (3, 3)), m.fc(40, "RELU")],
                   "float32", True),
 }
@@ -121,6 +124,44 @@ def test_weights_never_touched_through_tensor_data(tmp_path):
     assert stats.claimed_nodes == 2
     assert stats.bytes_read == 2 * weights  # weights only; biases are read (and checked) once when prepared
     assert stats.tiles_read == 2 * (-(-2000 * 500 * 4 // 65536) + 1)
+
+
+_RESIDENT = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType, load_delegate
+spec = json.loads(sys.argv[1])
+delegates = [load_delegate(spec["library"], spec["options"])] if spec["options"] else []
+it = Interpreter(model_path=spec["model"], experimental_delegates=delegates,
+                 experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+it.allocate_tensors()
+d = it.get_input_details()[0]
+it.set_tensor(d["index"], np.ones(d["shape"], np.float32))
+it.invoke()
+rss, inside = 0, False
+for line in Path("/proc/self/smaps").read_text().splitlines():
+    if "-" in line.split(" ")[0] and len(line.split()) >= 5:
+        inside = line.endswith(spec["model"])
+    elif inside and line.startswith("Rss:"):
+        rss += int(line.split()[1]) * 1024
+print(rss)
+"""
+
+
+def test_claimed_weights_are_never_faulted_in(tmp_path):
+    """Resident pages of the interpreter's mmap of the model: all weights without the delegate, ~none with it."""
+    path = write_model(tmp_path, "resident", [1, 2048], [m.fc(2048, "RELU"), m.fc(1024)])  # 24 MiB of weights
+    weights = (2048 * 2048 + 2048 * 1024) * 4
+
+    def resident(options) -> int:
+        spec = {"library": delegate_library(), "options": options, "model": str(path)}
+        proc = subprocess.run([sys.executable, "-c", _RESIDENT, json.dumps(spec)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return int(proc.stdout.strip().splitlines()[-1])
+
+    assert resident(None) >= weights
+    assert resident(delegate_options(path, tile_bytes=1 << 20)) < weights // 8
 
 
 def test_unclaimed_ops_stay_with_the_interpreter(tmp_path):

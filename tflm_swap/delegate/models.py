@@ -32,10 +32,11 @@ class Layer:
     padding: str = "SAME"
     activation: str = "NONE"
     bias: bool = True
+    keep_num_dims: bool = False  # fc: keep the input's leading dimensions instead of flattening them
 
 
-def fc(units: int, activation: str = "NONE", bias: bool = True) -> Layer:
-    return Layer("fc", units, activation=activation, bias=bias)
+def fc(units: int, activation: str = "NONE", bias: bool = True, keep_num_dims: bool = False) -> Layer:
+    return Layer("fc", units, activation=activation, bias=bias, keep_num_dims=keep_num_dims)
 
 
 def conv(channels: int, kernel=(3, 3), stride=(1, 1), padding="SAME", activation="NONE", dilation=(1, 1),
@@ -160,14 +161,15 @@ def _add_layer(b: _Builder, i: int, layer: Layer, x: int, shape, scale: float, z
     act = ACTIVATIONS[layer.activation]
     out_scale, out_zp = scale * float(b.rng.uniform(1.0, 3.0)), int(b.rng.integers(-20, 20))
     if layer.kind == "fc":
-        depth = shape[-1] if len(shape) == 2 else math.prod(shape[1:])
+        depth = shape[-1] if len(shape) == 2 or layer.keep_num_dims else math.prod(shape[1:])
         batches = math.prod(shape) // depth
         w, scales = b.weights(f"fc{i}/weights", [layer.units, depth], layer.units, 0, scale)
         bias = b.bias(f"fc{i}/bias", layer.units, scale, scales) if layer.bias else -1
-        out_shape = [batches, layer.units]
+        out_shape = [*shape[:-1], layer.units] if layer.keep_num_dims else [batches, layer.units]
         y = b.activation(f"fc{i}/out", out_shape, out_scale, out_zp)
         opts = tfl.FullyConnectedOptionsT()
         opts.fusedActivationFunction = act
+        opts.keepNumDims = layer.keep_num_dims
         b.op(tfl.BuiltinOperator.FULLY_CONNECTED, [x, w, bias], [y], tfl.BuiltinOptions.FullyConnectedOptions, opts)
         return y, out_shape, out_scale, out_zp
     n, h, wd, c = shape
