@@ -321,36 +321,50 @@ def sweep(models: list[BenchModel], kernels: list[str], caches: list[str], args)
     for m in models:
         invokes = args.invokes or (5 if args.quick else (20 if m.large else 30))
         for kern in kernels:
-            copies = 2 if kern == "xnnpack" else 1
             for cache in caches:
                 base = {"kernels": kern, "cache": cache, "seed": 0, "warmup": 2, "invokes": invokes,
                         "prefetch": args.prefetch, "budget": None}
-                stock_spec = base | {"kind": "stock", "path": str(m.original)}
-                stock = _progress(m.name, kern, cache, "stock", stock_spec)
-                twin = _progress(m.name, kern, cache, "twin", base | {"kind": "stock", "path": str(m.twin),
-                                                                       "kernels": "builtin"})
-                group = [Row(m.name, kern, cache, label, budget, m.weight_bytes, m.large, stock, twin,
-                             _progress(m.name, kern, cache, f"swap {label}", base | {
-                                 "kind": "swap", "path": str(m.segmented), "budget": budget, "prefetch": prefetch}))
-                         for label, budget, prefetch in budgets(m, copies, args.prefetch)]
-                again = _progress(m.name, kern, cache, "stock again", stock_spec)
-                for row in group:
-                    row.stock = _merge_stock(stock, again)
-                    evaluate(row, copies)
-                rows.extend(group)
+                rows.extend(_group(m, kern, cache, base, args))
     return rows
 
 
-def _merge_stock(first: dict, again: dict) -> dict:
-    """The stock figures measured before and after a model's swap children: the mean of the two
-    medians (the machine is shared; both are kept in the record), the higher peak."""
-    if "error" in first or "error" in again:
-        return first if "error" in first else again
-    merged = dict(first)
-    merged["median_s"] = (first["median_s"] + again["median_s"]) / 2
-    merged["medians_s"] = [first["median_s"], again["median_s"]]
-    merged["peak_hwm"] = max(first["peak_hwm"], again["peak_hwm"])
-    merged["deterministic"] = first["digest"] == again["digest"] and first["deterministic"]
+def _group(m: BenchModel, kern: str, cache: str, base: dict, args) -> list[Row]:
+    """One model, kernels and cache state: the twin once, then `rounds` rounds of stock and every
+    budget, and stock once more (alternating, so that load from other processes hits both alike)."""
+    copies = 2 if kern == "xnnpack" else 1
+    choices = budgets(m, copies, args.prefetch)
+    stock_spec = base | {"kind": "stock", "path": str(m.original)}
+    twin = _progress(m.name, kern, cache, "twin", base | {"kind": "stock", "path": str(m.twin), "kernels": "builtin"})
+    stocks: list[dict] = []
+    swaps: dict[str, list[dict]] = {label: [] for label, _, _ in choices}
+    for r in range(args.rounds):
+        stocks.append(_progress(m.name, kern, cache, f"stock (round {r + 1})", stock_spec))
+        for label, budget, prefetch in choices:
+            swaps[label].append(_progress(m.name, kern, cache, f"swap {label} (round {r + 1})", base | {
+                "kind": "swap", "path": str(m.segmented), "budget": budget, "prefetch": prefetch}))
+    stocks.append(_progress(m.name, kern, cache, "stock (again)", stock_spec))
+    group = []
+    for label, budget, _ in choices:
+        row = Row(m.name, kern, cache, label, budget, m.weight_bytes, m.large, _merge(stocks), twin,
+                  _merge(swaps[label]))
+        evaluate(row, copies)
+        group.append(row)
+    return group
+
+
+def _merge(runs: list[dict]) -> dict:
+    """Several children of one configuration: the median of their medians (all kept in the record),
+    the memory of the one that grew most, and whether every child produced the same outputs."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    merged = dict(runs[0])
+    merged["runs"] = [{k: r[k] for k in ("baseline_rss", "peak_hwm", "median_s", "first_s")} for r in runs]
+    merged["medians_s"] = [r["median_s"] for r in runs]
+    merged["median_s"] = statistics.median(merged["medians_s"])
+    worst = max(runs, key=_growth)  # memory: the child that grew most over its own baseline
+    merged["peak_hwm"], merged["baseline_rss"] = worst["peak_hwm"], worst["baseline_rss"]
+    merged["deterministic"] = all(r["deterministic"] and r["digest"] == runs[0]["digest"] for r in runs)
     return merged
 
 
@@ -365,7 +379,9 @@ def _progress(model: str, kernels: str, cache: str, what: str, spec: dict) -> di
 
 # ---------------------------------------------------------------------------------- reporting
 def _mib(n: int | None) -> str:
-    return "-" if n is None else f"{n / MIB:.2f}"
+    if n is None:
+        return "-"
+    return f"{n / MIB:.3f}" if abs(n) < MIB else f"{n / MIB:.2f}"
 
 
 def _mark(ok: bool | None) -> str:
@@ -453,6 +469,7 @@ def main() -> int:
     ap.add_argument("--cache", default="warm,cold", help="warm, cold or both")
     ap.add_argument("--invokes", type=int, default=0, help="timed invokes per child (default by model size)")
     ap.add_argument("--prefetch", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1, help="alternate stock and swap children this many times")
     ap.add_argument("--shared", default=str(SHARED))
     ap.add_argument("--json", default=None, help="where to write the records (default out/runtime_swap*.json)")
     args = ap.parse_args()
