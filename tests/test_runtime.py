@@ -129,6 +129,23 @@ def test_streaming_reads_each_stage_per_invoke(segmented_files, prefetch):
     assert len(stats["stages"]) > 1
 
 
+def test_invoke_frees_boundary_activations(segmented_files):
+    """Only the model's inputs and outputs outlive an invoke; activations crossing stage boundaries
+    are dropped after the last stage that reads them, so they do not pile up across stages."""
+    model, path = segmented_files["vww_96_int8.tflite"]
+    with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model), prefetch=1) as swap:
+        swap.allocate_tensors()
+        assert len(swap.stages) > 2
+        _compare(model, swap, n=2)
+        kept = set(swap._values)
+        crossing = {t for template in swap._templates for t in template.inputs + template.outputs}
+        intermediate = sorted(crossing - set(model.inputs) - set(model.outputs))
+        assert intermediate
+        with pytest.raises(ValueError, match="only the model's inputs and outputs"):
+            swap.get_tensor(intermediate[0])
+    assert kept == set(model.inputs) | set(model.outputs)
+
+
 def test_corrupt_segment_fails_before_any_output(segmented_files, tmp_path):
     model, path = segmented_files["vww_96_int8.tflite"]
     data = bytearray(path.read_bytes())
