@@ -12,7 +12,8 @@ Builds (and caches) two dense-heavy models, a float32 one with > 256 MB of weigh
   delegate-ref-np the same without prefetch (one tile buffer, reads not overlapped)
   delegate-default XNNPACK for the unclaimed operators + the delegate
 
-Usage: python benchmarks/delegate_memory.py [--tile-bytes 1048576] [--runs 5] [--out DIR] [--json FILE]
+Usage: python benchmarks/delegate_memory.py [--tile-bytes 1048576 [262144 4194304 ...]] [--runs 5] [--out DIR]
+       [--json FILE]   (extra tile sizes: delegate-ref only, to show peak memory following the tile size)
 """
 
 from __future__ import annotations
@@ -146,8 +147,9 @@ def measure(name: str, path: Path, args, out: Path) -> dict:
 
     from tflm_swap.delegate import delegate_library, delegate_options, detect_rounding
 
-    print(f"[{name}] tile table ({args.tile_bytes} B tiles) ...", flush=True)
-    options = delegate_options(path, tile_bytes=args.tile_bytes, rounding=detect_rounding())
+    tile_bytes = args.tile_bytes[0]
+    print(f"[{name}] tile table ({tile_bytes} B tiles) ...", flush=True)
+    options = delegate_options(path, tile_bytes=tile_bytes, rounding=detect_rounding())
     weights = weight_bytes(path)
     hot, cold = read_bandwidth(path, cold=False), read_bandwidth(path, cold=True)
     results = {}
@@ -165,9 +167,20 @@ def measure(name: str, path: Path, args, out: Path) -> dict:
         diff = np.abs(outs[config].astype(np.float64) - outs["stock-ref"].astype(np.float64))
         results[config]["identical_to_stock_ref"] = outs[config].tobytes() == outs["stock-ref"].tobytes()
         results[config]["max_abs_diff_vs_stock_ref"] = float(diff.max())
+    sweep = []
+    for extra in args.tile_bytes[1:]:
+        print(f"[{name}] delegate-ref with {extra} B tiles ...", flush=True)
+        spec = {"config": "delegate-ref", "model": str(path), "library": delegate_library(), "runs": args.runs,
+                "options": delegate_options(path, tile_bytes=extra, rounding=options["rounding"],
+                                            table_path=out / f"{name}.{extra}.tiles"),
+                "output": str(out / f"{name}.sweep.npy")}
+        r = run_child(spec)
+        same = np.load(out / f"{name}.sweep.npy").tobytes() == outs["stock-ref"].tobytes()
+        sweep.append({"tile_bytes": extra, "target_bytes": 2 * extra + MIB, "median_s": r["median_s"],
+                      "weights_attributable": r["peak_above_baseline"] - overhead, "identical_to_stock_ref": same})
     stock = results["stock-ref"]["median_s"]
-    return {"model": name, "file_bytes": path.stat().st_size, "weight_bytes": weights, "tile_bytes": args.tile_bytes,
-            "target_bytes": 2 * args.tile_bytes + MIB, "read_bw_hot": hot, "read_bw_cold": cold,
+    return {"model": name, "file_bytes": path.stat().st_size, "weight_bytes": weights, "tile_bytes": tile_bytes,
+            "target_bytes": 2 * tile_bytes + MIB, "tile_sweep": sweep, "read_bw_hot": hot, "read_bw_cold": cold,
             "read_once_hot_s": weights / hot, "read_once_cold_s": weights / cold,
             "bound_ratio_serial_hot": (stock + weights / hot) / stock,
             "bound_ratio_serial_cold": (stock + weights / cold) / stock,
@@ -181,6 +194,7 @@ def report(rows: list[dict]) -> None:
         print(f"{r['model']}: {r['weight_bytes'] / MIB:.1f} MiB weights, tile {r['tile_bytes'] / MIB:.2f} MiB, "
               f"target peak <= 2 x tile + 1 MiB = {r['target_bytes'] / MIB:.2f} MiB; read bandwidth "
               f"{r['read_bw_hot'] / 1e9:.2f} GB/s hot, {r['read_bw_cold'] / 1e9:.2f} GB/s cold")
+        stock = r["configs"]["stock-ref"]["median_s"]
         print(f"  interpreter alone (allocated, not invoked): {r['interpreter_overhead'] / MIB:.2f} MiB above base")
         print(f"  {'config':17} {'peak above base':>16} {'weights-attrib.':>16} {'<= target':>9} {'median ms':>10} "
               f"{'vs stock-ref':>13} {'identical':>10}")
@@ -191,6 +205,12 @@ def report(rows: list[dict]) -> None:
             print(f"  {name:17} {c['peak_above_baseline'] / MIB:12.2f} MiB {c['weights_attributable'] / MIB:12.2f} MiB "
                   f"{ok:>9} {c['median_s'] * 1e3:10.1f} {c['ratio_vs_stock_ref']:12.2f}x "
                   f"{str(c['identical_to_stock_ref']):>10}")
+        for t in r["tile_sweep"]:
+            ok = "yes" if t["weights_attributable"] <= t["target_bytes"] else "no"
+            print(f"  delegate-ref, {t['tile_bytes'] / MIB:5.2f} MiB tiles: weights-attrib. "
+                  f"{t['weights_attributable'] / MIB:.2f} MiB (target {t['target_bytes'] / MIB:.2f} MiB: {ok}), "
+                  f"{t['median_s'] * 1e3:.1f} ms ({t['median_s'] / stock:.2f}x), "
+                  f"identical {t['identical_to_stock_ref']}")
         print(f"  reading the weights once: {r['read_once_hot_s'] * 1e3:.1f} ms hot / "
               f"{r['read_once_cold_s'] * 1e3:.1f} ms cold -> latency-ratio bound "
               f"{r['bound_ratio_serial_hot']:.2f}x (hot, serial), {r['bound_ratio_serial_cold']:.2f}x (cold, serial), "
@@ -199,7 +219,7 @@ def report(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tile-bytes", type=int, default=MIB)
+    p.add_argument("--tile-bytes", type=int, nargs="+", default=[MIB])
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path.home() / ".cache" / "tflm_swap" / "bench_delegate")
     p.add_argument("--json", type=Path, default=None, help="write the results here (default OUT/results.json)")

@@ -5,6 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Integer kernels get an AVX2 clone picked at load time (GCC/clang ifunc); the float kernels stay
+ * on the baseline ISA so their rounding never depends on the CPU (and no FMA is ever formed). */
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(TSWAP_NO_MULTIVERSION)
+#define TSWAP_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define TSWAP_MULTIVERSION
+#endif
+
 /* ---------------------------------------------------------------- arithmetic helpers (TFLite) */
 void tswap_quantize_multiplier(double m, int single_rounding, int32_t* quantized, int* shift) {
   if (m == 0.0) {
@@ -209,7 +218,7 @@ static void fc_f32(TswapKernel* k, const TswapIo* io, const float* w, uint64_t f
   }
 }
 
-static void fc_i8(TswapKernel* k, const TswapIo* io, const int8_t* w, uint64_t first, uint64_t count) {
+TSWAP_MULTIVERSION static void fc_i8(TswapKernel* k, const TswapIo* io, const int8_t* w, uint64_t first, uint64_t count) {
   const TswapGeometry* g = &k->g;
   const int32_t* bias = (const int32_t*)io->bias;
   int8_t* out = (int8_t*)io->output;
