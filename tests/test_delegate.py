@@ -311,6 +311,25 @@ def test_corrupt_tile_fails_the_invoke(tmp_path, small_model):
         build_tile_table(path, 8192)
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_corrupt_first_tile_of_a_later_node_fails_the_invoke(tmp_path, prefetch):
+    """With prefetch, tile 0 of the next claimed node is read ahead (while the previous node computes)."""
+    path = write_model(tmp_path, "later", [1, 600], [m.fc(300, "RELU"), m.fc(200)])
+    options = delegate_options(path, tile_bytes=4096, prefetch=prefetch)
+    ok = load_delegate(delegate_library(), options)
+    assert_same(outputs(path), outputs(path, ok, n=4))  # consecutive invokes reuse the read-ahead tile
+    second = Model.from_bytes(path.read_bytes()).op_inputs(1)[1]
+    record = next(r for r in read_tile_table(options["table"])[1] if r.tensor == second)
+    data = bytearray(path.read_bytes())
+    data[record.offset + 100] ^= 0x80
+    path.write_bytes(bytes(data))
+    interpreter = litert_interpreter(model_path=str(path), reference_kernels=True,
+                                     delegates=[load_delegate(delegate_library(), options)])
+    interpreter.allocate_tensors()
+    with pytest.raises(RuntimeError, match=f"tile 0 of tensor {second} .* fails its CRC32 check"):
+        interpreter.invoke()
+
+
 def test_corrupt_bias_fails_allocate_tensors(tmp_path):
     path = write_model(tmp_path, "corrupt_bias", [1, 300], [m.fc(400)])  # 1600-byte bias: in a segment
     options = delegate_options(path, tile_bytes=4096)

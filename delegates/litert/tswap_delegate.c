@@ -42,6 +42,10 @@ typedef struct TswapDelegate {
   pthread_mutex_t eval_mu;
   uint64_t claimed;
   uint64_t invokes;
+  struct TswapNode* first; /* claimed nodes in execution order (the order they were initialised) */
+  struct TswapNode* last;
+  struct TswapNode* pending_node; /* node whose tile 0 the reader is fetching ahead, or NULL */
+  int pending_slot;
 } TswapDelegate;
 
 typedef struct TswapNode {
@@ -57,6 +61,8 @@ typedef struct TswapNode {
   void* bias_copy;
   TswapKernel kernel;
   int prepared;
+  struct TswapNode* prev;
+  struct TswapNode* next;
 } TswapNode;
 
 /* ----------------------------------------------------------------------------------- options */
@@ -401,6 +407,12 @@ static void* node_init(TfLiteContext* ctx, const char* buffer, size_t length) {
     free(n);
     return NULL;
   }
+  pthread_mutex_lock(&d->eval_mu);
+  n->prev = d->last;
+  if (d->last) d->last->next = n;
+  else d->first = n;
+  d->last = n;
+  pthread_mutex_unlock(&d->eval_mu);
   return n;
 }
 
@@ -408,6 +420,17 @@ static void node_free(TfLiteContext* ctx, void* buffer) {
   (void)ctx;
   TswapNode* n = (TswapNode*)buffer;
   if (!n) return;
+  TswapDelegate* d = n->d;
+  pthread_mutex_lock(&d->eval_mu);
+  if (d->pending_node == n) {
+    tswap_reader_drain(&d->reader);
+    d->pending_node = NULL;
+  }
+  if (n->prev) n->prev->next = n->next;
+  else d->first = n->next;
+  if (n->next) n->next->prev = n->prev;
+  else d->last = n->prev;
+  pthread_mutex_unlock(&d->eval_mu);
   tswap_kernel_free(&n->kernel);
   free(n->bias_copy);
   free(n);
@@ -467,6 +490,8 @@ static TfLiteStatus node_prepare(TfLiteContext* ctx, TfLiteNode* node) {
   if (n->kernel.g.is_int8) quantize_multipliers(ctx, n);
   uint64_t slot = n->d->table.tile_bytes < n->rec->size ? n->d->table.tile_bytes : n->rec->size;
   pthread_mutex_lock(&n->d->eval_mu);
+  tswap_reader_drain(&n->d->reader);
+  n->d->pending_node = NULL; /* slots may be reallocated */
   int rc = tswap_reader_reserve(&n->d->reader, (size_t)slot);
   pthread_mutex_unlock(&n->d->eval_mu);
   if (rc != 0) {
@@ -479,37 +504,55 @@ static TfLiteStatus node_prepare(TfLiteContext* ctx, TfLiteNode* node) {
   return kTfLiteOk;
 }
 
+static void tile_request(const TswapDelegate* d, const TswapTensorRecord* rec, uint32_t t, TswapReadRequest* q) {
+  uint64_t off = (uint64_t)t * d->table.tile_bytes;
+  q->offset = rec->offset + off;
+  q->len = (size_t)(rec->size - off < d->table.tile_bytes ? rec->size - off : d->table.tile_bytes);
+  q->crc = d->table.tile_crc[rec->first_tile + t];
+  q->tensor = rec->tensor;
+  q->tile = t;
+}
+
+/* Stream the node's tiles through the double buffer. With prefetch, tile t+1 is read while tile t
+ * is computed, and during the last tile the reader starts on tile 0 of the next claimed node (in
+ * execution order), which that node picks up if it is the next one to run. Called under eval_mu. */
 static TfLiteStatus stream_tiles(TswapNode* n, const TswapIo* io, char* err, size_t err_len) {
   TswapDelegate* d = n->d;
   TswapReader* r = &d->reader;
   const TswapTensorRecord* rec = n->rec;
-  const uint64_t T = d->table.tile_bytes;
   const unsigned esize = n->kernel.g.is_int8 ? 1u : 4u;
+  TswapReadRequest q;
+  int base = 0;
+  int have_first = 0;
+  if (d->pending_node == n && r->prefetch) {
+    base = d->pending_slot;
+    have_first = 1;
+  } else if (d->pending_node) {
+    tswap_reader_drain(r); /* fetched ahead for a node that did not run next */
+  }
+  d->pending_node = NULL;
   for (uint32_t t = 0; t < rec->n_tiles; ++t) {
-    TswapReadRequest q;
-    if (t == 0 || !r->prefetch) {
-      uint64_t off = (uint64_t)t * T;
-      q.offset = rec->offset + off;
-      q.len = (size_t)(rec->size - off < T ? rec->size - off : T);
-      q.crc = d->table.tile_crc[rec->first_tile + t];
-      q.tensor = rec->tensor;
-      q.tile = t;
-      tswap_reader_submit(r, r->prefetch ? (int)(t & 1u) : 0, &q);
+    int slot = r->prefetch ? (int)((t + (uint32_t)base) & 1u) : 0;
+    if (!r->prefetch || (t == 0 && !have_first)) {
+      tile_request(d, rec, t, &q);
+      tswap_reader_submit(r, slot, &q);
     }
-    int slot = r->prefetch ? (int)(t & 1u) : 0;
     const uint8_t* data = tswap_reader_wait(r, slot, err, err_len);
     if (!data) return kTfLiteError;
-    if (r->prefetch && t + 1 < rec->n_tiles) {
-      uint64_t off = (uint64_t)(t + 1) * T;
-      q.offset = rec->offset + off;
-      q.len = (size_t)(rec->size - off < T ? rec->size - off : T);
-      q.crc = d->table.tile_crc[rec->first_tile + t + 1];
-      q.tensor = rec->tensor;
-      q.tile = t + 1;
-      tswap_reader_submit(r, (int)((t + 1) & 1u), &q);
+    if (r->prefetch) {
+      int other = slot ^ 1;
+      if (t + 1 < rec->n_tiles) {
+        tile_request(d, rec, t + 1, &q);
+        tswap_reader_submit(r, other, &q);
+      } else if (n->next && n->next->prepared) {
+        tile_request(d, n->next->rec, 0, &q);
+        tswap_reader_submit(r, other, &q);
+        d->pending_node = n->next;
+        d->pending_slot = other;
+      }
     }
-    uint64_t off = (uint64_t)t * T;
-    uint64_t len = rec->size - off < T ? rec->size - off : T;
+    uint64_t off = (uint64_t)t * d->table.tile_bytes;
+    uint64_t len = rec->size - off < d->table.tile_bytes ? rec->size - off : d->table.tile_bytes;
     tswap_kernel_tile(&n->kernel, io, data, off / esize, len / esize);
   }
   return kTfLiteOk;
@@ -534,7 +577,10 @@ static TfLiteStatus node_invoke(TfLiteContext* ctx, TfLiteNode* node) {
   pthread_mutex_lock(&n->d->eval_mu);
   tswap_kernel_begin(&n->kernel, &io);
   TfLiteStatus st = stream_tiles(n, &io, err, sizeof err);
-  if (st != kTfLiteOk) tswap_reader_drain(&n->d->reader);
+  if (st != kTfLiteOk) {
+    tswap_reader_drain(&n->d->reader);
+    n->d->pending_node = NULL;
+  }
   n->d->invokes++;
   pthread_mutex_unlock(&n->d->eval_mu);
   if (st != kTfLiteOk) ctx->ReportError(ctx, "%s", err);
