@@ -1,6 +1,8 @@
-"""The main job: train a small CNN on scikit-learn's digits, convert, segment, check and plan it.
+"""The main job: train a small CNN on scikit-learn's digits, convert, segment, check and plan it, run
+it within a RAM budget, then build a cascade (router + slimmed specialists) from it and run that on
+LiteRT and TFLite Micro.
 
-Runs offline in about a minute on 2 CPU cores; artifacts go to the output directory.
+Runs offline in one to two minutes on 2 CPU cores; artifacts go to the output directory.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .report import format_bytes, operator_table, plot_plan, strategy_table, sum
 from .runtime.backends import litert_interpreter, run_litert
 from .segment import split, verify
 
-DEMO_BUDGET = 80 * 1024
+DEMO_BUDGET = 48 * 1024
 
 
 def load_digits_images(seed: int = 0):
@@ -32,20 +34,11 @@ def load_digits_images(seed: int = 0):
 
 
 def build_cnn(input_shape: tuple[int, ...], n_classes: int):
-    """A small MCU-style CNN whose weights (~125 KB int8) spread over several layers."""
-    import keras
+    """The demo's monolithic model: the cascade's default MCU-style CNN with batch norm (~64 KiB int8),
+    whose batch-norm scales drive the specialists' channel slimming."""
+    from .cascade.models import default_cnn
 
-    return keras.Sequential([
-        keras.Input(input_shape),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
-        keras.layers.Flatten(),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(n_classes),
-    ])
+    return default_cnn(input_shape, n_classes)
 
 
 def predict_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
@@ -70,17 +63,20 @@ def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
 
 
-def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
-    """Train, convert (float32 and int8), segment, check bit-identity on LiteRT, plan; print a report."""
+def run_demo(out: Path, epochs: int = 15, seed: int = 0, cascade_epochs: int | None = None) -> dict:
+    """Train, convert (float32 and int8), segment, check bit-identity on LiteRT, plan, run within a
+    budget, build and run the cascade; print a report. `cascade_epochs` (router epochs; the
+    specialists get a third of it for each fine-tuning phase) defaults to `epochs`."""
     import keras
+
+    from .cascade.models import compile_classifier
 
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
     x_train, x_test, y_train, y_test = load_digits_images(seed)
-    print(f"[1/6] training a CNN on scikit-learn digits ({len(x_train)} train / {len(x_test)} test)")
+    print(f"[1/8] training a CNN on scikit-learn digits ({len(x_train)} train / {len(x_test)} test)")
     model = build_cnn(x_train.shape[1:], 10)
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    compile_classifier(model)
     model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=2)
     keras_acc = float(np.mean(np.argmax(model.predict(x_test, verbose=0), 1) == y_test))
 
@@ -88,7 +84,7 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
     for step, (name, kwargs) in enumerate(
         [("float32", {"quantization": "float32"}), ("int8", {"representative_data": x_train})], start=2
     ):
-        print(f"[{step}/6] converting to {name} TFLite and segmenting")
+        print(f"[{step}/8] converting to {name} TFLite and segmenting")
         started = time.perf_counter()
         seg = convert(model, **kwargs)
         write_atomic(out / f"digits_{name}.tflite", seg.original)
@@ -103,7 +99,7 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
             "data": seg.data,
         }
 
-    print("[4/6] planning memory for the int8 model")
+    print("[4/8] planning memory for the int8 model")
     int8 = results["int8"]["data"]
     plan = plan_model(Model.from_bytes(int8, source=str(out / "digits_int8.swap.tflite")))
     plot = plot_plan(plan, out / "digits_int8.memory.png", DEMO_BUDGET)
@@ -111,11 +107,14 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
     write_atomic(out / "digits_int8.graph.tflite", graph)
     write_atomic(out / "digits_int8.image.bin", image)
 
-    print("[5/6] cross-checking the activation plan with TFLite Micro")
+    print("[5/8] cross-checking the activation plan with TFLite Micro")
     tflm_line = _tflm_check(Model.from_bytes(int8).without_external(), plan)
 
-    print("[6/6] running the int8 model with SwapInterpreter inside a weights budget")
+    print("[6/8] running the int8 model with SwapInterpreter inside a weights budget")
     swap_line, swap_ok = _swap_check(out / "digits_int8.swap.tflite", results["int8"]["data"], x_test[:50])
+
+    cascade, cascade_lines = _cascade(model, x_train, y_train, x_test, y_test, out,
+                                      cascade_epochs or epochs, seed)
 
     print("\n" + "=" * 78)
     print(f"Keras float accuracy: {keras_acc:.4f}")
@@ -130,11 +129,37 @@ def run_demo(out: Path, epochs: int = 8, seed: int = 0) -> dict:
         print(f"\n{exc}")
     print(tflm_line)
     print(swap_line)
-    print(f"\nartifacts in {out}/ (plot: {plot.name}; split: {len(graph)} B graph + {len(image)} B image)")
+    print("\n" + cascade_lines)
+    print(f"\nartifacts in {out}/ (plot: {plot.name}; split: {len(graph)} B graph + {len(image)} B image; "
+          "cascade bundle: digits.cascade)")
     if not all(r["bit_identical"] for r in results.values()) or not swap_ok:
         raise RuntimeError("segmented model output differs from the original")
-    return {"keras_accuracy": keras_acc, **{k: {kk: vv for kk, vv in v.items() if kk != "data"}
-                                           for k, v in results.items()}}
+    return {"keras_accuracy": keras_acc, "cascade": cascade,
+            **{k: {kk: vv for kk, vv in v.items() if kk != "data"} for k, v in results.items()}}
+
+
+def _cascade(model, x_train, y_train, x_test, y_test, out: Path, epochs: int, seed: int) -> tuple[dict, str]:
+    """Build the cascade from the trained model, run it on LiteRT (with a budget of the router and one
+    specialist) and on TFLite Micro; return the figures and the report text."""
+    from .cascade import CascadeBuilder
+    from .cascade.report import evaluate, format_table
+
+    print("[7/8] building the cascade: class groups, tiny router, slimmed specialists (int8, segmented)")
+    builder = CascadeBuilder(router_epochs=epochs, sparsity_epochs=max(1, epochs // 3),
+                             finetune_epochs=max(1, epochs // 3), seed=seed, verbose=2).fit(model, x_train, y_train)
+    builder.bundle_.save(out / "digits.cascade")
+    print("[8/8] running the cascade on LiteRT (SwapInterpreter, budget: router + largest specialist) and TFLM")
+    litert = evaluate(builder.bundle_, x_test, y_test, keras_model=model)
+    lines = [f"Cascade: {len(builder.groups_)} groups {builder.groups_} (chosen automatically); fallback "
+             f"'{builder.fallback}' below router confidence {builder.threshold}",
+             format_table({"digits (LiteRT)": litert})]
+    try:
+        micro = evaluate(builder.bundle_, x_test, y_test, backend="tflm")
+        litert["tflm_cascade_top1"] = micro["cascade_top1"]
+        lines.append(f"cascade top-1 on TFLite Micro: {micro['cascade_top1']:.4f} (LiteRT: {litert['cascade_top1']:.4f})")
+    except Exception as exc:  # tflite-micro not installed: report, do not hide
+        lines.append(f"TFLite Micro cascade run skipped: {exc}")
+    return litert, "\n".join(lines)
 
 
 def _swap_check(path: Path, data: bytes, x: np.ndarray) -> tuple[str, bool]:
