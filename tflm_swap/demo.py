@@ -156,7 +156,8 @@ def _cascade(model, x_train, y_train, x_test, y_test, out: Path, epochs: int, se
     try:
         micro = evaluate(builder.bundle_, x_test, y_test, backend="tflm")
         litert["tflm_cascade_top1"] = micro["cascade_top1"]
-        lines.append(f"cascade top-1 on TFLite Micro: {micro['cascade_top1']:.4f} (LiteRT: {litert['cascade_top1']:.4f})")
+        lines.append(f"cascade top-1 on TFLite Micro: {micro['cascade_top1']:.4f} "
+                     f"(LiteRT: {litert['cascade_top1']:.4f})")
     except Exception as exc:  # tflite-micro not installed: report, do not hide
         lines.append(f"TFLite Micro cascade run skipped: {exc}")
     return litert, "\n".join(lines)
