@@ -216,3 +216,21 @@ def test_bad_load_op_options_are_refused_in_prepare(runner):
         graph.operators[micro.loads[0].op].customOptions = options
         with pytest.raises(TflmSwapError, match=message):
             run_host_tflm(bytes(graph.pack()), micro.image, x)
+
+
+def test_cli_predicts_the_arena_without_the_host_tflm(runner, tmp_path, monkeypatch, capsys):
+    import tflm_swap.micro.host as host
+    from tflm_swap.micro.native import NativeToolError
+
+    def unavailable(*args, **kwargs):
+        raise NativeToolError("xmos-ai-tools is not installed (simulated)")
+
+    monkeypatch.setattr(host, "run_host_tflm", unavailable)
+    src = require_model("kws_ref_model")
+    assert cli_main(["convert", str(src), "--target", "tflm", "-o", str(tmp_path), "--prefix", "k"]) == 0
+    arena = int(re.search(r"K_ARENA_SIZE (\d+)u", (tmp_path / "k_tswap.h").read_text()).group(1))
+    assert "predicted by the planner" in capsys.readouterr().err
+    monkeypatch.undo()
+    micro = rewrite_for_tflm(src.read_bytes())
+    measured = run_host_tflm(micro.graph, micro.image, _inputs(micro.graph, 1)).arena_total
+    assert measured <= arena <= measured + 2048
