@@ -112,6 +112,7 @@ int tswap_load_start(tswap_image* img, uint32_t id, uint32_t offset, void* dst, 
   if (f->start == NULL || len == 0u) return tswap_load(img, id, offset, dst, len, 0);
   addr = img->segments[id].offset + offset;
   if (f->size != 0u && (addr > f->size || len > f->size - addr)) return TSWAP_ERR_TRUNCATED;
+  if (addr > UINT32_MAX - f->base) return TSWAP_ERR_RANGE;
   if (f->start(f->ctx, f->base + addr, dst, len) != 0) return TSWAP_ERR_FLASH;
   img->pending = 1u;
   img->bytes_read += len;
