@@ -420,3 +420,13 @@ def test_cli_delegate_prints_loadable_options(tmp_path, capsys):
     plain.write_bytes(m.build_model([1, 8], [m.fc(4)]))
     assert main(["delegate", str(plain)]) == 2
     assert "no 'tflm_swap' manifest" in capsys.readouterr().err
+
+
+def test_load_delegate_shortcut_and_stats_errors(tmp_path, small_model):
+    from tflm_swap.delegate import load_delegate as load
+
+    delegate = load(small_model, tile_bytes=4096, rounding="single")
+    assert_same(outputs(small_model), outputs(small_model, delegate))
+    assert delegate_stats(delegate).claimed_nodes == 2  # both FCs: fc(10)'s 4000-byte weights are a segment too
+    with pytest.raises(DelegateError, match="backend="):
+        load(small_model, backend="onnx")

@@ -286,6 +286,10 @@ static int build_geometry(TfLiteContext* ctx, TswapNode* n, char* why, size_t wh
         g->in_w < 1 || g->in_h > (1 << 24) || g->in_w > (1 << 24) || g->batches < 1) {
       snprintf(why, why_len, "invalid strides, dilations or shapes"); return -1;
     }
+    if ((uint64_t)g->f_h * (uint64_t)g->f_w * (uint64_t)(n->op == kTfLiteBuiltinConv2d ? g->in_c : g->out_c) >
+        (1ull << 31)) {
+      snprintf(why, why_len, "filter too large"); return -1;
+    }
     g->out_h = out_size(padding, g->in_h, g->f_h, g->stride_h, g->dil_h);
     g->out_w = out_size(padding, g->in_w, g->f_w, g->stride_w, g->dil_w);
     if (g->out_h <= 0 || g->out_w <= 0 || out->dims->data[0] != g->batches || out->dims->data[1] != g->out_h ||
