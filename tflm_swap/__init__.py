@@ -11,6 +11,7 @@ Public API::
     tflm_swap.plan_model(model)        per-operator memory plan with lower bounds
     tflm_swap.delegate_library()       path of the LiteRT weight-streaming delegate (load_delegate)
     tflm_swap.delegate_options(path)   its options for a segmented model (builds the tile table)
+    tflm_swap.cascade                  router + slimmed specialists loaded on demand (build, CascadeInterpreter)
 """
 
 from .convert import SegmentedModel, convert, to_tflite
