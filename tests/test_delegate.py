@@ -216,6 +216,7 @@ def small_model(tmp_path_factory) -> Path:
         ({"min_weight_bytes": "1e6"}, "min_weight_bytes='1e6'"),
         ({"rounding": "nearest"}, "rounding='nearest' must be 'single' or 'double'"),
         ({"weights": "/nonexistent/model.tflite"}, "cannot open weights file '/nonexistent/model.tflite'"),
+        ({"weights": "/tmp"}, "weights '/tmp' is not a regular file"),
         ({"table": "/nonexistent/model.tiles"}, "cannot open tile table '/nonexistent/model.tiles'"),
     ],
 )

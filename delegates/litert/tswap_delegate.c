@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "tswap_crc32_fast.h"
@@ -679,6 +680,11 @@ static TswapDelegate* delegate_create(char** keys, char** values, size_t n, char
   d->fd = open(d->opts.weights, O_RDONLY | O_CLOEXEC);
   if (d->fd < 0) {
     snprintf(err, err_len, "tflm_swap delegate: cannot open weights file '%s': %s", d->opts.weights, strerror(errno));
+    goto fail_early;
+  }
+  struct stat st;
+  if (fstat(d->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    snprintf(err, err_len, "tflm_swap delegate: weights '%.300s' is not a regular file", d->opts.weights);
     goto fail_early;
   }
   if (tswap_table_load(d->opts.table, d->fd, &d->table, err, err_len)) goto fail_early;

@@ -337,8 +337,8 @@ def detect_rounding(backend: str = "auto") -> str:
 
         stock = run()
         base = delegate_options(path, tile_bytes=1 << 20, rounding="single")
-        matches = [mode for mode in ROUNDINGS
-                   if run(module.load_delegate(delegate_library(), {**base, "rounding": mode})) == stock]
+        load = getattr(module, "load_delegate", None) or module.experimental.load_delegate  # tf.lite: experimental
+        matches = [mode for mode in ROUNDINGS if run(load(delegate_library(), {**base, "rounding": mode})) == stock]
     if len(matches) != 1:
         raise DelegateError(f"cannot tell the int8 rounding of {name} (modes matching the probe: {matches})")
     return matches[0]
