@@ -316,15 +316,15 @@ static int build_geometry(TfLiteContext* ctx, TswapNode* n, char* why, size_t wh
   if (per_channel && (fq->scale->size != g->out_c || fq->quantized_dimension != oc_dim)) {
     snprintf(why, why_len, "per-channel scales are not along the output channels"); return -1;
   }
+  /* int8 weights are symmetric in TFLite's int8 spec; anything else stays with the interpreter */
+  if (f->params.zero_point != 0) { snprintf(why, why_len, "asymmetric int8 weights"); return -1; }
   if (fq->zero_point) {
     for (int i = 0; i < fq->zero_point->size; ++i) {
-      if (fq->zero_point->data[i] != 0 && (per_channel || n->op != kTfLiteBuiltinFullyConnected)) {
-        snprintf(why, why_len, "asymmetric int8 weights"); return -1;
-      }
+      if (fq->zero_point->data[i] != 0) { snprintf(why, why_len, "asymmetric int8 weights"); return -1; }
     }
   }
   g->input_offset = -in->params.zero_point;
-  g->filter_offset = (n->op == kTfLiteBuiltinFullyConnected && !per_channel) ? -f->params.zero_point : 0;
+  g->filter_offset = 0;
   g->output_offset = out->params.zero_point;
   g->single_rounding = n->d->opts.single_rounding;
   if (tswap_activation_range_int8(g->activation, out->params.scale, out->params.zero_point, &g->act_min,
