@@ -324,7 +324,6 @@ static int build_geometry(TfLiteContext* ctx, TswapNode* n, char* why, size_t wh
     }
   }
   g->input_offset = -in->params.zero_point;
-  g->filter_offset = 0;
   g->output_offset = out->params.zero_point;
   g->single_rounding = n->d->opts.single_rounding;
   if (tswap_activation_range_int8(g->activation, out->params.scale, out->params.zero_point, &g->act_min,

@@ -224,7 +224,6 @@ TSWAP_MULTIVERSION static void fc_i8(TswapKernel* k, const TswapIo* io, const in
   int8_t* out = (int8_t*)io->output;
   int64_t* acc = (int64_t*)k->acc;
   const int D = g->depth, OC = g->out_c;
-  const int32_t fo = g->filter_offset;
   uint64_t e = first, end = first + count;
   while (e < end) {
     int oc = (int)(e / (uint64_t)D);
@@ -235,14 +234,10 @@ TSWAP_MULTIVERSION static void fc_i8(TswapKernel* k, const TswapIo* io, const in
     for (int b = 0; b < g->batches; ++b) {
       const int16_t* xb = k->xq + (size_t)b * D;
       int64_t a = d0 == 0 ? 0 : acc[b];
-      for (int c0 = d0; c0 < d1; c0 += 32768) { /* int32 partial sums cannot overflow in 32768 terms */
+      for (int c0 = d0; c0 < d1; c0 += 32768) { /* |w| <= 128, |x + offset| <= 255: no int32 overflow in 32768 terms */
         int c1 = d1 - c0 > 32768 ? c0 + 32768 : d1;
         int32_t t = 0;
-        if (fo == 0) {
-          for (int d = c0; d < c1; ++d) t += (int16_t)wr[d] * xb[d]; /* int16 x int16 -> int32 dot product */
-        } else {
-          for (int d = c0; d < c1; ++d) t += ((int32_t)wr[d] + fo) * (int32_t)xb[d];
-        }
+        for (int d = c0; d < c1; ++d) t += (int16_t)wr[d] * xb[d]; /* int16 x int16 -> int32 dot product */
         a += t;
       }
       acc[b] = a;

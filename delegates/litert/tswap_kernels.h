@@ -23,7 +23,7 @@ typedef struct TswapGeometry {
   int in_h, in_w, in_c, out_h, out_w, out_c, f_h, f_w;
   int stride_h, stride_w, dil_h, dil_w, pad_h, pad_w, depth_multiplier;
   /* int8 */
-  int32_t input_offset, filter_offset, output_offset, act_min, act_max;
+  int32_t input_offset, output_offset, act_min, act_max; /* weights are symmetric (zero point 0) */
   int single_rounding; /* TFLITE_SINGLE_ROUNDING requantisation (LiteRT 2.x) or gemmlowp double rounding */
   /* float */
   float act_min_f, act_max_f;
