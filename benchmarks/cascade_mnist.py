@@ -49,8 +49,9 @@ def run_dataset(name: str, x_train, y_train, x_test, y_test, groups: list[int], 
     mono.fit(x_train, y_train, epochs=recipe["epochs"], batch_size=recipe["batch_size"], verbose=verbose)
     mono_seconds = time.perf_counter() - started
     options = {k: v for k, v in recipe.items() if k != "epochs"}
-    results, auto = [], None
-    for n in [None] + [g for g in groups]:
+    results, auto, pending = [], None, [None] + list(groups)
+    while pending:
+        n = pending.pop(0)
         t0 = time.perf_counter()
         builder = CascadeBuilder(n_groups=n, verbose=verbose, **options).fit(mono, x_train, y_train)
         build_s = time.perf_counter() - t0
@@ -61,9 +62,7 @@ def run_dataset(name: str, x_train, y_train, x_test, y_test, groups: list[int], 
         print(format_table({f"{name} ({len(builder.groups_)} groups{', auto' if n is None else ''})": r}), flush=True)
         if n is None:
             auto = r
-            groups = [g for g in groups if g != len(builder.groups_)]
-            results.append(r)
-            continue
+            pending = [g for g in pending if g != len(builder.groups_)]  # the automatic choice is in the sweep
         results.append(r)
         _save(out, name, auto, results)
     _save(out, name, auto, results)

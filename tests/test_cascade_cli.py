@@ -32,9 +32,10 @@ def test_build_writes_a_bundle_and_evaluates(files, capsys):
     tmp, bundle = files
     assert bundle.stat().st_size > 0
     assert main(["cascade", "eval", str(bundle), "--data", str(tmp / "digits.npz"), "--last", "100",
-                 "--json", str(tmp / "eval.json")]) == 0
+                 "--json", str(tmp / "eval.json"), "--plot", str(tmp / "tradeoff.png")]) == 0
     out = capsys.readouterr().out
-    assert "| cascade top-1 |" in out and "| router top-1 (groups) |" in out
+    assert "| cascade top-1 |" in out and "| router top-1 (groups) |" in out and "| params:" in out
+    assert (tmp / "tradeoff.png").stat().st_size > 0
     figures = json.loads((tmp / "eval.json").read_text())
     assert figures["n"] == 100 and figures["n_groups"] == 2 and 0 <= figures["cascade_top1"] <= 1
 

@@ -35,12 +35,13 @@ def register(sub) -> None:
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
 
-    e = csub.add_parser("eval", help="accuracy and costs of a bundle on labelled images")
-    e.add_argument("bundle")
+    e = csub.add_parser("eval", help="accuracy and costs of bundles on labelled images (table, JSON, plot)")
+    e.add_argument("bundle", nargs="+", help="one or more bundles (e.g. built with different --n-groups)")
     e.add_argument("--data", required=True, help=".npz with 'x' and 'y'")
     e.add_argument("--last", type=int, default=0, help="use only the last N samples (e.g. the held-out ones)")
     _runtime_options(e)
     e.add_argument("--json", help="also write the figures as JSON here")
+    e.add_argument("--plot", help="also plot accuracy against weights used per inference (PNG) here")
     e.set_defaults(func=cmd_eval)
 
     r = csub.add_parser("run", help="run a bundle on inputs within a RAM budget; per-inference bytes loaded")
@@ -94,21 +95,27 @@ def cmd_build(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    """Print the evaluation table of a bundle."""
+    """Print the evaluation table of each bundle; optionally JSON and the accuracy/weights plot."""
     from .bundle import CascadeBundle
     from .data import load_npz
-    from .report import evaluate, format_table
+    from .report import evaluate, format_table, plot_tradeoff
 
-    bundle = CascadeBundle.load(args.bundle)
     x, y = load_npz(args.data)
     if args.last:
         x, y = x[-args.last :], y[-args.last :]
-    result = evaluate(bundle, x, y, backend=args.backend, ram_budget=_budget(args, bundle), cache=args.cache)
-    print(format_table({Path(args.bundle).name: result}))
+    results = {}
+    for path in args.bundle:
+        bundle = CascadeBundle.load(path)
+        results[Path(path).name] = evaluate(bundle, x, y, backend=args.backend, ram_budget=_budget(args, bundle),
+                                            cache=args.cache)
+    print(format_table(results))
     if args.json:
         from ..fileio import write_atomic
 
-        write_atomic(args.json, json.dumps(result, indent=1, default=float).encode())
+        figures = next(iter(results.values())) if len(results) == 1 else results
+        write_atomic(args.json, json.dumps(figures, indent=1, default=float).encode())
+    if args.plot:
+        print(f"plot: {plot_tradeoff({Path(args.data).stem: list(results.values())}, args.plot)}")
     return 0
 
 

@@ -21,6 +21,7 @@ ROWS = (
     ("cascade - monolithic int8 (points)", "delta_points", "{:+.2f}"),
     ("low-confidence fallback rate", "fallback_rate", "{:.4f}"),
     ("monolithic weights / MACs", "mono_cost", "{}"),
+    ("params: monolithic / router / specialists", "params", "{}"),
     ("router weights / MACs (% of monolithic)", "router_pct", "{}"),
     ("specialists' weights, total (% of monolithic)", "specialists_pct", "{:.1f}%"),
     ("weights used per inference, mean (%)", "used_pct", "{:.1f}%"),
@@ -68,7 +69,8 @@ def _costs(bundle: CascadeBundle, mono_bytes: int, stats: dict, records) -> dict
             for r in records]
     largest_two = sorted((s.weight_bytes for s in bundle.specialists), reverse=True)[:2]
     return {
-        "mono_weight_bytes": mono_bytes, "mono_macs": mono_macs,
+        "mono_weight_bytes": mono_bytes, "mono_macs": mono_macs, "mono_params": mono.params if mono else None,
+        "router_params": bundle.router.params, "specialist_params": [s.params for s in bundle.specialists],
         "router_weight_bytes": bundle.router.weight_bytes, "router_macs": bundle.router.macs,
         "router_weight_pct": 100 * bundle.router.weight_bytes / mono_bytes,
         "router_macs_pct": 100 * bundle.router.macs / mono_macs if mono_macs else None,
@@ -110,6 +112,10 @@ def format_table(results: dict[str, dict]) -> str:
 def _cell(r: dict, key: str, fmt: str) -> str:
     if key == "mono_cost":
         return f"{format_bytes(r['mono_weight_bytes'])} / {r['mono_macs'] / 1e6:.2f} M"
+    if key == "params":
+        if r.get("router_params") is None:
+            return "-"
+        return f"{r.get('mono_params') or '-'} / {r['router_params']} / {', '.join(map(str, r['specialist_params']))}"
     if key == "router_pct":
         macs = "n/a" if r.get("router_macs_pct") is None else f"{r['router_macs_pct']:.1f}%"
         return f"{r['router_weight_pct']:.1f}% / {macs}"
