@@ -111,8 +111,8 @@ class CascadeBundle:
         if monolithic is not None:
             members["monolithic.tflite"] = monolithic
             mono = MemberInfo.of("monolithic.tflite", monolithic)
-        shape = [int(s) for s in Model.from_bytes(router, read_external=False).tensors[
-            Model.from_bytes(router, read_external=False).inputs[0]].shape[1:]]
+        graph = Model.from_bytes(router, read_external=False)
+        shape = [int(s) for s in graph.tensors[graph.inputs[0]].shape[1:]]
         bundle = cls([list(map(int, g)) for g in groups], sum(len(g) for g in groups), shape,
                      {"policy": fallback, "threshold": float(threshold)}, MemberInfo.of("router.tflite", router),
                      infos, mono, members, dict(stats or {}))

@@ -121,9 +121,9 @@ class CascadeInterpreter:
         self.threshold = self.bundle.threshold if threshold is None else float(threshold)
         self.cache, self.backend, self.prefetch, self.ram_budget = cache, backend, prefetch, ram_budget
         self._litert_options = {"default_delegates": False, **(litert_options or {})}
+        self._check_budget()
         self._own_dir = cache_dir is None
         self._dir = Path(tempfile.mkdtemp(prefix="tflm_swap_cascade_") if cache_dir is None else cache_dir)
-        self._check_budget()
         self._resident: OrderedDict[int, object] = OrderedDict()
         self._uses: Counter[int] = Counter()
         self._successors: defaultdict[int, Counter[int]] = defaultdict(Counter)
@@ -192,6 +192,8 @@ class CascadeInterpreter:
 
     def close(self) -> None:
         """Stop the prefetch thread, release every model and remove extracted members."""
+        if not hasattr(self, "_resident"):  # __init__ failed before the runtime state existed
+            return
         self._wait_prefetch()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -200,6 +202,7 @@ class CascadeInterpreter:
             if runner is not None:
                 runner.close()
         self._resident.clear()
+        self._router = None
         if self._own_dir:
             shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -208,6 +211,12 @@ class CascadeInterpreter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to release
+            pass
 
     # -------------------------------------------------------------------------------- internals
     def _group_prior(self, p: np.ndarray) -> np.ndarray:
