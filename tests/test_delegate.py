@@ -79,7 +79,7 @@ CASES = {
     "conv_i8_per_tensor": ([1, 9, 9, 24], [m.conv(48, (3, 3), (2, 2), "VALID", "RELU6")], "int8", False),
     "dw_f32": ([1, 14, 12, 64], [m.depthwise(2, (3, 3), (1, 1), "SAME", "RELU6"),
                                  m.depthwise(1, (5, 5), (2, 2), "VALID", dilation=(1, 2))], "float32", True),
-    "dw_i8_per_tensor": ([1, 9, 9, 48], [m.depthwise(2, (3, 3), (1, 1), "VALID", "RELU6", dilation=(2, 2))],
+    "dw_i8_per_tensor": ([1, 9, 9, 64], [m.depthwise(2, (3, 3), (1, 1), "VALID", "RELU6", dilation=(2, 2))],
                          "int8", False),
     "dw_i8": ([1, 10, 10, 96], [m.depthwise(2, (3, 3), (2, 1), "SAME", "RELU"), m.fc(20)], "int8", True),
     # rows / filters / taps wider than a 4096-byte tile: partial sums carried across tiles
