@@ -1,25 +1,31 @@
 """SwapInterpreter against the stock LiteRT interpreter: peak RSS, RSS held by weights, latency.
 
-    python benchmarks/runtime_swap.py --quick      # MLPerf Tiny models only, few invokes (~1-2 min)
-    python benchmarks/runtime_swap.py              # + MobileNetV2 and a 72 MB MLP (built once, cached)
-    python benchmarks/runtime_swap.py --models mobilenet_v2,mlp_72mb --kernels builtin --cache warm
+    python benchmarks/runtime_swap.py --quick      # MLPerf Tiny models only, 5 invokes (~30 s)
+    python benchmarks/runtime_swap.py --rounds 2   # + MobileNetV2, a 72 MB MLP, ResNet50 (built once,
+                                                   #   cached in out/bench_models/; ~12 min on 2 cores)
+    python benchmarks/runtime_swap.py --models resnet50 --kernels builtin --cache warm --rounds 3
 
 Every measurement runs in its own child process (this script with `--child`), one at a time:
 
 * stock: LiteRT's `Interpreter(model_path=original.tflite)` (it mmaps the file);
-* swap: `SwapInterpreter(segmented.tflite, ram_budget=B, prefetch=1)` at several budgets;
+* swap: `SwapInterpreter(segmented.tflite, ram_budget=B, prefetch=1)` at several budgets (whole
+  model, 50 % and 25 % of the weights when above the minimum, the prefetch-1 minimum) and at the
+  prefetch-0 minimum;
 * twin: the stock interpreter, builtin kernels, on the *aliased-weights twin* of the model: the
   same graph, tensors and activations, but every external weight buffer points at one shared
   zero region the size of the largest buffer. It measures what is not weights.
+
+Per model, kernels and cache state: the twin once, then `--rounds` rounds of (stock, every swap
+budget), then stock once more; a row reports the median of the children's medians.
 
 Both kinds use the same kernels: `xnnpack` (LiteRT's default; XNNPACK packs its own copy of the
 weights, which SwapInterpreter counts against the budget) or `builtin` (`default_delegates=False`).
 
 Memory, from /proc/self/status. baseline = VmRSS after the imports, before the model is opened;
 peak = VmHWM after the last invoke; growth = peak - baseline.
-**RSS attributable to weights** = growth(child) - growth(twin child, same cache state): the twin
-holds the same activations, interpreter structures and touched library code, and only one
-largest-buffer's worth of weight bytes. What is left is the weights the child held at its peak,
+**RSS attributable to weights** = growth(child) - (growth(twin child) - the twin's resident pages of
+its own model file, from /proc/self/smaps): the twin holds the same activations, interpreter
+structures and touched library code. What is left is the weights the child held at its peak,
 plus anything the child uses beyond the twin (XNNPACK workspace, SwapInterpreter's templates and
 per-stage interpreters): an upper bound on weight memory, compared with the budget x 1.10.
 
