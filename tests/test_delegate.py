@@ -183,14 +183,19 @@ def test_unclaimed_ops_stay_with_the_interpreter(tmp_path):
         assert_same(outputs(path), outputs(path, d))
 
 
-def test_rounding_mode_matters_and_is_detected(tmp_path):
-    """The installed LiteRT's reference kernels requantise one way; the other mode differs on the probe."""
-    mode = detect_rounding()
+@pytest.mark.parametrize("op", ["FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"])
+def test_rounding_mode_matters_and_is_detected(tmp_path, op):
+    """Per operator, the installed LiteRT's reference kernels requantise one way; the other mode differs."""
+    from tflm_swap.delegate import _ROUNDING_PROBES
+
+    mode = detect_rounding()[op]
     other = "double" if mode == "single" else "single"
-    path = write_model(tmp_path, "rounding", [8, 64], [m.fc(2048)], "int8", per_channel=False, seed=7)
+    shape, ((kind, n),), per_channel = _ROUNDING_PROBES[op]
+    layer = {"fc": m.fc(n), "conv": m.conv(n, (1, 1)), "dw": m.depthwise(n, (3, 3))}[kind]
+    path = write_model(tmp_path, "rounding", shape, [layer], "int8", per_channel=per_channel, seed=7)
     ref = outputs(path, n=1, seed=0)
-    same = load_delegate(delegate_library(), delegate_options(path, rounding=mode))
-    wrong = load_delegate(delegate_library(), {**delegate_options(path), "rounding": other})
+    same = load_delegate(delegate_library(), delegate_options(path, rounding={op: mode}))
+    wrong = load_delegate(delegate_library(), {**delegate_options(path), "rounding": f"{op}={other}"})
     assert_same(ref, outputs(path, same, n=1, seed=0))
     assert ref[0][0].tobytes() != outputs(path, wrong, n=1, seed=0)[0][0].tobytes()
 
@@ -216,7 +221,8 @@ def small_model(tmp_path_factory) -> Path:
         ({"ops": "FULLY_CONNECTED,SOFTMAX"}, "unknown operator 'SOFTMAX'"),
         ({"ops": ""}, "ops is empty"),
         ({"min_weight_bytes": "1e6"}, "min_weight_bytes='1e6'"),
-        ({"rounding": "nearest"}, "rounding='nearest' must be 'single' or 'double'"),
+        ({"rounding": "nearest"}, "rounding='nearest' must be 'single', 'double' or a list"),
+        ({"rounding": "CONV_2D=single,SOFTMAX=double"}, "rounding='CONV_2D=single,SOFTMAX=double' must be"),
         ({"weights": "/nonexistent/model.tflite"}, "cannot open weights file '/nonexistent/model.tflite'"),
         ({"weights": "/tmp"}, "weights '/tmp' is not a regular file"),
         ({"table": "/nonexistent/model.tiles"}, "cannot open tile table '/nonexistent/model.tiles'"),

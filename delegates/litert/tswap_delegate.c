@@ -31,7 +31,7 @@ typedef struct TswapOptions {
   int prefetch;
   unsigned ops;
   uint64_t min_weight_bytes;
-  int single_rounding;
+  int single_rounding[3]; /* per operator: FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D */
 } TswapOptions;
 
 typedef struct TswapDelegate {
@@ -111,11 +111,57 @@ static int parse_ops(const char* s, unsigned* out, char* err, size_t err_len) {
   return 0;
 }
 
+static int op_slot(int builtin) {
+  return builtin == kTfLiteBuiltinFullyConnected ? 0 : builtin == kTfLiteBuiltinConv2d ? 1 : 2;
+}
+
+static int parse_mode(const char* s, size_t n, int* single) {
+  if (n == 6 && !strncmp(s, "single", 6)) *single = 1;
+  else if (n == 6 && !strncmp(s, "double", 6)) *single = 0;
+  else return -1;
+  return 0;
+}
+
+/* "single" / "double" for every operator, or e.g. "FULLY_CONNECTED=single,CONV_2D=double". */
+static int parse_rounding(const char* v, int single[3], char* err, size_t err_len) {
+  int mode;
+  if (parse_mode(v, strlen(v), &mode) == 0) {
+    single[0] = single[1] = single[2] = mode;
+    return 0;
+  }
+  const char* p = v;
+  while (*p) {
+    const char* comma = strchr(p, ',');
+    size_t n = comma ? (size_t)(comma - p) : strlen(p);
+    const char* eq = memchr(p, '=', n);
+    int slot = -1;
+    if (eq) {
+      size_t k = (size_t)(eq - p);
+      if (k == 15 && !strncmp(p, "FULLY_CONNECTED", k)) slot = 0;
+      else if (k == 7 && !strncmp(p, "CONV_2D", k)) slot = 1;
+      else if (k == 17 && !strncmp(p, "DEPTHWISE_CONV_2D", k)) slot = 2;
+    }
+    if (slot < 0 || parse_mode(eq + 1, n - (size_t)(eq + 1 - p), &mode) != 0) {
+      snprintf(err, err_len, "tflm_swap delegate: option rounding='%.200s' must be 'single', 'double' or a list "
+               "like 'FULLY_CONNECTED=single,CONV_2D=double,DEPTHWISE_CONV_2D=double' (how the runtime's int8 "
+               "kernels requantise; tflm_swap.delegate_options detects it)", v);
+      return -1;
+    }
+    single[slot] = mode;
+    if (!comma) break;
+    p = comma + 1;
+  }
+  return 0;
+}
+
 static int parse_options(char** keys, char** values, size_t n, TswapOptions* o, char* err, size_t err_len) {
   memset(o, 0, sizeof *o);
   o->prefetch = 1;
   o->ops = OP_FC | OP_CONV | OP_DW;
-  o->single_rounding = 1; /* LiteRT 2.x; TFLite <= 2.14 wheels use double rounding */
+  /* LiteRT 2.3's reference kernels as measured: FULLY_CONNECTED single, convolutions double rounding */
+  o->single_rounding[0] = 1;
+  o->single_rounding[1] = 0;
+  o->single_rounding[2] = 0;
   for (size_t i = 0; i < n; ++i) {
     const char* k = keys[i] ? keys[i] : "";
     const char* v = values[i] ? values[i] : "";
@@ -146,13 +192,7 @@ static int parse_options(char** keys, char** values, size_t n, TswapOptions* o, 
         return -1;
       }
     } else if (!strcmp(k, "rounding")) {
-      if (!strcmp(v, "single")) o->single_rounding = 1;
-      else if (!strcmp(v, "double")) o->single_rounding = 0;
-      else {
-        snprintf(err, err_len, "tflm_swap delegate: option rounding='%s' must be 'single' or 'double' (how the "
-                 "runtime's int8 kernels requantise; tflm_swap.delegate_options detects it)", v);
-        return -1;
-      }
+      if (parse_rounding(v, o->single_rounding, err, err_len)) return -1;
     } else {
       snprintf(err, err_len, "tflm_swap delegate: unknown option '%s' (known: weights, table, tile_bytes, "
                "prefetch, ops, min_weight_bytes, rounding)", k);
@@ -325,7 +365,7 @@ static int build_geometry(TfLiteContext* ctx, TswapNode* n, char* why, size_t wh
   }
   g->input_offset = -in->params.zero_point;
   g->output_offset = out->params.zero_point;
-  g->single_rounding = n->d->opts.single_rounding;
+  g->single_rounding = n->d->opts.single_rounding[op_slot(n->op)];
   if (tswap_activation_range_int8(g->activation, out->params.scale, out->params.zero_point, &g->act_min,
                                   &g->act_max)) {
     snprintf(why, why_len, "activation range overflows"); return -1;

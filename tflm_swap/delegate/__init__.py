@@ -273,20 +273,17 @@ def delegate_options(
     ops: Iterable[str] = SUPPORTED_OPS,
     min_weight_bytes: int = 0,
     table_path: str | Path | None = None,
-    rounding: str = "auto",
+    rounding: str | dict[str, str] = "auto",
 ) -> dict[str, str]:
     """Build (or reuse) the tile table and return the `load_delegate` options for `model_path`.
 
     `tile_bytes`: bytes per streamed tile (two tiles are resident with prefetch); `prefetch`: read the
     next tile in a background thread; `ops`: operator types to claim; `min_weight_bytes`: leave
-    operators with smaller weights to the interpreter; `rounding`: how int8 results are requantised,
-    'single' or 'double' to match the runtime's kernels, or 'auto' = `detect_rounding()` (the installed
-    LiteRT's reference kernels).
+    operators with smaller weights to the interpreter; `rounding`: how int8 results are requantised to
+    match the runtime's kernels, 'single', 'double', a dict per operator, or 'auto' = `detect_rounding()`
+    (the installed LiteRT's reference kernels).
     """
-    if rounding == "auto":
-        rounding = detect_rounding()
-    if rounding not in ROUNDINGS:
-        raise DelegateError(f"rounding={rounding!r}: use 'auto', 'single' or 'double'")
+    rounding = rounding_option(detect_rounding() if rounding == "auto" else rounding)
     ops = [str(op).upper() for op in ops]
     unknown = sorted(set(ops) - set(SUPPORTED_OPS))
     if unknown or not ops:
@@ -308,40 +305,62 @@ def delegate_options(
     }
 
 
+_ROUNDING_PROBES = {  # op: (input shape, layers, per-channel); tens of thousands of outputs, several on ties
+    "FULLY_CONNECTED": ([8, 64], [("fc", 2048)], False),
+    "CONV_2D": ([4, 16, 16, 64], [("conv", 64)], True),
+    "DEPTHWISE_CONV_2D": ([2, 16, 16, 64], [("dw", 2)], False),
+}
+
+
 @functools.cache
-def detect_rounding(backend: str = "auto") -> str:
-    """'single' or 'double': the int8 requantisation of `backend`'s reference kernels (BUILTIN_REF).
+def detect_rounding(backend: str = "auto") -> dict[str, str]:
+    """{operator: 'single' or 'double'}: the int8 requantisation of `backend`'s reference kernels (BUILTIN_REF).
 
     TFLite builds choose between single-rounding and gemmlowp double-rounding MultiplyByQuantizedMultiplier
-    at compile time (TFLITE_SINGLE_ROUNDING). This runs a probe int8 FULLY_CONNECTED model (16,384
-    outputs, several on rounding boundaries) on the reference kernels and on the delegate in both modes.
+    at compile time (TFLITE_SINGLE_ROUNDING), and LiteRT 2.3 differs per kernel (FULLY_CONNECTED single,
+    convolutions double). For each operator this runs an int8 probe model on the reference kernels and
+    on the delegate in both modes, and keeps the mode that matches.
     """
     from ..model import Model
     from ..runtime.backends import litert_interpreter, random_inputs, resolve_backend, run_litert
     from ..segment import segment_model
-    from .models import build_model, fc
+    from . import models
 
     name, module = resolve_backend(backend)
+    load = getattr(module, "load_delegate", None) or module.experimental.load_delegate  # tf.lite: experimental
+    makers = {"fc": models.fc, "conv": lambda n: models.conv(n, (1, 1)), "dw": lambda n: models.depthwise(n, (3, 3))}
+    found = {}
     with tempfile.TemporaryDirectory(prefix="tflm_swap_probe_") as tmp:
-        path = Path(tmp) / "probe.tflite"
-        raw = build_model([8, 64], [fc(2048)], "int8", per_channel=False, seed=7)
-        path.write_bytes(segment_model(Model.from_bytes(raw)))
-        inputs = random_inputs(litert_interpreter(model_path=str(path), backend=name).get_input_details(),
-                               __import__("numpy").random.default_rng(0))
+        for op, (shape, layers, per_channel) in _ROUNDING_PROBES.items():
+            path = Path(tmp) / f"{op}.tflite"
+            raw = models.build_model(shape, [makers[k](n) for k, n in layers], "int8", per_channel=per_channel, seed=7)
+            path.write_bytes(segment_model(Model.from_bytes(raw)))
+            inputs = random_inputs(litert_interpreter(model_path=str(path), backend=name).get_input_details(),
+                                   __import__("numpy").random.default_rng(0))
 
-        def run(delegate=None) -> bytes:
-            interpreter = litert_interpreter(model_path=str(path), backend=name,
-                                             delegates=[delegate] if delegate else None, reference_kernels=True)
-            interpreter.allocate_tensors()
-            return run_litert(interpreter, inputs)[0].tobytes()
+            def run(delegate=None, path=path, inputs=inputs) -> bytes:
+                interpreter = litert_interpreter(model_path=str(path), backend=name, reference_kernels=True,
+                                                 delegates=[delegate] if delegate else None)
+                interpreter.allocate_tensors()
+                return run_litert(interpreter, inputs)[0].tobytes()
 
-        stock = run()
-        base = delegate_options(path, tile_bytes=1 << 20, rounding="single")
-        load = getattr(module, "load_delegate", None) or module.experimental.load_delegate  # tf.lite: experimental
-        matches = [mode for mode in ROUNDINGS if run(load(delegate_library(), {**base, "rounding": mode})) == stock]
-    if len(matches) != 1:
-        raise DelegateError(f"cannot tell the int8 rounding of {name} (modes matching the probe: {matches})")
-    return matches[0]
+            stock = run()
+            base = delegate_options(path, tile_bytes=1 << 20, rounding="single")
+            matches = [mode for mode in ROUNDINGS if run(load(delegate_library(), {**base, "rounding": mode})) == stock]
+            if len(matches) != 1:
+                raise DelegateError(f"cannot tell the int8 rounding of {op} on {name} (modes matching: {matches})")
+            found[op] = matches[0]
+    return found
+
+
+def rounding_option(rounding: str | dict[str, str]) -> str:
+    """The `rounding` option string: 'single', 'double' or 'FULLY_CONNECTED=single,CONV_2D=double,...'."""
+    if isinstance(rounding, str) and rounding in ROUNDINGS:
+        return rounding
+    if isinstance(rounding, dict) and rounding and set(rounding) <= set(SUPPORTED_OPS) \
+            and set(rounding.values()) <= set(ROUNDINGS):
+        return ",".join(f"{op}={mode}" for op, mode in rounding.items())
+    raise DelegateError(f"rounding={rounding!r}: use 'auto', 'single', 'double' or {{operator: 'single'|'double'}}")
 
 
 def load_delegate(model_path: str | Path, backend: str = "ai_edge_litert", **options):
@@ -370,6 +389,6 @@ def delegate_stats(delegate) -> DelegateStats:
 
 __all__ = [
     "DEFAULT_TILE_BYTES", "SUPPORTED_OPS", "DelegateError", "DelegateStats", "TileRecord", "build_tile_table",
-    "default_table_path", "delegate_library", "detect_rounding", "delegate_options", "delegate_stats", "load_delegate",
-    "read_tile_table",
+    "default_table_path", "delegate_library", "delegate_options", "delegate_stats", "detect_rounding",
+    "load_delegate", "read_tile_table", "rounding_option",
 ]
