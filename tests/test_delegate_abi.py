@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tflm_swap import Model, segment_model
-from tflm_swap.delegate import delegate_library, delegate_options
+from tflm_swap.delegate import _ROUNDING_PROBES, delegate_library, delegate_options
 from tflm_swap.delegate import models as m
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,10 +144,13 @@ def test_delegate_on_tflite_runtime_214(tmp_path):
         "conv_dw_i8": ([1, 12, 10, 16], [m.conv(32, (3, 3), (1, 1), "SAME", "RELU"), m.depthwise(2, (3, 3))],
                        "int8", True),
     }
+    makers = {"fc": m.fc, "conv": lambda n: m.conv(n, (1, 1)), "dw": lambda n: m.depthwise(n, (3, 3))}
+    for op, (shape, ((kind, n),), per_channel) in _ROUNDING_PROBES.items():  # one int8 op, many rounding ties
+        cases[f"probe_{op}"] = (shape, [makers[kind](n)], "int8", per_channel)
     job = {"library": delegate_library(), "cases": {}}
     for name, (shape, layers, dtype, per_channel) in cases.items():
         path = tmp_path / f"{name}.tflite"
-        raw = m.build_model(shape, layers, dtype, per_channel=per_channel, seed=3)
+        raw = m.build_model(shape, layers, dtype, per_channel=per_channel, seed=7 if name.startswith("probe") else 3)
         path.write_bytes(segment_model(Model.from_bytes(raw)))
         job["cases"][name] = {"path": str(path), "options": delegate_options(path, tile_bytes=4096, rounding="double")}
     job["other_model"] = str(tmp_path / "fc_f32_other.tflite")
@@ -161,8 +164,11 @@ def test_delegate_on_tflite_runtime_214(tmp_path):
     assert result["version"].startswith("2.14") and result["numpy"].startswith("1.")
     assert result["cases"]["fc_f32"] == {"single": True, "double": True}
     assert result["cases"]["conv_dw_f32"] == {"single": True, "double": True}
-    # tflite-runtime 2.14's reference kernels use gemmlowp double rounding (LiteRT 2.x: single rounding)
+    # tflite-runtime 2.14's reference kernels use gemmlowp double rounding for all three operators
+    # (LiteRT 2.3: single rounding for FULLY_CONNECTED)
     assert result["cases"]["fc_i8"] == {"single": False, "double": True}
     assert result["cases"]["conv_dw_i8"]["double"] is True
+    for op in _ROUNDING_PROBES:
+        assert result["cases"][f"probe_{op}"] == {"single": False, "double": True}, op
     assert "cannot open weights file '/nonexistent.tflite'" in (result["missing_weights_error"] or "")
     assert "interpreter's model is not" in (result["other_model_error"] or "")
