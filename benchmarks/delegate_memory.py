@@ -12,7 +12,7 @@ Builds (and caches) two dense-heavy models, a float32 one with > 256 MB of weigh
   delegate-ref-np the same without prefetch (one tile buffer, reads not overlapped)
   delegate-default XNNPACK for the unclaimed operators + the delegate
 
-Usage: python benchmarks/delegate_memory.py [--tile-bytes 1048576 [262144 4194304 ...]] [--runs 5] [--out DIR]
+Usage: python benchmarks/delegate_memory.py [--tile-bytes 1048576 [262144 4194304 ...]] [--runs 11] [--out DIR]
        [--json FILE]   (extra tile sizes: delegate-ref only, to show peak memory following the tile size)
 """
 
@@ -220,7 +220,7 @@ def report(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tile-bytes", type=int, nargs="+", default=[MIB])
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=11)
     p.add_argument("--out", type=Path, default=Path.home() / ".cache" / "tflm_swap" / "bench_delegate")
     p.add_argument("--json", type=Path, default=None, help="write the results here (default OUT/results.json)")
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))

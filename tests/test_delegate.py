@@ -364,6 +364,9 @@ def test_python_option_errors(small_model):
         delegate_options(small_model, min_weight_bytes=-1)
     with pytest.raises(DelegateError, match="rounding="):
         delegate_options(small_model, rounding="up")
+    with pytest.raises(DelegateError, match="rounding="):
+        delegate_options(small_model, rounding={"SOFTMAX": "single"})
+    assert delegate_options(small_model, rounding="CONV_2D=double")["rounding"] == "CONV_2D=double"
     with pytest.raises(DelegateError, match="does not exist"):
         delegate_options(small_model.with_name("missing.tflite"))
 

@@ -357,6 +357,9 @@ def rounding_option(rounding: str | dict[str, str]) -> str:
     """The `rounding` option string: 'single', 'double' or 'FULLY_CONNECTED=single,CONV_2D=double,...'."""
     if isinstance(rounding, str) and rounding in ROUNDINGS:
         return rounding
+    if isinstance(rounding, str) and "=" in rounding:  # already in option form
+        pairs = [item.partition("=") for item in rounding.split(",")]
+        rounding = {op: mode for op, _, mode in pairs} if all(sep for _, sep, _ in pairs) else rounding
     if isinstance(rounding, dict) and rounding and set(rounding) <= set(SUPPORTED_OPS) \
             and set(rounding.values()) <= set(ROUNDINGS):
         return ",".join(f"{op}={mode}" for op, mode in rounding.items())
