@@ -75,7 +75,9 @@ def _venv_python() -> Path:
         return python
     shutil.rmtree(VENV, ignore_errors=True)
     VENV.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
+    made = subprocess.run([sys.executable, "-m", "venv", str(VENV)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"cannot create a virtual environment at {VENV} (python -m venv): {made.stderr[-1000:]}")
     pip = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "numpy<2",
                           TFLITE_RUNTIME], capture_output=True, text=True, timeout=600)
     if pip.returncode != 0:
