@@ -1,6 +1,6 @@
 """SwapInterpreter against the stock LiteRT interpreter: peak RSS, RSS held by weights, latency.
 
-    python benchmarks/runtime_swap.py --quick      # MLPerf Tiny models only, 5 invokes (~30 s)
+    python benchmarks/runtime_swap.py --quick      # MLPerf Tiny models only, 5 invokes (~1 min)
     python benchmarks/runtime_swap.py --rounds 2   # + MobileNetV2, a 72 MB MLP, ResNet50 (built once,
                                                    #   cached in out/bench_models/; ~12 min on 2 cores)
     python benchmarks/runtime_swap.py --models resnet50 --kernels builtin --cache warm --rounds 3
