@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the end-to-end demo on scikit-learn's digits (no data needed)")
     d.add_argument("--out", default="tflm_swap_demo", help="directory for the artifacts")
-    d.add_argument("--epochs", type=int, default=15)
+    d.add_argument("--epochs", type=int, default=20)
     d.set_defaults(func=_cmd_demo)
     return p
 
