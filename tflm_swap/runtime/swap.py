@@ -140,7 +140,10 @@ class SwapInterpreter:
         if not self.resident:
             _pin_mmap_threshold()
         self._slots = [None] * (1 if self.resident else min(self.prefetch, len(self.stages) - 1) + 1)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tflm_swap-prefetch")
+        # a resident model is loaded once, here, on this thread: a prefetch thread (and its malloc
+        # arena, ~0.25 MiB) would serve no purpose
+        self._executor = _InlineExecutor() if self.resident else ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tflm_swap-prefetch")
         self._schedule(0)
 
     def get_input_details(self) -> list[dict]:
@@ -161,7 +164,13 @@ class SwapInterpreter:
             raise ValueError(f"input {tensor_index} expects {np.dtype(want['dtype']).name}, got {value.dtype}")
         if tuple(value.shape) != tuple(want["shape"]):
             raise ValueError(f"input {tensor_index} expects shape {tuple(want['shape'])}, got {value.shape}")
-        self._inputs[tensor_index] = value.copy()
+        loaded = self._resident_stage()
+        stage_inputs = self._templates[0].inputs if self._templates else []
+        if loaded is not None and tensor_index in stage_inputs:  # as LiteRT does: no copy kept
+            loaded.interpreter.set_tensor(loaded.input_index[stage_inputs.index(tensor_index)], value)
+            self._inputs[tensor_index] = None
+        else:
+            self._inputs[tensor_index] = value.copy()
 
     def invoke(self) -> None:
         """Run every stage in order; outputs appear only when all stages succeeded."""
@@ -170,7 +179,7 @@ class SwapInterpreter:
         missing = [t for t in self._model.inputs if t not in self._inputs]
         if missing:
             raise ValueError(f"inputs {missing} were not set")
-        values = dict(self._inputs)
+        values = {t: v for t, v in self._inputs.items() if v is not None}
         for i, template in enumerate(self._templates):
             self._schedule(i)
             loaded = self._take(i)
@@ -179,7 +188,8 @@ class SwapInterpreter:
                 loaded.interpreter.allocate_tensors()
                 loaded.allocated = True
             for index, t in zip(loaded.input_index, template.inputs):
-                loaded.interpreter.set_tensor(index, values[t])
+                if t in values:  # else set by set_tensor into this (resident) interpreter
+                    loaded.interpreter.set_tensor(index, values[t])
             loaded.interpreter.invoke()
             for index, t in zip(loaded.output_index, template.outputs):
                 values[t] = loaded.interpreter.get_tensor(index).copy()
@@ -194,6 +204,10 @@ class SwapInterpreter:
     def get_tensor(self, tensor_index: int) -> np.ndarray:
         if tensor_index in self._values:
             return self._values[tensor_index].copy()
+        loaded = self._resident_stage()
+        if loaded is not None and self._inputs.get(tensor_index, 0) is None and self._counters.invokes:
+            return loaded.interpreter.get_tensor(
+                loaded.input_index[self._templates[0].inputs.index(tensor_index)]).copy()
         raise ValueError(
             f"tensor {tensor_index} is not available: only the model's inputs and outputs are kept "
             "(run invoke() first)"
@@ -302,6 +316,15 @@ class SwapInterpreter:
             if i not in self._pending:
                 self._pending[i] = self._executor.submit(self._load, i, self._loads % len(self._slots))
                 self._loads += 1
+
+    def _resident_stage(self) -> _Loaded | None:
+        """The loaded interpreter of a resident model (None when streaming, or not loaded intact)."""
+        if not self.resident or not self._templates:
+            return None
+        future = self._pending.get(0)
+        if future is None or not future.done() or future.exception() is not None:
+            return None
+        return future.result()
 
     def _take(self, i: int) -> _Loaded:
         future = self._pending[i]
@@ -418,6 +441,21 @@ class SwapSignatureRunner:
             self._interpreter.set_tensor(self._inputs[name], value)
         self._interpreter.invoke()
         return {name: self._interpreter.get_tensor(t) for name, t in self._outputs.items()}
+
+
+class _InlineExecutor:
+    """ThreadPoolExecutor's submit/shutdown, running each call at once on the calling thread."""
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # delivered by future.result(), as from a thread
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
 
 
 def _last_uses(templates: list[_Template], keep: set[int]) -> list[list[int]]:
