@@ -273,3 +273,20 @@ def test_signature_runner_matches_litert(tmp_path):
         assert all(want[k].tobytes() == got[k].tobytes() for k in want)
         with pytest.raises(ValueError, match="missing"):
             swap.get_signature_runner()()
+
+
+def test_native_crc32_equals_zlib():
+    """The stage loader's CRC32 (the delegate library's PCLMUL version when built) is zlib's."""
+    import zlib
+
+    from tflm_swap.runtime.crc import crc32
+    from tflm_swap.runtime.swap import _writable_bytes
+
+    rng = np.random.default_rng(0)
+    payload = rng.integers(0, 256, 3 * 2**20 + 77, dtype=np.uint8).tobytes()
+    data, view = _writable_bytes(len(payload))
+    view[:] = payload
+    for lo, hi in ((0, len(payload)), (1, 4097), (13, 13), (5, 200), (64, len(payload) - 3)):
+        assert crc32(view[lo:hi]) == zlib.crc32(payload[lo:hi]), (lo, hi)
+        assert crc32(payload[lo:hi]) == zlib.crc32(payload[lo:hi]), (lo, hi)
+    assert crc32(payload[:1000], 0x1234) == zlib.crc32(payload[:1000], 0x1234)

@@ -28,6 +28,7 @@ from ..planner import Stage, min_stage_budget, partition_stages, plan_model
 from ..segment import check_segment
 from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
 from .backends import litert_interpreter
+from .crc import crc32
 
 _FIRST_READ = 64 * 1024
 
@@ -353,8 +354,9 @@ class SwapInterpreter:
                     f"{self._path}: segment {seg.id} at file offset {self.manifest.image_offset + seg.offset}: "
                     f"read {got} of {seg.size} bytes (file truncated?)"
                 )
-            check_segment(seg, part)
-        del blob, view
+            if crc32(part) != seg.crc32:
+                check_segment(seg, part)  # raises SegmentIntegrityError with the segment's details
+        del blob, view, part
         interpreter = litert_interpreter(data, **self._options)
         early = self.resident or self._allocate_early
         if early:
