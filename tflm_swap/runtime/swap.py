@@ -6,6 +6,17 @@ into the bytes object the interpreter will use, a CRC32 check of each segment, a
 stage's interpreter. A background thread prepares the next `prefetch` stages while the current one
 runs (reads and CRCs release the GIL; LiteRT's invoke does not); a finished stage is released.
 When the whole model fits the budget it is one stage, loaded once and kept.
+
+What the budget covers: weights (the stage buffers; with XNNPACK, its packed copy too). Not
+covered: activations, and SwapInterpreter's own fixed memory. Activations: one stage's arena is
+resident at a time -- with the builtin kernels a stage's tensors are allocated when it is taken,
+and even an allocated arena costs no RSS until the stage runs (allocate_tensors maps it without
+touching it); with XNNPACK a prefetched stage is allocated on the prefetch thread (that is where it
+packs), its arena still untouched. Fixed memory: the parsed graph and plans (~0.5 MiB for
+MobileNetV2), the prefetch thread, and when streaming a copy of each input (kept because every
+invoke rebuilds the first stage; a resident model feeds its interpreter directly, as LiteRT does).
+Speed: each streamed stage's arena is fresh memory, page-faulted in as the stage runs (ResNet50,
+13 stages: ~12,000 faults, ~17 ms of a 175 ms invoke; MobileNetV2: ~1,900, ~2 ms of 16.5 ms).
 """
 
 from __future__ import annotations
