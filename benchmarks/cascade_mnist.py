@@ -69,6 +69,17 @@ def run_dataset(name: str, x_train, y_train, x_test, y_test, groups: list[int], 
     return {"auto": auto, "sweep": results}
 
 
+def _with_saved(results: dict, out: Path) -> dict[str, list[dict]]:
+    """Sweeps of this run, plus those of the other datasets saved by an earlier run (for the plot)."""
+    sweeps = {}
+    for name in RECIPES:
+        if name in results:
+            sweeps[name] = results[name]["sweep"]
+        elif (out / f"{name}.json").is_file():
+            sweeps[name] = json.loads((out / f"{name}.json").read_text())["sweep"]
+    return sweeps
+
+
 def _save(out: Path, name: str, auto: dict, sweep: list[dict]) -> None:
     (out / f"{name}.json").write_text(json.dumps({"auto": auto, "sweep": sweep}, indent=1, default=float))
 
@@ -94,7 +105,7 @@ def main(argv=None) -> int:
             x, y = load_npz(args.mnist)
             x_train, y_train, x_test, y_test = split_by_order(x, y, 10_000)
         all_results[name] = run_dataset(name, x_train, y_train, x_test, y_test, groups, out, args.verbose)
-        plot_tradeoff({k: v["sweep"] for k, v in all_results.items()}, out / "cascade_tradeoff.png")
+        plot_tradeoff(_with_saved(all_results, out), out / "cascade_tradeoff.png")
     print("\n" + format_table({name: r["auto"] for name, r in all_results.items()}))
     print(f"\nJSON and plot in {out}/")
     return 0

@@ -13,7 +13,9 @@ BN_MOMENTUM = 0.9  # moving statistics settle within a few hundred steps (small 
 
 def default_cnn(input_shape: tuple[int, ...], n_classes: int, filters: tuple[int, ...] = CNN_FILTERS,
                 dense_units: int = 64):
-    """Conv(3x3, no bias) -> BN -> ReLU blocks, max-pool after every second block, GAP, Dense+BN, head.
+    """Conv(3x3, no bias) -> BN -> ReLU blocks, GAP, Dense+BN, head. A block is followed by 2x max
+    pooling while the map is wider than 8 px, and after every second block while it is >= 4 px (so
+    the receptive field covers most of the image before global average pooling).
 
     Every prunable layer (conv or hidden dense) is followed by BatchNormalization, whose scale
     factors drive network slimming; the head `Dense(n_classes)` outputs logits.
@@ -27,7 +29,7 @@ def default_cnn(input_shape: tuple[int, ...], n_classes: int, filters: tuple[int
         x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
-        if i % 2 == 1 and size >= 4:
+        if size > 8 or (i % 2 == 1 and size >= 4):  # large inputs: pool early, so GAP sees whole shapes
             x = layers.MaxPooling2D(name=f"pool{i}")(x)
             size //= 2
     x = layers.GlobalAveragePooling2D(name="gap")(x)
