@@ -8,11 +8,12 @@ JSON padded with spaces. See docs/FORMAT.md.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 
-from .errors import MalformedModelError, ManifestError
+from .errors import MalformedModelError, ManifestError, SegmentIntegrityError
 from .schema import tfl
 
 MANIFEST_NAME = "tflm_swap"
@@ -181,6 +182,32 @@ def read_manifest(data: bytes | bytearray) -> Manifest:
             "(run `tflm-swap convert` first)"
         )
     return Manifest.decode(blob)
+
+
+_FIRST_READ = 64 * 1024
+
+
+def read_model_head(fd: int, path: os.PathLike | str) -> tuple[bytes, Manifest]:
+    """The bytes of a segmented model file before its flash image (graph + padding) and its manifest.
+
+    Reads with positioned reads from the start of the file, growing the read until the manifest
+    parses; the segments themselves are not read. `head[: manifest.graph_size]` is the flatbuffer.
+    """
+    size = os.fstat(fd).st_size
+    n = min(size, _FIRST_READ)
+    while True:
+        head = os.pread(fd, n, 0)
+        try:
+            manifest = read_manifest(head)
+            break
+        except (MalformedModelError, ManifestError) as exc:
+            if n >= size:
+                raise type(exc)(f"{path}: {exc}") from exc
+            n = min(size, n * 4)
+    if manifest.graph_size > size:
+        raise SegmentIntegrityError(f"{path}: graph is {manifest.graph_size} bytes but the file has {size}")
+    want = min(manifest.image_offset, size)
+    return (head[:want] if len(head) >= want else os.pread(fd, want, 0)), manifest
 
 
 def find_metadata(data: bytes, name: str) -> bytes | None:

@@ -29,9 +29,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MalformedModelError, ManifestError, SegmentIntegrityError, TflmSwapError
+from ..errors import ManifestError, SegmentIntegrityError, TflmSwapError
 from ..fileio import write_atomic
-from ..manifest import HEADER_SIZE, MANIFEST_NAME, Manifest, find_metadata, read_manifest
+from ..manifest import HEADER_SIZE, MANIFEST_NAME, Manifest, find_metadata, read_model_head
 from ..schema import tfl
 
 SUPPORTED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
@@ -157,25 +157,10 @@ def _check_tile_bytes(tile_bytes: int) -> None:
 
 
 def _read_graph(model_path: Path) -> tuple[bytes, Manifest]:
-    """The flatbuffer part of a segmented model and its manifest, without reading the segments."""
+    """The part of a segmented model before its flash image, and its manifest (segments not read)."""
     try:
-        size = model_path.stat().st_size
         with model_path.open("rb") as f:
-            want = min(size, 1 << 20)
-            while True:
-                f.seek(0)
-                head = f.read(want)
-                try:
-                    manifest = read_manifest(head)
-                except (MalformedModelError, ManifestError):
-                    if want >= size:
-                        raise
-                    want = min(size, want * 4)
-                    continue
-                if manifest.image_offset > len(head):
-                    f.seek(len(head))
-                    head += f.read(manifest.image_offset - len(head))
-                return head, manifest
+            return read_model_head(f.fileno(), model_path)
     except OSError as exc:
         raise DelegateError(f"cannot read weights file {model_path}: {exc.strerror}") from exc
 

@@ -32,16 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BudgetError, MalformedModelError, ManifestError, SegmentIntegrityError, TflmSwapError
-from ..manifest import Manifest, read_manifest
+from ..errors import BudgetError, SegmentIntegrityError, TflmSwapError
+from ..manifest import Manifest, read_model_head
 from ..model import Model, numpy_dtype
 from ..planner import Stage, min_stage_budget, partition_stages, plan_model
 from ..segment import check_segment
 from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
 from .backends import litert_interpreter
 from .crc import crc32
-
-_FIRST_READ = 64 * 1024
 
 
 @dataclass
@@ -122,7 +120,8 @@ class SwapInterpreter:
         self._allocate_early = self.weight_copies > 1
         self._fd = os.open(self._path, os.O_RDONLY)
         try:
-            graph, self.manifest = _read_graph(self._fd, self._path)
+            head, self.manifest = read_model_head(self._fd, self._path)
+            graph = head[: self.manifest.graph_size]
             _check_weights_region(self.manifest, os.fstat(self._fd).st_size, self._path)
             self._model = Model.from_bytes(graph, source=str(self._path), read_external=False)
             self.plan = plan_model(self._model, prefetch_depths=())
@@ -494,26 +493,6 @@ def _indices(details: list[dict]) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------ file access
-def _read_graph(fd: int, path: Path) -> tuple[bytes, Manifest]:
-    """Read just the flatbuffer part with positioned reads, growing the read until the manifest parses."""
-    size = os.fstat(fd).st_size
-    n = min(size, _FIRST_READ)
-    while True:
-        prefix = os.pread(fd, n, 0)
-        try:
-            manifest = read_manifest(prefix)
-            break
-        except (MalformedModelError, ManifestError) as exc:
-            if n >= size:
-                raise type(exc)(f"{path}: {exc}") from exc
-            n = min(size, n * 4)
-    if manifest.graph_size > size:
-        raise SegmentIntegrityError(f"{path}: graph is {manifest.graph_size} bytes but the file has {size}")
-    graph = prefix[: manifest.graph_size] if len(prefix) >= manifest.graph_size else os.pread(
-        fd, manifest.graph_size, 0)
-    return graph, manifest
-
-
 def _check_weights_region(manifest: Manifest, size: int, path: Path) -> None:
     for seg in manifest.segments:
         start = manifest.image_offset + seg.offset
