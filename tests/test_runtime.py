@@ -133,6 +133,32 @@ def test_resident_model_keeps_no_input_copy_and_no_thread(segmented_files):
         assert swap.get_tensor(index).tobytes() == x.tobytes()
 
 
+def test_streamed_inputs_go_into_the_first_stage_with_litert_semantics(segmented_files):
+    """Streaming: set_tensor writes into the prefetched first stage (no copy kept while it runs), yet
+    behaves as LiteRT's: the value is taken at set_tensor time, it reads back after invoke, and an
+    invoke without new inputs reuses it."""
+    model, path = segmented_files["vww_96_int8.tflite"]
+    stock = litert_interpreter(model.raw)
+    stock.allocate_tensors()
+    with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model), prefetch=1) as swap:
+        swap.allocate_tensors()
+        assert len(swap.stages) > 2
+        index = swap.get_input_details()[0]["index"]
+        for seed in (1, 2):
+            x = random_inputs(swap.get_input_details(), np.random.default_rng(seed))[0]
+            stock.set_tensor(stock.get_input_details()[0]["index"], x)
+            stock.invoke()
+            want = stock.get_tensor(stock.get_output_details()[0]["index"])
+            swap.set_tensor(index, x)
+            assert swap._inputs[index] is None  # held by the first stage's interpreter only
+            x += 1  # changing the caller's array after set_tensor changes nothing
+            out = swap.get_output_details()[0]["index"]
+            for _ in range(2):  # the second invoke reuses the inputs
+                swap.invoke()
+                assert swap.get_tensor(out).tobytes() == want.tobytes()
+                assert swap.get_tensor(index).tobytes() == (x - 1).tobytes()
+
+
 @pytest.mark.parametrize("prefetch", [0, 1])
 def test_streaming_reads_each_stage_per_invoke(segmented_files, prefetch):
     model, path = segmented_files["pretrainedResnet_quant.tflite"]
