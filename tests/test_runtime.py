@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tflm_swap import BudgetError, ManifestError, Model, SegmentIntegrityError, plan_model, read_manifest
+from tflm_swap.errors import TflmSwapError
 from tflm_swap.planner import partition_stages
 from tflm_swap.runtime import SwapInterpreter
 from tflm_swap.runtime.backends import BackendUnavailableError, litert_interpreter, random_inputs, resolve_backend
@@ -32,8 +33,9 @@ def _smallest_stage(model: Model) -> int:
     return max(op.weight_bytes for op in plan_model(model).ops) * COPIES
 
 
-def _compare(model: Model, swap: SwapInterpreter, n: int = 20, seed: int = 0, reference: bool = False):
-    stock = litert_interpreter(model.raw, reference_kernels=reference)
+def _compare(model: Model, swap: SwapInterpreter, n: int = 20, seed: int = 0, reference: bool = False,
+             default_delegates: bool = True):
+    stock = litert_interpreter(model.raw, reference_kernels=reference, default_delegates=default_delegates)
     stock.allocate_tensors()
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -96,14 +98,44 @@ def test_partition_respects_budget_and_covers_every_operator(segmented_files):
             stages = partition_stages(plan, budget, prefetch)
             assert [s.first for s in stages] == [0] + [s.last + 1 for s in stages[:-1]]
             assert stages[-1].last == plan.n_ops - 1
-            if len(stages) == 1:  # resident: nothing is prepared behind it
-                assert stages[0].weight_bytes <= budget
-            else:
-                assert all(s.weight_bytes <= budget // (prefetch + 1) for s in stages)
+            resident = sum(s.weight_bytes for s in stages if s.resident)
+            streamed = max((s.weight_bytes for s in stages if not s.resident), default=0)
+            assert resident + (prefetch + 1) * streamed <= budget  # running + prepared + resident
             assert sum(s.weight_bytes for s in stages) >= plan.external_bytes
         assert len(partition_stages(plan, None)) == 1
         with pytest.raises(BudgetError, match=str(2 * smallest)):
             partition_stages(plan, 2 * smallest - 1, prefetch=1)
+
+
+def test_resident_and_streamed_stages_mixed(segmented_files, monkeypatch):
+    """With room in the budget, some stages stay resident (read once) and the rest stream; outputs
+    stay bit-identical, each invoke reads only the streamed stages, and the budget holds."""
+    from tflm_swap import planner
+
+    monkeypatch.setattr(planner, "STAGE_COST_BYTES", 1024)  # MLPerf Tiny layers are far below 2 MiB
+    mixed = 0
+    for name in ("ad01_int8.tflite", "pretrainedResnet_quant.tflite", "vww_96_int8.tflite"):
+        model, path = segmented_files[name]
+        plan = plan_model(model)
+        low, total = planner.min_stage_budget(plan, 1), plan.external_bytes
+        for budget in (low + (total - low) // 3, low + 2 * (total - low) // 3):
+            stages = partition_stages(plan, budget, 1)
+            if all(s.resident for s in stages) or not any(s.resident for s in stages):
+                continue
+            mixed += 1
+            assert planner.streamed_bytes(stages) < total
+            with SwapInterpreter(path, ram_budget=budget, prefetch=1, default_delegates=False) as swap:
+                swap.allocate_tensors()
+                assert [s.resident for s in swap.stages] == [s.resident for s in stages]
+                _compare(model, swap, n=4, default_delegates=False)
+                stats = swap.stats()
+            assert stats["peak_weight_bytes"] <= budget
+            once = stats["resident_weight_bytes"]
+            per_invoke = stats["streamed_bytes_per_invoke"]
+            ahead = next(s["weight_bytes"] for s in stats["stages"] if not s["resident"])
+            assert once + 4 * per_invoke <= stats["flash_bytes_read"] <= once + 4 * per_invoke + ahead
+            assert all(s["loads"] == 1 for s in stats["stages"] if s["resident"])
+    assert mixed >= 2
 
 
 def test_resident_model_reads_flash_once(segmented_files):
@@ -134,16 +166,17 @@ def test_resident_model_keeps_no_input_copy_and_no_thread(segmented_files):
 
 
 def test_streamed_inputs_go_into_the_first_stage_with_litert_semantics(segmented_files):
-    """Streaming: set_tensor writes into the prefetched first stage (no copy kept while it runs), yet
-    behaves as LiteRT's: the value is taken at set_tensor time, it reads back after invoke, and an
-    invoke without new inputs reuses it."""
+    """Streaming: set_tensor writes into the prefetched first stage and keeps no copy (a copy would
+    sit beside the first stage's arena at the memory peak). As with LiteRT, the input reads back
+    after invoke and an invoke without new inputs reuses it; if the caller changed the array in
+    place meanwhile, that invoke refuses with a clear error instead of using other values."""
     model, path = segmented_files["vww_96_int8.tflite"]
     stock = litert_interpreter(model.raw)
     stock.allocate_tensors()
     with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model), prefetch=1) as swap:
         swap.allocate_tensors()
         assert len(swap.stages) > 2
-        index = swap.get_input_details()[0]["index"]
+        index, out = swap.get_input_details()[0]["index"], swap.get_output_details()[0]["index"]
         for seed in (1, 2):
             x = random_inputs(swap.get_input_details(), np.random.default_rng(seed))[0]
             stock.set_tensor(stock.get_input_details()[0]["index"], x)
@@ -151,12 +184,18 @@ def test_streamed_inputs_go_into_the_first_stage_with_litert_semantics(segmented
             want = stock.get_tensor(stock.get_output_details()[0]["index"])
             swap.set_tensor(index, x)
             assert swap._inputs[index] is None  # held by the first stage's interpreter only
-            x += 1  # changing the caller's array after set_tensor changes nothing
-            out = swap.get_output_details()[0]["index"]
             for _ in range(2):  # the second invoke reuses the inputs
                 swap.invoke()
                 assert swap.get_tensor(out).tobytes() == want.tobytes()
-                assert swap.get_tensor(index).tobytes() == (x - 1).tobytes()
+                assert swap.get_tensor(index).tobytes() == x.tobytes()
+        x += 1
+        with pytest.raises(TflmSwapError, match="changed in place after set_tensor"):
+            swap.invoke()
+        swap.set_tensor(index, x)
+        swap.invoke()
+        stock.set_tensor(stock.get_input_details()[0]["index"], x)
+        stock.invoke()
+        assert swap.get_tensor(out).tobytes() == stock.get_tensor(stock.get_output_details()[0]["index"]).tobytes()
 
 
 @pytest.mark.parametrize("prefetch", [0, 1])
@@ -182,13 +221,13 @@ def test_invoke_frees_boundary_activations(segmented_files):
         swap.allocate_tensors()
         assert len(swap.stages) > 2
         _compare(model, swap, n=2)
-        kept = set(swap._values)
+        kept, borrowed = set(swap._values), set(swap._borrowed)  # inputs: the caller's arrays
         crossing = {t for template in swap._templates for t in template.inputs + template.outputs}
         intermediate = sorted(crossing - set(model.inputs) - set(model.outputs))
         assert intermediate
         with pytest.raises(ValueError, match="only the model's inputs and outputs"):
             swap.get_tensor(intermediate[0])
-    assert kept == set(model.inputs) | set(model.outputs)
+    assert kept | borrowed == set(model.inputs) | set(model.outputs)
 
 
 def test_corrupt_segment_fails_before_any_output(segmented_files, tmp_path):

@@ -18,7 +18,7 @@ Inline (small) constants stay in the graph flatbuffer and are reported apart as 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import BudgetError, ManifestError
 from .manifest import MANIFEST_NAME, Manifest
@@ -332,27 +332,41 @@ def _constant_buffers(model: Model) -> set[int]:
 # --------------------------------------------------------------------------------------- stages
 @dataclass(frozen=True)
 class Stage:
-    """Operators first..last run as one sub-model; `segments` are the weights it needs."""
+    """Operators first..last run as one sub-model; `segments` are the weights it needs.
+
+    A `resident` stage is read once and kept across invokes; the others are streamed: read before
+    each run (into one of prefetch + 1 slots) and released after it."""
 
     first: int
     last: int
     segments: tuple[int, ...]
     weight_bytes: int
+    resident: bool = False
+
+
+# Cost of one more streamed stage, counted as bytes read: building a stage's interpreter, planning
+# its arena and copying its boundary activations took ~0.3-0.5 ms here, the time to read and CRC
+# about 2-4 MiB from the page cache. Used only to choose between partitions.
+STAGE_COST_BYTES = 2 << 20
 
 
 def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[Stage]:
     """Cut the operator list into stages whose weights fit `budget` (bytes of weights held at once).
 
-    One stage holds everything when the budget allows (it stays resident). Otherwise a running stage
-    and the `prefetch` stages prepared behind it must fit together, so each stage may hold at most
-    budget / (prefetch + 1). Among the fewest stages meeting that cap, the cuts are placed to make
-    the largest stage as small as possible (binary search on the cap; greedy cutting is optimal for
-    a given cap), which minimises peak weight memory for that stage count.
+    One resident stage holds everything when the budget allows. Otherwise some stages may stay
+    resident and the rest are streamed: a running streamed stage and the `prefetch` streamed stages
+    prepared behind it take prefetch + 1 slots of `cap` bytes, so
+    resident bytes + (prefetch + 1) * cap <= budget. Every cap from the largest operator's weights
+    to budget / (prefetch + 1) is tried (one per distinct operator size); for each, the largest
+    operators that fit the rest of the budget stay resident. The partition that reads the fewest
+    bytes per invoke wins, a stage switch counting as STAGE_COST_BYTES. Without resident stages,
+    the cuts are balanced (the fewest stages under the cap, then the smallest largest stage), which
+    minimises peak weight memory.
     """
     if prefetch < 0:
         raise ValueError("prefetch depth must be >= 0")
     if budget is None or budget >= plan.external_bytes:
-        return _cut(plan, cap=None)
+        return [replace(s, resident=True) for s in _cut(plan, cap=None)]
     smallest = min_stage_budget(plan, 0)
     cap = budget // (prefetch + 1)
     if cap < smallest:
@@ -362,12 +376,71 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[
             f"budget is {smallest * (prefetch + 1)} bytes (prefetch 0: {smallest}). For smaller budgets, "
             "stream that operator's weights in tiles (the tflm_swap delegate)."
         )
+    best = _balanced_cut(plan, cap)
+    op_weights = [_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)]
+    for slot in sorted({w for w in op_weights if smallest <= w <= cap}):
+        stages = _pin_and_cut(plan, op_weights, budget - (prefetch + 1) * slot, slot)
+        if stages is not None and _fits(stages, budget, prefetch) and _cost(stages) < _cost(best):
+            best = stages
+    return best
+
+
+def streamed_bytes(stages: Sequence[Stage]) -> int:
+    """Weight bytes read per invoke (resident stages are read once, not counted)."""
+    return sum(s.weight_bytes for s in stages if not s.resident)
+
+
+def _cost(stages: list[Stage]) -> int:
+    return streamed_bytes(stages) + STAGE_COST_BYTES * sum(not s.resident for s in stages)
+
+
+def _fits(stages: list[Stage], budget: int, prefetch: int) -> bool:
+    streamed = [s.weight_bytes for s in stages if not s.resident]
+    resident = sum(s.weight_bytes for s in stages if s.resident)
+    return resident + (prefetch + 1) * max(streamed, default=0) <= budget
+
+
+def _balanced_cut(plan: Plan, cap: int) -> list[Stage]:
+    """All stages streamed: the fewest under `cap`, cut to make the largest as small as possible
+    (binary search on the cap; greedy cutting is optimal for a given cap)."""
     count = len(_cut(plan, cap))
-    lo, hi = smallest, cap
+    lo, hi = min_stage_budget(plan, 0), cap
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if len(_cut(plan, mid)) <= count else (mid + 1, hi)
     return _cut(plan, lo)
+
+
+def _pin_and_cut(plan: Plan, op_weights: list[int], reserve: int, slot: int) -> list[Stage] | None:
+    """Keep resident the operators above `slot` and then the largest others that fit `reserve`
+    (those below STAGE_COST_BYTES are not worth a stage of their own); stream the rest in stages
+    of at most `slot`. None when the operators above `slot` do not fit."""
+    pinned: set[int] = set()
+    for op in sorted(range(plan.n_ops), key=lambda i: -op_weights[i]):
+        w = op_weights[op]
+        if w > slot or (w >= STAGE_COST_BYTES and w <= reserve):
+            if w > reserve:
+                return None
+            pinned.add(op)
+            reserve -= w
+    if not pinned:
+        return None
+    runs: list[list] = []  # [first, last, resident]; weightless operators join the run they are in
+    for op in range(plan.n_ops):
+        resident = op in pinned if op_weights[op] else None
+        if runs and runs[-1][2] is None:  # leading weightless operators: take the first kind seen
+            runs[-1][2] = resident
+        if runs and (resident is None or runs[-1][2] == resident):
+            runs[-1][1] = op
+        else:
+            runs.append([op, op, resident])
+    stages: list[Stage] = []
+    for first, last, resident in runs:
+        if resident:
+            stages.append(replace(_stage(plan, first, last), resident=True))
+        else:
+            stages.extend(_cut(plan, slot, range(first, last + 1)))
+    return stages
 
 
 def min_stage_budget(plan: Plan, prefetch: int = 1) -> int:
@@ -381,16 +454,18 @@ def _weights_of(plan: Plan, ops: range) -> int:
     return sum(g.size for g in plan.weight_groups if any(u in ops for u in g.users))
 
 
-def _cut(plan: Plan, cap: int | None) -> list[Stage]:
-    """Greedy: extend the current stage while its weights stay within `cap` (None: no cap)."""
+def _cut(plan: Plan, cap: int | None, ops: range | None = None) -> list[Stage]:
+    """Greedy over `ops` (default: all): extend the current stage while its weights stay within
+    `cap` (None: no cap)."""
+    ops = range(plan.n_ops) if ops is None else ops
     stages: list[Stage] = []
-    first = 0
-    for op in range(plan.n_ops):
+    first = ops.start
+    for op in ops:
         if cap is not None and op > first and _weights_of(plan, range(first, op + 1)) > cap:
             stages.append(_stage(plan, first, op - 1))
             first = op
-    if plan.n_ops:
-        stages.append(_stage(plan, first, plan.n_ops - 1))
+    if len(ops):
+        stages.append(_stage(plan, first, ops.stop - 1))
     return stages
 
 

@@ -63,6 +63,24 @@ class _Loaded:
     weight_bytes: int  # of `data`, the part that is the weights blob
     allocated: bool = True
     stage: int = 0
+    fed: set[int] = field(default_factory=set)  # model inputs set_tensor wrote into this interpreter
+
+
+@dataclass
+class _Borrowed:
+    """An input set_tensor wrote straight into a streamed first stage: the caller's array (not a
+    copy: a copy would sit beside the first stage's arena at the peak) and its CRC32 then, to
+    feed a later invoke that reuses it, and get_tensor."""
+
+    array: np.ndarray
+    crc: int
+
+    def value(self, tensor_index: int) -> np.ndarray:
+        if crc32(np.ascontiguousarray(self.array)) != self.crc:
+            raise TflmSwapError(
+                f"input {tensor_index} was changed in place after set_tensor; the streamed first stage "
+                "holds the value set, not a copy: call set_tensor again before invoke")
+        return self.array
 
 
 @dataclass
@@ -134,7 +152,8 @@ class SwapInterpreter:
         self._model_inputs, self._model_outputs = list(self._model.inputs), list(self._model.outputs)
         self._detail_cache = {t: _details(self._model, t) for t in self._model_inputs + self._model_outputs}
         self._signature_cache = _signatures(self._model)
-        self.resident = len(self.stages) == 1
+        self.resident = all(s.resident for s in self.stages)  # the whole model, loaded once
+        self._streamed = [i for i, s in enumerate(self.stages) if not s.resident]
         self._templates: list[_Template] = []
         self._last_use: list[list[int]] = []  # per stage: crossing tensors read for the last time there
         self._executor: ThreadPoolExecutor | None = None
@@ -144,6 +163,7 @@ class SwapInterpreter:
         self._lock = threading.Lock()
         self._counters = _Counters(stages=[_StageStats() for _ in self.stages])
         self._inputs: dict[int, np.ndarray | None] = {}  # None: held by the first stage's interpreter
+        self._borrowed: dict[int, _Borrowed] = {}
         self._values: dict[int, np.ndarray] = {}
         self._arena_ends: dict[int, tuple[int, int]] = {}  # stage -> (tensor at arena start, at end)
 
@@ -157,12 +177,15 @@ class SwapInterpreter:
         self._model = self.plan = None  # ~0.5 MiB of parsed graph (MobileNetV2): templates replace it
         if not self.resident:
             _pin_mmap_threshold()
-        self._slots = [None] * (1 if self.resident else min(self.prefetch, len(self.stages) - 1) + 1)
-        # a resident model is loaded once, here, on this thread: a prefetch thread (and its malloc
-        # arena, ~0.25 MiB) would serve no purpose
-        self._executor = _InlineExecutor() if self.resident else ThreadPoolExecutor(
+        self._slots = [None] * (min(self.prefetch, max(len(self._streamed) - 1, 0)) + 1)
+        # a resident model is loaded once, here, on this thread, and without prefetch nothing overlaps:
+        # then a prefetch thread (and its malloc arena, ~0.25 MiB) would serve no purpose
+        self._executor = _InlineExecutor() if self.resident or not self.prefetch else ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="tflm_swap-prefetch")
         self._schedule(0)
+        for i, stage in enumerate(self.stages):  # resident stages: read once, now
+            if stage.resident and i not in self._pending:
+                self._pending[i] = self._executor.submit(self._load, i, -1)
 
     def get_input_details(self) -> list[dict]:
         return [self._details(t) for t in self._model_inputs]
@@ -184,10 +207,14 @@ class SwapInterpreter:
             raise ValueError(f"input {tensor_index} expects shape {tuple(want['shape'])}, got {value.shape}")
         loaded = self._first_stage()
         stage_inputs = self._templates[0].inputs if self._templates else []
+        self._borrowed.pop(tensor_index, None)
         if loaded is not None and tensor_index in stage_inputs:  # as LiteRT does: no copy kept
             self._allocate(loaded)
             loaded.interpreter.set_tensor(loaded.input_index[stage_inputs.index(tensor_index)], value)
+            loaded.fed.add(tensor_index)
             self._inputs[tensor_index] = None
+            if not self.stages[0].resident:  # released after each invoke: remember the value
+                self._borrowed[tensor_index] = _Borrowed(value, crc32(np.ascontiguousarray(value)))
         else:
             self._inputs[tensor_index] = value.copy()
 
@@ -205,17 +232,17 @@ class SwapInterpreter:
             started = time.perf_counter()
             self._allocate(loaded)
             for index, t in zip(loaded.input_index, template.inputs):
-                if t in values:  # else set by set_tensor into this interpreter
+                if t in values:
                     loaded.interpreter.set_tensor(index, values[t])
+                elif t not in loaded.fed:  # a first stage loaded again: inputs set for an earlier one
+                    loaded.interpreter.set_tensor(index, self._borrowed[t].value(t))
             loaded.interpreter.invoke()
             for index, t in zip(loaded.output_index, template.outputs):
                 values[t] = loaded.interpreter.get_tensor(index)  # a copy, made by LiteRT
-            if i == 0 and not self.resident:
-                self._keep_inputs(loaded, values)
             for t in self._last_use[i]:  # activations no later stage reads: free them now
                 values.pop(t, None)
             self._counters.stages[i].compute_s += time.perf_counter() - started
-            if not self.resident:
+            if not template.stage.resident:
                 self._release(loaded)
         self._values = values
         self._counters.invokes += 1
@@ -223,7 +250,9 @@ class SwapInterpreter:
     def get_tensor(self, tensor_index: int) -> np.ndarray:
         if tensor_index in self._values:
             return self._values[tensor_index].copy()
-        loaded = self._first_stage() if self.resident else None
+        if tensor_index in self._borrowed and self._counters.invokes:
+            return self._borrowed[tensor_index].value(tensor_index).copy()
+        loaded = self._first_stage() if self.stages[0].resident else None
         if loaded is not None and self._inputs.get(tensor_index, 0) is None and self._counters.invokes:
             return loaded.interpreter.get_tensor(
                 loaded.input_index[self._templates[0].inputs.index(tensor_index)]).copy()
@@ -263,10 +292,13 @@ class SwapInterpreter:
             "prefetch": self.prefetch,
             "weight_copies": self.weight_copies,
             "resident": self.resident,
+            "resident_weight_bytes": sum(s.weight_bytes for s in self.stages if s.resident),
+            "streamed_bytes_per_invoke": sum(s.weight_bytes for s in self.stages if not s.resident),
             "invokes": c.invokes,
             "fresh_buffers": c.fresh_buffers,
             "stages": [
                 {"ops": [s.first, s.last], "segments": list(s.segments), "weight_bytes": s.weight_bytes,
+                 "resident": s.resident,
                  "loads": st.loads, "load_s": st.load_s, "compute_s": st.compute_s}
                 for s, st in zip(self.stages, c.stages)
             ],
@@ -322,27 +354,27 @@ class SwapInterpreter:
         return _Template(stage, graph, base, placement, end, inputs, outputs)
 
     def _schedule(self, position: int) -> None:
-        """Make sure the stage at `position` and the `prefetch` stages after it are being prepared."""
-        n = len(self._templates)
-        for step in range(min(self.prefetch, n - 1) + 1):
-            i = (position + step) % n
+        """Make sure the stage at `position` and the `prefetch` streamed stages after it (wrapping
+        round to the next invoke's) are being prepared; a resident stage stays loaded."""
+        ahead = [i for i in self._streamed if i > position] + [i for i in self._streamed if i <= position]
+        for i in [position] + [i for i in ahead if i != position][: self.prefetch]:
             if i not in self._pending:
-                self._pending[i] = self._executor.submit(self._load, i, self._loads % len(self._slots))
-                self._loads += 1
+                slot = -1 if self.stages[i].resident else self._loads % len(self._slots)
+                self._pending[i] = self._executor.submit(self._load, i, slot)
+                self._loads += not self.stages[i].resident
 
     def _first_stage(self) -> _Loaded | None:
         """The first stage, loaded intact, for set_tensor to write into (None: keep a copy instead).
 
-        Resident: the one interpreter. Streaming: the next invoke's first stage, prefetched at the
-        end of the last invoke (waited for here, as invoke would); allocating it now is within the
-        budget, since no other stage's arena is live between invokes.
+        Resident: its kept interpreter. Streamed: the next invoke's first stage, prefetched at the
+        end of the last invoke (waited for here, as invoke would), or loaded now without prefetch;
+        allocating it now is within the budget, since no streamed stage is live between invokes.
         """
         if not self._templates:
             return None
+        self._schedule(0)
         future = self._pending.get(0)
-        if future is None or (self.resident and not future.done()):
-            return None
-        if future.exception() is not None:  # the invoke re-raises it
+        if future is None or future.exception() is not None:  # the invoke re-raises it
             return None
         return future.result()
 
@@ -351,7 +383,7 @@ class SwapInterpreter:
         if not loaded.allocated:
             loaded.interpreter.allocate_tensors()
             loaded.allocated = True
-            if not self.resident:
+            if not self.stages[loaded.stage].resident:
                 self._advise_huge_arena(loaded)
 
     def _advise_huge_arena(self, loaded: _Loaded) -> None:
@@ -372,16 +404,9 @@ class SwapInterpreter:
         end = sum(_tensor_span(interpreter, ends[1]))
         _advise_huge_pages(start, end)
 
-    def _keep_inputs(self, loaded: _Loaded, values: dict[int, np.ndarray]) -> None:
-        """After the first stage ran: copy out the inputs set_tensor wrote into it (its interpreter
-        is released next), for get_tensor and for an invoke without new inputs, as LiteRT allows."""
-        for index, t in zip(loaded.input_index, self._templates[0].inputs):
-            if self._inputs.get(t, 0) is None:
-                self._inputs[t] = values[t] = loaded.interpreter.get_tensor(index)
-
     def _take(self, i: int) -> _Loaded:
         future = self._pending[i]
-        if not self.resident:
+        if not self.stages[i].resident:
             del self._pending[i]
         try:
             return future.result()  # re-raises a failed read or CRC check, before any output
@@ -391,10 +416,9 @@ class SwapInterpreter:
 
     def _load(self, i: int, slot: int) -> _Loaded:
         started = time.perf_counter()
-        if not self.resident:
-            _trim_heap()  # what the stages released before this load goes back to the system first
+        resident = self.stages[i].resident
         t = self._templates[i]
-        data, view = self._buffer(slot)
+        data, view = _writable_bytes(t.base + t.blob_size) if resident else self._buffer(slot)
         view[: len(t.graph)] = t.graph
         blob = view[t.base :]
         for sid, offset in t.placement.items():
@@ -410,7 +434,7 @@ class SwapInterpreter:
                 check_segment(seg, part)  # raises SegmentIntegrityError with the segment's details
         del blob, view, part
         interpreter = litert_interpreter(data, **self._options)
-        early = self.resident or self._allocate_early
+        early = resident or self._allocate_early
         if early:
             interpreter.allocate_tensors()
         loaded = _Loaded(interpreter, data, _indices(interpreter.get_input_details()),
@@ -433,7 +457,7 @@ class SwapInterpreter:
         the largest stage (a stage's model may have trailing bytes); the planner caps each stage at
         budget / (prefetch + 1), so the slots together stay within the budget.
         """
-        size = max(t.base + t.blob_size for t in self._templates)
+        size = max(self._templates[i].base + self._templates[i].blob_size for i in self._streamed)
         data = self._slots[slot]
         # 3 references: the slot list, `data`, getrefcount's argument; more means a live interpreter
         if data is None or sys.getrefcount(data) > 3:
@@ -448,6 +472,9 @@ class SwapInterpreter:
             self._counters.resident_bytes -= loaded.weight_bytes * self.weight_copies
         loaded.interpreter = None
         loaded.data = b""
+        # what the stage freed goes back to the system, on the prefetch thread after the loads
+        # already queued (the next invoke's first stage must not wait for it)
+        self._executor.submit(_trim_heap)
 
     # -------------------------------------------------------------------------------- details
     def _details(self, t: int) -> dict:
@@ -610,10 +637,10 @@ def _trim_heap() -> None:
     node data, small activation arenas, kernel scratch buffers). glibc gives heap memory back only
     from the top of a heap, so these freed pages stayed resident and added up over the first few
     invokes (MobileNetV2, builtin kernels, 3 stages: +2 to +4 MiB of VmHWM between the first and
-    the fifth invoke); malloc_trim(0) releases every free page wherever it is. Runs on the
-    prefetch thread (ctypes releases the GIL), before the next stage is loaded. Cost: about 0.3 ms
-    per call, and the released pages are faulted in again by the next stage (MobileNetV2 at the
-    prefetch-1 minimum: ~400 more page faults, ~5% slower invoke).
+    the fifth invoke); malloc_trim(0) releases every free page wherever it is. Runs after each
+    stage release, on the prefetch thread (ctypes releases the GIL) behind the loads already
+    queued. Cost: about 0.35 ms per call, and the released pages are faulted in again by the next
+    stage (MobileNetV2 at the prefetch-1 minimum: ~400 more page faults, ~5% slower invoke).
     """
     if _malloc_trim is not None:
         _malloc_trim(0)
