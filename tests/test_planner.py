@@ -11,6 +11,8 @@ from tflm_swap.profiling import measure_op_times
 from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert, tflm_arena
 from tflm_swap.submodel import extract, stage_io
 
+from helpers import reads_only
+
 
 def _no_overlap(blocks, offsets, alignment=16):
     for i, a in enumerate(blocks):
@@ -135,3 +137,35 @@ def test_op_times_are_measured(mlperf_models):
     reshape = [t for i, t in enumerate(times) if model.opcode_name(i) == "RESHAPE"]
     if conv and reshape:
         assert max(conv) > min(reshape)  # real work takes longer than a reshape
+
+
+def test_partition_keeps_large_operators_resident_within_the_budget(mlperf_models, monkeypatch):
+    """The minimum budget is the best of streaming everything and keeping the largest operators
+    resident beside prefetch + 1 smaller slots; every partition fits its budget, covers every
+    operator once in order, and reads no more per invoke than streaming everything."""
+    from tflm_swap import planner
+    from tflm_swap.planner import min_stage_budget, partition_stages, streamed_bytes
+
+    reads_only(monkeypatch)
+    kept = 0
+    for path in mlperf_models:
+        plan = plan_model(Model.load(path))
+        weights = [planner._weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)]
+        for prefetch in (0, 1, 2):
+            minimum = min_stage_budget(plan, prefetch)
+            by_hand = min(sum(w for w in weights if w > s) + (prefetch + 1) * s for s in set(weights) if s)
+            by_hand = min(by_hand, plan.external_bytes)  # everything resident
+            assert minimum == by_hand
+            assert minimum == max(weights) if prefetch == 0 else minimum <= max(weights) * (prefetch + 1)
+            for budget in (minimum, (minimum + plan.external_bytes) // 2):
+                stages = partition_stages(plan, budget, prefetch)
+                assert [s.first for s in stages] == [0] + [s.last + 1 for s in stages[:-1]]
+                assert stages[-1].last == plan.n_ops - 1
+                resident = sum(s.weight_bytes for s in stages if s.resident)
+                streamed = [s.weight_bytes for s in stages if not s.resident]
+                assert resident + (prefetch + 1) * max(streamed, default=0) <= budget
+                assert streamed_bytes(stages) <= plan.external_bytes
+                kept += 0 < resident < plan.external_bytes
+            with pytest.raises(BudgetError, match=str(minimum)):
+                partition_stages(plan, minimum - 1, prefetch)
+    assert kept > 5

@@ -17,6 +17,7 @@ Inline (small) constants stay in the graph flatbuffer and are reported apart as 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -51,13 +52,15 @@ class WeightGroup:
 
 @dataclass
 class OpCost:
-    """One operator: live activation bytes, bytes of weights it reads, bytes first loaded for it."""
+    """One operator: live activation bytes, bytes of weights it reads, bytes first loaded for it,
+    and an estimate of its multiply-accumulates (see op_macs)."""
 
     index: int
     opcode: str
     activation_bytes: int
     weight_bytes: int
     load_bytes: int
+    macs: int = 0
 
 
 @dataclass
@@ -144,6 +147,7 @@ def plan_model(
             activation_bytes=act_timeline[i],
             weight_bytes=sum(g.size for g in groups if i in g.users),
             load_bytes=sum(g.size for g in groups if g.users[0] == i),
+            macs=op_macs(model, i),
         )
         for i in range(n)
     ]
@@ -155,6 +159,31 @@ def plan_model(
     for k in prefetch_depths:
         plan.strategies[f"prefetch_{k}"] = _strategy(plan, k)
     return plan
+
+
+def op_macs(model: Model, op: int) -> int:
+    """Multiply-accumulates of operator `op`, estimated from shapes: for each constant input of
+    rank >= 2 (a weight; biases are rank 1), output elements x weight elements / output channels
+    (conv: H*W*Cout*Kh*Kw*Cin; depthwise: H*W*C*Kh*Kw; fully connected: N*Out*In). An operator
+    without weights counts one per output element."""
+    outputs = [t for t in model.op_outputs(op) if t >= 0]
+    out_elems = sum(_elements(model, t) for t in outputs)
+    channels = max(int(model.tensors[outputs[0]].shape[-1]), 1) if outputs and _rank(model, outputs[0]) else 1
+    weights = [t for t in model.op_inputs(op) if t >= 0 and model.constant_buffer(t) is not None
+               and _rank(model, t) >= 2]
+    if not weights:
+        return out_elems
+    return sum(out_elems * _elements(model, t) // channels for t in weights)
+
+
+def _rank(model: Model, tensor: int) -> int:
+    shape = model.tensors[tensor].shape
+    return 0 if shape is None else len(shape)
+
+
+def _elements(model: Model, tensor: int) -> int:
+    shape = model.tensors[tensor].shape
+    return abs(math.prod(int(d) for d in shape)) if shape is not None and len(shape) else 1
 
 
 def weight_groups(model: Model, min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES) -> list[WeightGroup]:
@@ -344,10 +373,20 @@ class Stage:
     resident: bool = False
 
 
-# Cost of one more streamed stage, counted as bytes read: building a stage's interpreter, planning
-# its arena and copying its boundary activations took ~0.3-0.5 ms here, the time to read and CRC
-# about 2-4 MiB from the page cache. Used only to choose between partitions.
-STAGE_COST_BYTES = 2 << 20
+# A partition is chosen by simulating invokes with these costs, measured on the 2-core x86 host
+# with LiteRT's builtin float kernels (only their ratios matter): an operator computes for
+# max(MACs x SECONDS_PER_MAC, weight bytes x SECONDS_PER_WEIGHT_BYTE) (batch-1 fully connected
+# layers are bound by memory, not arithmetic); reading and CRC-checking a stage's weights from the
+# page cache takes SECONDS_PER_READ_BYTE per byte, on the prefetch thread; each streamed stage
+# costs SECONDS_PER_STAGE to build and plan, and each cut copies its crossing activations twice.
+SECONDS_PER_MAC = 0.045e-9
+SECONDS_PER_WEIGHT_BYTE = 0.045e-9
+SECONDS_PER_READ_BYTE = 0.22e-9
+SECONDS_PER_COPY_BYTE = 0.1e-9
+SECONDS_PER_STAGE = 0.4e-3
+# Operators below this many weight bytes are not kept resident on their own account (a stage each
+# would cost more than reading them).
+MIN_RESIDENT_BYTES = 1 << 20
 
 
 def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[Stage]:
@@ -358,8 +397,9 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[
     prepared behind it take prefetch + 1 slots of `cap` bytes, so
     resident bytes + (prefetch + 1) * cap <= budget. Every cap from the largest operator's weights
     to budget / (prefetch + 1) is tried (one per distinct operator size); for each, the largest
-    operators that fit the rest of the budget stay resident. The partition that reads the fewest
-    bytes per invoke wins, a stage switch counting as STAGE_COST_BYTES. Without resident stages,
+    operators that fit the rest of the budget stay resident. The partition with the shortest
+    simulated invoke wins (loads overlap compute, see SECONDS_PER_MAC), then the one reading
+    fewer bytes. Without resident stages,
     the cuts are balanced (the fewest stages under the cap, then the smallest largest stage), which
     minimises peak weight memory.
     """
@@ -367,21 +407,24 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[
         raise ValueError("prefetch depth must be >= 0")
     if budget is None or budget >= plan.external_bytes:
         return [replace(s, resident=True) for s in _cut(plan, cap=None)]
-    smallest = min_stage_budget(plan, 0)
-    cap = budget // (prefetch + 1)
-    if cap < smallest:
+    largest, minimum = min_stage_budget(plan, 0), min_stage_budget(plan, prefetch)
+    if budget < minimum:
         raise BudgetError(
-            f"RAM budget {budget} bytes is too small: one operator needs {smallest} bytes of weights, and "
-            f"with prefetch {prefetch} the runtime holds {prefetch + 1} stage(s) at once, so the minimum "
-            f"budget is {smallest * (prefetch + 1)} bytes (prefetch 0: {smallest}). For smaller budgets, "
-            "stream that operator's weights in tiles (the tflm_swap delegate)."
+            f"RAM budget {budget} bytes is too small: one operator needs {largest} bytes of weights, and "
+            f"with prefetch {prefetch} the runtime holds {prefetch + 1} streamed stage(s) at once (or keeps "
+            f"the largest operators resident), so the minimum budget is {minimum} bytes (prefetch 0: "
+            f"{largest}). For smaller budgets, stream that operator's weights in tiles (the tflm_swap delegate)."
         )
-    best = _balanced_cut(plan, cap)
+    cap = budget // (prefetch + 1)
+    best = _balanced_cut(plan, cap) if cap >= largest else None
     op_weights = [_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)]
-    for slot in sorted({w for w in op_weights if smallest <= w <= cap}):
+    for slot in sorted({w for w in op_weights if 0 < w <= cap}):
         stages = _pin_and_cut(plan, op_weights, budget - (prefetch + 1) * slot, slot)
-        if stages is not None and _fits(stages, budget, prefetch) and _cost(stages) < _cost(best):
+        if stages is not None and _fits(stages, budget, prefetch) and (
+                best is None or _cost(plan, stages, prefetch) < _cost(plan, best, prefetch)):
             best = stages
+    if best is None:  # not reached: the minimum budget is met by one of the slot sizes tried
+        raise BudgetError(f"no partition of the model fits {budget} bytes")
     return best
 
 
@@ -390,8 +433,36 @@ def streamed_bytes(stages: Sequence[Stage]) -> int:
     return sum(s.weight_bytes for s in stages if not s.resident)
 
 
-def _cost(stages: list[Stage]) -> int:
-    return streamed_bytes(stages) + STAGE_COST_BYTES * sum(not s.resident for s in stages)
+def _cost(plan: Plan, stages: list[Stage], prefetch: int) -> tuple[float, int]:
+    return simulate_invoke(plan, stages, prefetch), streamed_bytes(stages)
+
+
+def simulate_invoke(plan: Plan, stages: Sequence[Stage], prefetch: int) -> float:
+    """Seconds per invoke in a steady stream of invokes, by the cost model above: stage i computes
+    once stage i-1 is done and its weights are in; the prefetch thread reads streamed stages in
+    order, a stage's read starting once the streamed stage prefetch + 1 places before it is done
+    (its slot is free). The second of two back-to-back invokes is timed, so that reading the next
+    invoke's first stage during this one's last is counted."""
+    work = []
+    for s in stages:
+        ops = plan.ops[s.first : s.last + 1]
+        compute = sum(max(o.macs * SECONDS_PER_MAC, o.weight_bytes * SECONDS_PER_WEIGHT_BYTE) for o in ops)
+        crossing = sum(b.size for b in plan.activation_blocks if b.first < s.first <= b.last)
+        compute += 2 * crossing * SECONDS_PER_COPY_BYTE + (0.0 if s.resident else SECONDS_PER_STAGE)
+        work.append((compute, None if s.resident else s.weight_bytes * SECONDS_PER_READ_BYTE))
+    clock = reader = 0.0
+    finished: list[float] = []  # end times of streamed stages, in order
+    ends = []
+    for compute, read in work * 2:
+        ready = 0.0
+        if read is not None:
+            gate = finished[-prefetch - 1] if len(finished) > prefetch else 0.0
+            ready = reader = max(reader, gate) + read
+        clock = max(clock, ready) + compute
+        if read is not None:
+            finished.append(clock)
+        ends.append(clock)
+    return ends[-1] - ends[len(work) - 1]
 
 
 def _fits(stages: list[Stage], budget: int, prefetch: int) -> bool:
@@ -413,12 +484,12 @@ def _balanced_cut(plan: Plan, cap: int) -> list[Stage]:
 
 def _pin_and_cut(plan: Plan, op_weights: list[int], reserve: int, slot: int) -> list[Stage] | None:
     """Keep resident the operators above `slot` and then the largest others that fit `reserve`
-    (those below STAGE_COST_BYTES are not worth a stage of their own); stream the rest in stages
-    of at most `slot`. None when the operators above `slot` do not fit."""
+    (not those below MIN_RESIDENT_BYTES); stream the rest in stages of at most `slot`. None when
+    the operators above `slot` do not fit."""
     pinned: set[int] = set()
     for op in sorted(range(plan.n_ops), key=lambda i: -op_weights[i]):
         w = op_weights[op]
-        if w > slot or (w >= STAGE_COST_BYTES and w <= reserve):
+        if w > slot or (w >= MIN_RESIDENT_BYTES and w <= reserve):
             if w > reserve:
                 return None
             pinned.add(op)
@@ -444,10 +515,22 @@ def _pin_and_cut(plan: Plan, op_weights: list[int], reserve: int, slot: int) -> 
 
 
 def min_stage_budget(plan: Plan, prefetch: int = 1) -> int:
-    """The smallest weights budget `partition_stages` accepts: the largest operator's weights, held
-    by the running stage and by each of the `prefetch` stages prepared behind it."""
-    largest = max((_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)), default=0)
-    return largest * (prefetch + 1)
+    """The smallest weights budget `partition_stages` accepts with `prefetch` stages prepared ahead.
+
+    Streaming everything needs the largest operator's weights in each of prefetch + 1 slots; keeping
+    the operators above a slot size resident needs their weights plus prefetch + 1 slots of that
+    size; keeping everything resident needs all the weights. The least of these (prefetch 0: the
+    largest operator's weights)."""
+    op_weights = sorted((_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)), reverse=True)
+    if not op_weights or op_weights[0] == 0:
+        return 0
+    best, above = op_weights[0] * (prefetch + 1), 0
+    for slot in op_weights:  # the larger operators before it stay resident
+        if slot == 0:
+            break
+        best = min(best, above + (prefetch + 1) * slot)
+        above += slot
+    return min(best, plan.external_bytes)  # or everything resident
 
 
 def _weights_of(plan: Plan, ops: range) -> int:

@@ -1,22 +1,25 @@
 """SwapInterpreter: run a segmented model on LiteRT while holding only a budget of its weights.
 
 The graph is cut into stages (planner.partition_stages). Each stage is a standalone sub-model whose
-flatbuffer template is built once; loading a stage means positioned reads of its segments, straight
-into the bytes object the interpreter will use, a CRC32 check of each segment, and building the
-stage's interpreter. A background thread prepares the next `prefetch` stages while the current one
-runs (reads and CRCs release the GIL; LiteRT's invoke does not); a finished stage is released.
-When the whole model fits the budget it is one stage, loaded once and kept.
+flatbuffer template is built once. A *streamed* stage is loaded before each run: positioned reads
+of its segments, straight into the bytes object the interpreter will use (one of prefetch + 1
+reused slots), a CRC32 check of each segment, and building the stage's interpreter. A background
+thread prepares the next `prefetch` streamed stages while the current one runs (reads and CRCs
+release the GIL, and so does LiteRT's invoke); a finished stage is released. When the budget has
+room beside the slots, the planner keeps some stages *resident*: read and checked once, kept with
+their interpreter. When the whole model fits, it is one resident stage.
 
-What the budget covers: weights (the stage buffers; with XNNPACK, its packed copy too). Not
-covered: activations, and SwapInterpreter's own fixed memory. Activations: one stage's arena is
-resident at a time -- with the builtin kernels a stage's tensors are allocated when it is taken,
-and even an allocated arena costs no RSS until the stage runs (allocate_tensors maps it without
-touching it); with XNNPACK a prefetched stage is allocated on the prefetch thread (that is where it
-packs), its arena still untouched. Fixed memory: the parsed graph and plans (~0.5 MiB for
-MobileNetV2), the prefetch thread, and when streaming a copy of each input (kept because every
-invoke rebuilds the first stage; a resident model feeds its interpreter directly, as LiteRT does).
-Speed: each streamed stage's arena is fresh memory, page-faulted in as the stage runs (ResNet50,
-13 stages: ~12,000 faults, ~17 ms of a 175 ms invoke; MobileNetV2: ~1,900, ~2 ms of 16.5 ms).
+What the budget covers: weights (resident stages and slots; with XNNPACK, its packed copy too).
+Not covered: activations, and SwapInterpreter's own fixed memory. Activations: one streamed
+stage's arena is live at a time -- with the builtin kernels a stage's tensors are allocated when it
+is taken (the first stage's when its inputs are set); with XNNPACK a prefetched stage is allocated
+on the prefetch thread (that is where it packs), its arena untouched until it runs. Fixed memory:
+the stage templates, the prefetch thread, and per stage an interpreter's structures. Inputs set
+for a streamed first stage go straight into its interpreter, as with LiteRT; the caller's array
+is remembered (not copied) with its CRC32, to feed a later invoke that reuses it.
+Speed: each streamed stage's arena is fresh memory, faulted in as the stage runs; a huge-page hint
+makes that one fault per 2 MiB (MobileNetV2 at the prefetch-1 minimum: 2,090 -> 660 faults and
+-1.5 ms per invoke).
 """
 
 from __future__ import annotations
