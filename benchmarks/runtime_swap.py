@@ -31,14 +31,17 @@ per-stage interpreters): an upper bound on weight memory, compared with the budg
 It does not attribute a prefetched stage's activations to weights: allocate_tensors maps an arena
 without touching it (measured: +0.03 MiB RSS for MobileNetV2's 6.6 MB first-stage arena), so only
 the running stage's arena is resident, and it is no larger than the twin's whole-graph arena. It
-does include SwapInterpreter's fixed memory, which does not scale with the budget: the parsed
-graph (~0.5 MiB for MobileNetV2), the prefetch thread (~0.25 MiB) and, when streaming, a copy of
-each input (224x224x3 float: 0.57 MiB); at MobileNetV2's prefetch-0 minimum (4.88 MiB) that alone
-is more than the 10 % slack.
+does include SwapInterpreter's fixed memory, which does not scale with the budget: per-stage
+interpreter structures, the stage templates and the prefetch thread (~0.2 MiB for a resident
+model, ~0.5-1 MiB when streaming). On the large models that is within the 10 % slack; on MLPerf
+Tiny (budgets of 4-800 KB) it is not, so the summary gives the memory target for both apart.
 
 Latency: time to open + allocate, the first invoke, then the median of N invokes after warm-up
-invokes. Cold cache: `posix_fadvise(DONTNEED)` on the model file before opening it and before every
-timed invoke (the stock interpreter keeps its mapped pages; SwapInterpreter re-reads its stages).
+invokes. "loads ms/inv" is the prefetch thread's time reading, checking and building streamed
+stages per invoke: where it exceeds 1.25 x the stock invoke, no overlap can meet the latency target
+at that budget (marked load-bound). Cold cache: `posix_fadvise(DONTNEED)` on the model file
+before opening it and before every timed invoke (the stock interpreter keeps its mapped pages;
+SwapInterpreter re-reads its stages).
 Outputs: sha256 of all outputs for one seeded input; stock and swap must match bit for bit.
 """
 
@@ -328,6 +331,9 @@ def evaluate(row: Row, copies: int) -> None:
         "ratio": ratio,
         "latency_ok": (ratio <= LATENCY_RATIO if row.large and row.cache == "warm" and row.swap["stats"]["prefetch"]
                        else None),
+        # reading and checking the streamed weights alone (on the prefetch thread) takes longer
+        # than the target allows: no overlap can meet it at this budget
+        "load_bound": row.swap["stats"].get("load_s_per_invoke", 0) > LATENCY_RATIO * row.stock["median_s"],
         "identical": (row.stock["digest"] == row.swap["digest"] and row.swap["deterministic"]
                       and row.stock["deterministic"]),
     }
@@ -420,7 +426,8 @@ def _cells(r: Row) -> list[str]:
         _mib(c["stock_weights_rss"]), _mib(c["swap_weights_rss"]),
         _mib(swap["stats"]["peak_weight_bytes"]), _mib(int(c["limit"] * SLACK)), _mark(c["memory_ok"]),
         f"{stock['median_s'] * 1e3:.2f}", f"{swap['median_s'] * 1e3:.2f}", f"{c['ratio']:.2f}",
-        _mark(c["latency_ok"]), f"{swap['stats'].get('load_s_per_invoke', 0) * 1e3:.2f}",
+        _mark(c["latency_ok"]) + (" (load-bound)" if c["latency_ok"] is False and c["load_bound"] else ""),
+        f"{swap['stats'].get('load_s_per_invoke', 0) * 1e3:.2f}",
         f"{stock['first_s'] * 1e3:.0f}/{swap['first_s'] * 1e3:.0f}",
         "yes" if c["identical"] else "NO",
     ]
@@ -438,15 +445,23 @@ def table(rows: list[Row]) -> str:
 
 
 def summary(rows: list[Row]) -> list[str]:
-    """PASS/FAIL per target over all rows."""
+    """PASS/FAIL per target, over the large models and over the small ones (MLPerf Tiny: budgets of
+    4-800 KB, where SwapInterpreter's fixed memory alone exceeds the 10 % slack)."""
     ok = [r for r in rows if "error" not in r.checks]
     latency = [r for r in ok if r.checks["latency_ok"] is not None]
-    out = [
-        f"memory (swap weights RSS <= budget x {SLACK}): "
-        f"{_mark(all(r.checks['memory_ok'] for r in ok))} ({sum(r.checks['memory_ok'] for r in ok)}/{len(ok)})",
+    bound = [r for r in latency if not r.checks["latency_ok"] and r.checks["load_bound"]]
+    out = []
+    for label, large in (("large models", True), ("small models", False)):
+        group = [r for r in ok if r.large == large]
+        if group:
+            out.append(f"memory, {label} (swap weights RSS <= budget x {SLACK}): "
+                       f"{_mark(all(r.checks['memory_ok'] for r in group))} "
+                       f"({sum(r.checks['memory_ok'] for r in group)}/{len(group)})")
+    out += [
         f"latency (warm, large models, swap/stock <= {LATENCY_RATIO}): "
         f"{_mark(all(r.checks['latency_ok'] for r in latency)) if latency else '-'} "
-        f"({sum(bool(r.checks['latency_ok']) for r in latency)}/{len(latency)})",
+        f"({sum(bool(r.checks['latency_ok']) for r in latency)}/{len(latency)}"
+        f"{f'; {len(bound)} of the misses load-bound' if bound else ''})",
         f"bit-identical outputs: {_mark(all(r.checks['identical'] for r in ok))} "
         f"({sum(r.checks['identical'] for r in ok)}/{len(ok)})",
     ]
@@ -499,6 +514,9 @@ def main() -> int:
         return 0
     print(f"conditions: {conditions()}", file=sys.stderr)
     models = collect_models(args)
+    if not models:
+        print(f"no models found (MLPerf Tiny models are read from {args.shared}/models/mlperf_tiny)", file=sys.stderr)
+        return 2
     rows = sweep(models, args.kernels.split(","), args.cache.split(","), args)
     print(table(rows))
     print(f"\nMiB; peak = VmHWM; W-RSS = RSS attributable to weights (growth over the child's baseline minus "
