@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import reads_only
 
 from tflm_swap import BudgetError, Model, plan_model, segment_model
 from tflm_swap.planner import Block, estimate_latency, greedy_arena, live_bytes
 from tflm_swap.profiling import measure_op_times
 from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert, tflm_arena
 from tflm_swap.submodel import extract, stage_io
-
-from helpers import reads_only
 
 
 def _no_overlap(blocks, offsets, alignment=16):
@@ -169,3 +168,33 @@ def test_partition_keeps_large_operators_resident_within_the_budget(mlperf_model
             with pytest.raises(BudgetError, match=str(minimum)):
                 partition_stages(plan, minimum - 1, prefetch)
     assert kept > 5
+
+
+def test_simulated_invoke_overlaps_reads_with_compute(mlperf_models, monkeypatch):
+    """The partition cost model: without prefetch, reads and compute add up; with prefetch, a read
+    hides behind the stage before it; resident stages are never read."""
+    from tflm_swap import planner
+    from tflm_swap.planner import Stage, partition_stages, simulate_invoke
+
+    plan = plan_model(Model.load(next(p for p in mlperf_models if p.name == "vww_96_int8.tflite")))
+    for name in ("SECONDS_PER_WEIGHT_BYTE", "SECONDS_PER_COPY_BYTE", "SECONDS_PER_STAGE"):
+        monkeypatch.setattr(planner, name, 0.0)
+    stages = partition_stages(plan, planner.min_stage_budget(plan, 1), 1)
+    compute = sum(op.macs for op in plan.ops) * planner.SECONDS_PER_MAC
+    reads = sum(s.weight_bytes for s in stages) * planner.SECONDS_PER_READ_BYTE
+    assert simulate_invoke(plan, stages, 0) == pytest.approx(compute + reads)
+    assert compute <= simulate_invoke(plan, stages, 1) < compute + reads
+    resident = [Stage(s.first, s.last, s.segments, s.weight_bytes, resident=True) for s in stages]
+    assert simulate_invoke(plan, resident, 1) == pytest.approx(compute)
+    monkeypatch.setattr(planner, "SECONDS_PER_READ_BYTE", 0.0)
+    assert simulate_invoke(plan, stages, 1) == pytest.approx(compute)
+
+
+def test_mac_estimates_match_published_mlperf_tiny_figures(mlperf_models):
+    """op_macs summed over the graph against the MLPerf Tiny reference models' published MACs."""
+    published = {"ad01_int8.tflite": 0.264e6, "kws_ref_model.tflite": 2.7e6,
+                 "pretrainedResnet_quant.tflite": 12.5e6, "vww_96_int8.tflite": 7.49e6}
+    for path in mlperf_models:
+        if path.name in published:
+            macs = sum(op.macs for op in plan_model(Model.load(path)).ops)
+            assert macs == pytest.approx(published[path.name], rel=0.03), path.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import reads_only
 
 from tflm_swap import BudgetError, ManifestError, Model, SegmentIntegrityError, plan_model, read_manifest
 from tflm_swap.errors import TflmSwapError
@@ -11,8 +12,6 @@ from tflm_swap.planner import min_stage_budget, partition_stages
 from tflm_swap.runtime import SwapInterpreter
 from tflm_swap.runtime.backends import BackendUnavailableError, litert_interpreter, random_inputs, resolve_backend
 from tflm_swap.segment import segment_model
-
-from helpers import reads_only
 
 
 @pytest.fixture(scope="module")
