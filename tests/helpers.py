@@ -33,5 +33,6 @@ def reads_only(monkeypatch) -> None:
     from tflm_swap import planner
 
     monkeypatch.setattr(planner, "MIN_RESIDENT_BYTES", 1024)
-    for name in ("SECONDS_PER_MAC", "SECONDS_PER_WEIGHT_BYTE", "SECONDS_PER_COPY_BYTE", "SECONDS_PER_STAGE"):
-        monkeypatch.setattr(planner, name, 0.0)
+    reads = planner.CostModel(per_mac=0.0, per_weight_byte=0.0, per_read_byte=1e-9, per_copy_byte=0.0, per_stage=0.0)
+    monkeypatch.setattr(planner, "BUILTIN_COSTS", reads)
+    monkeypatch.setattr(planner, "XNNPACK_COSTS", reads)

@@ -170,24 +170,22 @@ def test_partition_keeps_large_operators_resident_within_the_budget(mlperf_model
     assert kept > 5
 
 
-def test_simulated_invoke_overlaps_reads_with_compute(mlperf_models, monkeypatch):
+def test_simulated_invoke_overlaps_reads_with_compute(mlperf_models):
     """The partition cost model: without prefetch, reads and compute add up; with prefetch, a read
     hides behind the stage before it; resident stages are never read."""
-    from tflm_swap import planner
-    from tflm_swap.planner import Stage, partition_stages, simulate_invoke
+    from tflm_swap.planner import CostModel, Stage, min_stage_budget, partition_stages, simulate_invoke
 
     plan = plan_model(Model.load(next(p for p in mlperf_models if p.name == "vww_96_int8.tflite")))
-    for name in ("SECONDS_PER_WEIGHT_BYTE", "SECONDS_PER_COPY_BYTE", "SECONDS_PER_STAGE"):
-        monkeypatch.setattr(planner, name, 0.0)
-    stages = partition_stages(plan, planner.min_stage_budget(plan, 1), 1)
-    compute = sum(op.macs for op in plan.ops) * planner.SECONDS_PER_MAC
-    reads = sum(s.weight_bytes for s in stages) * planner.SECONDS_PER_READ_BYTE
-    assert simulate_invoke(plan, stages, 0) == pytest.approx(compute + reads)
-    assert compute <= simulate_invoke(plan, stages, 1) < compute + reads
+    costs = CostModel(per_mac=1e-9, per_weight_byte=0.0, per_read_byte=1e-9, per_copy_byte=0.0, per_stage=0.0)
+    stages = partition_stages(plan, min_stage_budget(plan, 1), 1, costs)
+    compute = sum(op.macs for op in plan.ops) * costs.per_mac
+    reads = sum(s.weight_bytes for s in stages) * costs.per_read_byte
+    assert simulate_invoke(plan, stages, 0, costs) == pytest.approx(compute + reads)
+    assert compute * (1 - 1e-9) <= simulate_invoke(plan, stages, 1, costs) < compute + reads
     resident = [Stage(s.first, s.last, s.segments, s.weight_bytes, resident=True) for s in stages]
-    assert simulate_invoke(plan, resident, 1) == pytest.approx(compute)
-    monkeypatch.setattr(planner, "SECONDS_PER_READ_BYTE", 0.0)
-    assert simulate_invoke(plan, stages, 1) == pytest.approx(compute)
+    assert simulate_invoke(plan, resident, 1, costs) == pytest.approx(compute)
+    free_reads = CostModel(per_mac=1e-9, per_weight_byte=0.0, per_read_byte=0.0, per_copy_byte=0.0, per_stage=0.0)
+    assert simulate_invoke(plan, stages, 1, free_reads) == pytest.approx(compute)
 
 
 def test_mac_estimates_match_published_mlperf_tiny_figures(mlperf_models):

@@ -373,23 +373,35 @@ class Stage:
     resident: bool = False
 
 
-# A partition is chosen by simulating invokes with these costs, measured on the 2-core x86 host
-# with LiteRT's builtin float kernels (only their ratios matter): an operator computes for
-# max(MACs x SECONDS_PER_MAC, weight bytes x SECONDS_PER_WEIGHT_BYTE) (batch-1 fully connected
-# layers are bound by memory, not arithmetic); reading and CRC-checking a stage's weights from the
-# page cache takes SECONDS_PER_READ_BYTE per byte, on the prefetch thread; each streamed stage
-# costs SECONDS_PER_STAGE to build and plan, and each cut copies its crossing activations twice.
-SECONDS_PER_MAC = 0.045e-9
-SECONDS_PER_WEIGHT_BYTE = 0.045e-9
-SECONDS_PER_READ_BYTE = 0.22e-9
-SECONDS_PER_COPY_BYTE = 0.1e-9
-SECONDS_PER_STAGE = 0.4e-3
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per unit of work, to choose a partition by simulating invokes (simulate_invoke).
+
+    An operator computes for max(MACs x per_mac, weight bytes x per_weight_byte) (batch-1 fully
+    connected layers are bound by memory, not arithmetic); preparing a streamed stage takes
+    per_read_byte per weight byte on the prefetch thread (read and CRC-check from the page cache,
+    and with XNNPACK, packing); each streamed stage costs per_stage to build and plan; each cut
+    copies its crossing activations twice. Only the ratios matter.
+    """
+
+    per_mac: float
+    per_weight_byte: float
+    per_read_byte: float
+    per_copy_byte: float = 0.1e-9
+    per_stage: float = 0.4e-3
+
+
+# Measured on the 2-core x86 host: ResNet50 and MobileNetV2 (float) invokes for MACs, the 72 MB MLP
+# for weight bytes, SwapInterpreter's loads per invoke for reads (with XNNPACK: read + pack).
+BUILTIN_COSTS = CostModel(per_mac=0.045e-9, per_weight_byte=0.045e-9, per_read_byte=0.22e-9)
+XNNPACK_COSTS = CostModel(per_mac=0.009e-9, per_weight_byte=0.021e-9, per_read_byte=0.9e-9)
 # Operators below this many weight bytes are not kept resident on their own account (a stage each
 # would cost more than reading them).
 MIN_RESIDENT_BYTES = 1 << 20
 
 
-def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[Stage]:
+def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1,
+                     costs: CostModel | None = None) -> list[Stage]:
     """Cut the operator list into stages whose weights fit `budget` (bytes of weights held at once).
 
     One resident stage holds everything when the budget allows. Otherwise some stages may stay
@@ -398,7 +410,7 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[
     resident bytes + (prefetch + 1) * cap <= budget. Every cap from the largest operator's weights
     to budget / (prefetch + 1) is tried (one per distinct operator size); for each, the largest
     operators that fit the rest of the budget stay resident. The partition with the shortest
-    simulated invoke wins (loads overlap compute, see SECONDS_PER_MAC), then the one reading
+    simulated invoke wins (loads overlap compute; `costs`, default BUILTIN_COSTS), then the one reading
     fewer bytes. Without resident stages,
     the cuts are balanced (the fewest stages under the cap, then the smallest largest stage), which
     minimises peak weight memory.
@@ -421,7 +433,7 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1) -> list[
     for slot in sorted({w for w in op_weights if 0 < w <= cap}):
         stages = _pin_and_cut(plan, op_weights, budget - (prefetch + 1) * slot, slot)
         if stages is not None and _fits(stages, budget, prefetch) and (
-                best is None or _cost(plan, stages, prefetch) < _cost(plan, best, prefetch)):
+                best is None or _cost(plan, stages, prefetch, costs) < _cost(plan, best, prefetch, costs)):
             best = stages
     if best is None:  # not reached: the minimum budget is met by one of the slot sizes tried
         raise BudgetError(f"no partition of the model fits {budget} bytes")
@@ -433,23 +445,24 @@ def streamed_bytes(stages: Sequence[Stage]) -> int:
     return sum(s.weight_bytes for s in stages if not s.resident)
 
 
-def _cost(plan: Plan, stages: list[Stage], prefetch: int) -> tuple[float, int]:
-    return simulate_invoke(plan, stages, prefetch), streamed_bytes(stages)
+def _cost(plan: Plan, stages: list[Stage], prefetch: int, costs: CostModel | None) -> tuple[float, int]:
+    return simulate_invoke(plan, stages, prefetch, costs), streamed_bytes(stages)
 
 
-def simulate_invoke(plan: Plan, stages: Sequence[Stage], prefetch: int) -> float:
-    """Seconds per invoke in a steady stream of invokes, by the cost model above: stage i computes
+def simulate_invoke(plan: Plan, stages: Sequence[Stage], prefetch: int, costs: CostModel | None = None) -> float:
+    """Seconds per invoke in a steady stream of invokes, by a CostModel: stage i computes
     once stage i-1 is done and its weights are in; the prefetch thread reads streamed stages in
     order, a stage's read starting once the streamed stage prefetch + 1 places before it is done
     (its slot is free). The second of two back-to-back invokes is timed, so that reading the next
     invoke's first stage during this one's last is counted."""
+    c = costs or BUILTIN_COSTS
     work = []
     for s in stages:
         ops = plan.ops[s.first : s.last + 1]
-        compute = sum(max(o.macs * SECONDS_PER_MAC, o.weight_bytes * SECONDS_PER_WEIGHT_BYTE) for o in ops)
+        compute = sum(max(o.macs * c.per_mac, o.weight_bytes * c.per_weight_byte) for o in ops)
         crossing = sum(b.size for b in plan.activation_blocks if b.first < s.first <= b.last)
-        compute += 2 * crossing * SECONDS_PER_COPY_BYTE + (0.0 if s.resident else SECONDS_PER_STAGE)
-        work.append((compute, None if s.resident else s.weight_bytes * SECONDS_PER_READ_BYTE))
+        compute += 2 * crossing * c.per_copy_byte + (0.0 if s.resident else c.per_stage)
+        work.append((compute, None if s.resident else s.weight_bytes * c.per_read_byte))
     clock = reader = 0.0
     finished: list[float] = []  # end times of streamed stages, in order
     ends = []

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import planner
 from ..errors import BudgetError, SegmentIntegrityError, TflmSwapError
 from ..manifest import Manifest, read_model_head
 from ..model import Model, numpy_dtype
@@ -333,7 +334,8 @@ class SwapInterpreter:
     def _partition(self) -> list[Stage]:
         budget = None if self.ram_budget is None else self.ram_budget // self.weight_copies
         try:
-            return partition_stages(self.plan, budget, self.prefetch)
+            return partition_stages(self.plan, budget, self.prefetch,
+                                    planner.XNNPACK_COSTS if self.weight_copies > 1 else planner.BUILTIN_COSTS)
         except BudgetError as exc:
             if self.weight_copies == 1:
                 raise
