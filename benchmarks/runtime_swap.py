@@ -470,6 +470,38 @@ def summary(rows: list[Row]) -> list[str]:
     return out
 
 
+def plot(rows: list[Row], path: Path) -> None:
+    """Weights RSS and latency against the budget, per large model, builtin kernels, warm cache."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in rows if r.large and r.kernels == "builtin" and r.cache == "warm" and "error" not in r.checks]
+    if not chosen:
+        return
+    fig, (mem, lat) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in dict.fromkeys(r.model for r in chosen):
+        own = sorted((r for r in chosen if r.model == name and r.swap["stats"]["prefetch"]),
+                     key=lambda r: r.checks["limit"])
+        budgets = [r.checks["limit"] / MIB for r in own]
+        line, = mem.plot(budgets, [r.checks["swap_weights_rss"] / MIB for r in own], "o-", label=name)
+        mem.plot(budgets, [b * SLACK for b in budgets], ":", color=line.get_color())
+        lat.plot(budgets, [r.checks["ratio"] for r in own], "o-", color=line.get_color(), label=name)
+    mem.set(xscale="log", yscale="log", xlabel="budget, MiB (log)", ylabel="weights RSS, MiB (log)",
+            title="memory (dotted: budget x 1.1)")
+    lat.axhline(LATENCY_RATIO, color="grey", ls="--", lw=1)
+    lat.set(xscale="log", xlabel="budget, MiB (log)", ylabel="median invoke / stock",
+            title=f"latency, prefetch 1 (dashed: {LATENCY_RATIO}x)")
+    for ax in (mem, lat):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("SwapInterpreter vs stock LiteRT, builtin kernels, warm file cache")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def conditions() -> str:
     """CPU count and load, so numbers from a shared machine can be read in context."""
     load = os.getloadavg()
@@ -525,10 +557,11 @@ def main() -> int:
     for line in summary(rows):
         print(line)
     path = Path(args.json or OUT / f"runtime_swap{'_quick' if args.quick else ''}.json")
+    plot(rows, path.with_suffix(".png"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"conditions": conditions(), "args": vars(args),
                                 "rows": [asdict(r) for r in rows]}, indent=1, default=str))
-    print(f"records: {path}", file=sys.stderr)
+    print(f"records: {path}, plot: {path.with_suffix('.png')}", file=sys.stderr)
     return 0 if all(r.checks.get("identical") for r in rows) else 1
 
 
