@@ -187,6 +187,7 @@ def test_streamed_inputs_go_into_the_first_stage_with_litert_semantics(segmented
             want = stock.get_tensor(stock.get_output_details()[0]["index"])
             swap.set_tensor(index, x)
             assert swap._inputs[index] is None  # held by the first stage's interpreter only
+            assert swap.get_tensor(index).tobytes() == x.tobytes()  # the value set, before any invoke
             for _ in range(2):  # the second invoke reuses the inputs
                 swap.invoke()
                 assert swap.get_tensor(out).tobytes() == want.tobytes()

@@ -252,17 +252,23 @@ class SwapInterpreter:
         self._counters.invokes += 1
 
     def get_tensor(self, tensor_index: int) -> np.ndarray:
+        """A copy of a model input (the value last set) or output (of the last invoke)."""
+        if tensor_index in self._inputs:
+            held = self._inputs[tensor_index]
+            if held is not None:
+                return held.copy()
+            if tensor_index in self._borrowed:
+                return self._borrowed[tensor_index].value(tensor_index).copy()
+            if self.stages[0].resident:  # set straight into the kept first stage
+                loaded = self._first_stage()
+                if loaded is not None:
+                    return loaded.interpreter.get_tensor(
+                        loaded.input_index[self._templates[0].inputs.index(tensor_index)]).copy()
         if tensor_index in self._values:
             return self._values[tensor_index].copy()
-        if tensor_index in self._borrowed and self._counters.invokes:
-            return self._borrowed[tensor_index].value(tensor_index).copy()
-        loaded = self._first_stage() if self.stages[0].resident else None
-        if loaded is not None and self._inputs.get(tensor_index, 0) is None and self._counters.invokes:
-            return loaded.interpreter.get_tensor(
-                loaded.input_index[self._templates[0].inputs.index(tensor_index)]).copy()
         raise ValueError(
             f"tensor {tensor_index} is not available: only the model's inputs and outputs are kept "
-            "(run invoke() first)"
+            "(set the inputs, or run invoke() first)"
         )
 
     def get_signature_list(self) -> dict[str, dict[str, list[str]]]:
