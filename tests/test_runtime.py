@@ -362,3 +362,36 @@ def test_native_crc32_equals_zlib():
         assert crc32(view[lo:hi]) == zlib.crc32(payload[lo:hi]), (lo, hi)
         assert crc32(payload[lo:hi]) == zlib.crc32(payload[lo:hi]), (lo, hi)
     assert crc32(payload[:1000], 0x1234) == zlib.crc32(payload[:1000], 0x1234)
+
+
+@pytest.mark.parametrize("name", ["vww_96_float.tflite", "vww_96_int8.tflite"])
+def test_xnnpack_cache_packs_once_and_stays_bit_identical(segmented_files, tmp_path, name):
+    """Streamed stages on CompiledModel with XNNPACK's weight cache: bit-identical to the stock
+    interpreter with XNNPACK; a second SwapInterpreter reuses the cache files; a corrupted cache
+    file fails its CRC record and is rebuilt, never used."""
+    model, path = segmented_files[name]
+    budget = 2 * _smallest_stage(model)
+    with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=tmp_path) as swap:
+        swap.allocate_tensors()
+        assert sum(not s.resident for s in swap.stages) > 1
+        _compare(model, swap, n=3)
+    caches = sorted(tmp_path.glob("*.xnnpack"))
+    assert caches and all(p.with_name(p.name + ".crc32").exists() for p in caches)
+    stamps = {p: p.stat().st_mtime_ns for p in caches}
+    with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=tmp_path) as swap:
+        swap.allocate_tensors()
+        _compare(model, swap, n=2, seed=1)
+    assert {p: p.stat().st_mtime_ns for p in caches} == stamps  # used as they were, not rewritten
+    victim = max(caches, key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=tmp_path) as swap:
+        swap.allocate_tensors()
+        _compare(model, swap, n=2, seed=2)
+    from tflm_swap.runtime.compiled import _file_crc
+
+    assert victim.read_bytes() != bytes(data)  # rebuilt
+    assert victim.with_name(victim.name + ".crc32").read_text().strip() == f"{_file_crc(victim):08x}"
+    with pytest.raises(ValueError, match="xnnpack_cache_dir applies to XNNPACK"):
+        SwapInterpreter(path, ram_budget=budget, default_delegates=False, xnnpack_cache_dir=tmp_path)

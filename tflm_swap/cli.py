@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reference-kernels", action="store_true", help="TFLite reference kernels (as TFLM)")
     r.add_argument("--no-xnnpack", action="store_true",
                    help="builtin kernels: no XNNPACK, whose packed copy doubles each stage's weights")
+    r.add_argument("--xnnpack-cache", metavar="DIR",
+                   help="with XNNPACK: keep each streamed stage's packed weights in a cache file in DIR")
     r.set_defaults(func=_cmd_run)
 
     st = sub.add_parser("stages", help="export the stage sub-models a budget gives (e.g. for edgetpu_compiler)")
@@ -276,7 +278,8 @@ def _cmd_run(args) -> int:
     rng = np.random.default_rng(0)
     times = {"stock": [], "swap": []}
     identical = True
-    with SwapInterpreter(args.model, ram_budget=budget, prefetch=args.prefetch, **options) as swap:
+    with SwapInterpreter(args.model, ram_budget=budget, prefetch=args.prefetch, xnnpack_cache_dir=args.xnnpack_cache,
+                         **options) as swap:
         swap.allocate_tensors()
         for _ in range(args.invokes):
             xs = random_inputs(stock.get_input_details(), rng)

@@ -395,6 +395,8 @@ class CostModel:
 # for weight bytes, SwapInterpreter's loads per invoke for reads (with XNNPACK: read + pack).
 BUILTIN_COSTS = CostModel(per_mac=0.045e-9, per_weight_byte=0.045e-9, per_read_byte=0.22e-9)
 XNNPACK_COSTS = CostModel(per_mac=0.009e-9, per_weight_byte=0.021e-9, per_read_byte=0.9e-9)
+# XNNPACK with its weight cache (runtime.compiled): no packing, but mapping the packed copy
+XNNPACK_CACHED_COSTS = CostModel(per_mac=0.009e-9, per_weight_byte=0.021e-9, per_read_byte=0.55e-9)
 # Operators below this many weight bytes are not kept resident on their own account (a stage each
 # would cost more than reading them).
 MIN_RESIDENT_BYTES = 1 << 20

@@ -44,6 +44,7 @@ from ..planner import Stage, min_stage_budget, partition_stages, plan_model
 from ..segment import check_segment
 from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
 from .backends import litert_interpreter
+from .compiled import CompiledStage, XnnpackCache
 from .crc import crc32
 
 
@@ -117,6 +118,9 @@ class SwapInterpreter:
         reference_kernels: use TFLite's reference kernels (bit-exact with TFLite Micro for int8).
         default_delegates: False runs without XNNPACK. XNNPACK packs its own copy of a stage's
             weights, so with it each stage costs twice its weights against the budget.
+        xnnpack_cache_dir: with XNNPACK, run streamed stages on LiteRT's CompiledModel with a
+            packed-weight cache file per stage in this directory, so that a stage is packed once,
+            not at every load (see runtime.compiled). Needs the ai_edge_litert backend.
 
     Compare outputs with a stock interpreter using the same kernels (same `reference_kernels` and
     `default_delegates`): then they are bit-identical.
@@ -132,12 +136,14 @@ class SwapInterpreter:
         delegates: list | None = None,
         reference_kernels: bool = False,
         default_delegates: bool = True,
+        xnnpack_cache_dir: str | os.PathLike | None = None,
     ):
         self._path = Path(model_path)
         self._options = {"backend": backend, "num_threads": num_threads, "delegates": delegates,
                          "reference_kernels": reference_kernels, "default_delegates": default_delegates}
         self.ram_budget, self.prefetch = ram_budget, prefetch
         self.weight_copies = 2 if default_delegates and not reference_kernels else 1
+        self._xnnpack_cache = self._cache(xnnpack_cache_dir, backend, delegates)
         # XNNPACK packs its copy of the weights in allocate_tensors: do that on the prefetch thread.
         # The builtin kernels only plan the activation arena there (well under a millisecond), so a
         # streamed stage is allocated when it is taken, after the previous stage was released.
@@ -340,8 +346,9 @@ class SwapInterpreter:
     def _partition(self) -> list[Stage]:
         budget = None if self.ram_budget is None else self.ram_budget // self.weight_copies
         try:
-            return partition_stages(self.plan, budget, self.prefetch,
-                                    planner.XNNPACK_COSTS if self.weight_copies > 1 else planner.BUILTIN_COSTS)
+            costs = planner.BUILTIN_COSTS if self.weight_copies == 1 else (
+                planner.XNNPACK_COSTS if self._xnnpack_cache is None else planner.XNNPACK_CACHED_COSTS)
+            return partition_stages(self.plan, budget, self.prefetch, costs)
         except BudgetError as exc:
             if self.weight_copies == 1:
                 raise
@@ -444,7 +451,7 @@ class SwapInterpreter:
             if crc32(part) != seg.crc32:
                 check_segment(seg, part)  # raises SegmentIntegrityError with the segment's details
         del blob, view, part
-        interpreter = litert_interpreter(data, **self._options)
+        interpreter = self._interpreter(i, data)
         early = resident or self._allocate_early
         if early:
             interpreter.allocate_tensors()
@@ -458,6 +465,26 @@ class SwapInterpreter:
             c.stages[i].loads += 1
             c.stages[i].load_s += time.perf_counter() - started
         return loaded
+
+    def _interpreter(self, i: int, data: bytes):
+        """The interpreter of stage `i` on its model bytes: LiteRT's, or for a streamed stage with an
+        XNNPACK cache, a CompiledStage (packing only the first time this stage is built)."""
+        if self._xnnpack_cache is None or self.stages[i].resident:
+            return litert_interpreter(data, **self._options)
+        t = self._templates[i]
+        path = self._xnnpack_cache.path_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement])
+        self._xnnpack_cache.before_build(path)
+        stage = CompiledStage(data, path, self._options["num_threads"])
+        self._xnnpack_cache.after_build(path)
+        return stage
+
+    def _cache(self, directory, backend: str, delegates) -> XnnpackCache | None:
+        if directory is None:
+            return None
+        if self.weight_copies == 1 or delegates or backend not in ("auto", "ai_edge_litert"):
+            raise ValueError("xnnpack_cache_dir applies to XNNPACK on the ai_edge_litert backend: not with "
+                             "default_delegates=False, reference_kernels, other delegates or another backend")
+        return XnnpackCache(directory)
 
     def _buffer(self, slot: int) -> tuple[bytes, memoryview]:
         """Model bytes for a stage load: the slot's earlier buffer when nothing else holds it.
