@@ -20,9 +20,9 @@ budget), then stock once more; a row reports the median of the children's median
 
 Both kinds use the same kernels: `xnnpack` (LiteRT's default; XNNPACK packs its own copy of the
 weights, which SwapInterpreter counts against the budget) or `builtin` (`default_delegates=False`).
-XNNPACK swap children keep each streamed stage's packed weights in a cache file
-(`xnnpack_cache_dir`, in out/bench_models/xnnpack_cache/; made by the first child of a model, whose
-first invoke shows the packing) unless `--no-xnnpack-cache`.
+With `--xnnpack-cache`, XNNPACK swap children keep each streamed stage's packed weights in a cache
+file (`xnnpack_cache_dir`, in out/bench_models/xnnpack_cache/; made by the first child of a model,
+whose first invoke shows the packing).
 
 Memory, from /proc/self/status. baseline = VmRSS after the imports, before the model is opened;
 peak = VmHWM after the last invoke; growth = peak - baseline.
@@ -382,7 +382,7 @@ def _group(m: BenchModel, kern: str, cache: str, base: dict, args) -> list[Row]:
 
 def _xnnpack_cache(m: BenchModel, kernels: str, args) -> str | None:
     """Where XNNPACK swap children keep packed stage weights (made by the first child, reused)."""
-    if kernels != "xnnpack" or args.no_xnnpack_cache:
+    if kernels != "xnnpack" or not args.xnnpack_cache:
         return None
     return str(MODELS_DIR / "xnnpack_cache" / m.name)
 
@@ -548,8 +548,8 @@ def main() -> int:
     ap.add_argument("--cache", default="warm,cold", help="warm, cold or both")
     ap.add_argument("--invokes", type=int, default=0, help="timed invokes per child (default by model size)")
     ap.add_argument("--prefetch", type=int, default=1)
-    ap.add_argument("--no-xnnpack-cache", action="store_true",
-                    help="XNNPACK swap children repack each stage at every load (no weight-cache files)")
+    ap.add_argument("--xnnpack-cache", action="store_true",
+                    help="XNNPACK swap children keep packed stage weights in cache files (else: repack per load)")
     ap.add_argument("--rounds", type=int, default=1, help="alternate stock and swap children this many times")
     ap.add_argument("--shared", default=str(SHARED))
     ap.add_argument("--json", default=None, help="where to write the records (default out/runtime_swap*.json)")
