@@ -41,6 +41,18 @@ class XnnpackCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._checked: set[Path] = set()
         self._lock = threading.Lock()
+        self._environment = None
+
+    def environment(self):
+        """One LiteRT Environment for every stage. Its compiler-plugin path is this directory,
+        which holds none: stages are plain CPU models, and LiteRT would otherwise look for (and
+        fail to load) a vendor compiler plugin at every stage build."""
+        with self._lock:
+            if self._environment is None:
+                from ai_edge_litert.environment import Environment
+
+                self._environment = Environment.create(compiler_plugin_path=str(self.directory))
+            return self._environment
 
     def path_for(self, graph: bytes, segment_crcs: list[int]) -> Path:
         key = zlib.crc32(np.asarray(segment_crcs, dtype=np.uint32).tobytes(), zlib.crc32(graph))
@@ -70,14 +82,14 @@ class CompiledStage:
     """The part of LiteRT's `Interpreter` surface that SwapInterpreter uses, on a `CompiledModel`
     (XNNPACK, with a weight-cache file). Tensor indices are input and output positions."""
 
-    def __init__(self, model: bytes, cache_file: Path, num_threads: int | None = None):
+    def __init__(self, model: bytes, cache_file: Path, num_threads: int | None = None, environment=None):
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.cpu_options import CpuOptions
         from ai_edge_litert.options import Options
 
         options = Options(cpu_options=CpuOptions(num_threads=num_threads or 0,
                                                  xnnpack_weight_cache_path=str(cache_file)))
-        self._model = CompiledModel.from_buffer(model, options=options)
+        self._model = CompiledModel.from_buffer(model, environment=environment, options=options)
         key = next(iter(self._model.get_signature_list()))
         self._in = list(self._model.get_input_tensor_details(key).values())
         self._out = list(self._model.get_output_tensor_details(key).values())

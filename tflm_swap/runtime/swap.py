@@ -474,7 +474,7 @@ class SwapInterpreter:
         t = self._templates[i]
         path = self._xnnpack_cache.path_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement])
         self._xnnpack_cache.before_build(path)
-        stage = CompiledStage(data, path, self._options["num_threads"])
+        stage = CompiledStage(data, path, self._options["num_threads"], self._xnnpack_cache.environment())
         self._xnnpack_cache.after_build(path)
         return stage
 
