@@ -322,6 +322,7 @@ def _cmd_stages(args) -> int:
         write_atomic(out / name, extract(model, stage.first, stage.last), (args.model,))
         inputs, outputs = stage_io(model, stage.first, stage.last)
         index.append({"file": name, "ops": [stage.first, stage.last], "weight_bytes": stage.weight_bytes,
+                      "resident": stage.resident,
                       "inputs": [model.tensor_name(t) for t in inputs],
                       "outputs": [model.tensor_name(t) for t in outputs]})
     write_atomic(out / "stages.json", json.dumps(index, indent=2).encode(), (args.model,))
