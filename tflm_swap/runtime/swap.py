@@ -464,6 +464,8 @@ class SwapInterpreter:
             c.peak_weight_bytes = max(c.peak_weight_bytes, c.resident_bytes)
             c.stages[i].loads += 1
             c.stages[i].load_s += time.perf_counter() - started
+        if resident:
+            t.graph = b""  # loaded for good: its flatbuffer lives on in `data` only
         return loaded
 
     def _interpreter(self, i: int, data: bytes):
