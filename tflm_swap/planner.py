@@ -408,14 +408,13 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1,
 
     One resident stage holds everything when the budget allows. Otherwise some stages may stay
     resident and the rest are streamed: a running streamed stage and the `prefetch` streamed stages
-    prepared behind it take prefetch + 1 slots of `cap` bytes, so
-    resident bytes + (prefetch + 1) * cap <= budget. Every cap from the largest operator's weights
-    to budget / (prefetch + 1) is tried (one per distinct operator size); for each, the largest
-    operators that fit the rest of the budget stay resident. The partition with the shortest
-    simulated invoke wins (loads overlap compute; `costs`, default BUILTIN_COSTS), then the one reading
-    fewer bytes. Without resident stages,
-    the cuts are balanced (the fewest stages under the cap, then the smallest largest stage), which
-    minimises peak weight memory.
+    prepared behind it take prefetch + 1 slots of `slot` bytes, so
+    resident bytes + (prefetch + 1) * slot <= budget. Every slot size up to budget / (prefetch + 1)
+    is tried (one per distinct operator size); for each, the operators above it and then the
+    largest others that fit the rest of the budget stay resident. Streaming everything, with the
+    cuts balanced (the fewest stages under the cap, then the smallest largest stage: the least
+    peak weight memory), is a candidate too. The partition with the shortest simulated invoke wins
+    (loads overlap compute; `costs`, default BUILTIN_COSTS), then the one reading fewer bytes.
     """
     if prefetch < 0:
         raise ValueError("prefetch depth must be >= 0")
