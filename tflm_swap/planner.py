@@ -430,12 +430,15 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1,
         )
     cap = budget // (prefetch + 1)
     best = _balanced_cut(plan, cap) if cap >= largest else None
-    op_weights = [_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)]
+    best_cost = None if best is None else _cost(plan, best, prefetch, costs)
+    op_weights = [op.weight_bytes for op in plan.ops]
     for slot in sorted({w for w in op_weights if 0 < w <= cap}):
         stages = _pin_and_cut(plan, op_weights, budget - (prefetch + 1) * slot, slot)
-        if stages is not None and _fits(stages, budget, prefetch) and (
-                best is None or _cost(plan, stages, prefetch, costs) < _cost(plan, best, prefetch, costs)):
-            best = stages
+        if stages is None or not _fits(stages, budget, prefetch):
+            continue
+        cost = _cost(plan, stages, prefetch, costs)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = stages, cost
     if best is None:  # not reached: the minimum budget is met by one of the slot sizes tried
         raise BudgetError(f"no partition of the model fits {budget} bytes")
     return best
@@ -535,7 +538,7 @@ def min_stage_budget(plan: Plan, prefetch: int = 1) -> int:
     the operators above a slot size resident needs their weights plus prefetch + 1 slots of that
     size; keeping everything resident needs all the weights. The least of these (prefetch 0: the
     largest operator's weights)."""
-    op_weights = sorted((_weights_of(plan, range(i, i + 1)) for i in range(plan.n_ops)), reverse=True)
+    op_weights = sorted((op.weight_bytes for op in plan.ops), reverse=True)
     if not op_weights or op_weights[0] == 0:
         return 0
     best, above = op_weights[0] * (prefetch + 1), 0

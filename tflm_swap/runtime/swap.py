@@ -176,6 +176,7 @@ class SwapInterpreter:
         self._borrowed: dict[int, _Borrowed] = {}
         self._values: dict[int, np.ndarray] = {}
         self._arena_ends: dict[int, tuple[int, int]] = {}  # stage -> (tensor at arena start, at end)
+        self._cache_paths: dict[int, Path] = {}  # stage -> its XNNPACK weight-cache file
 
     # ------------------------------------------------------------------------ Interpreter surface
     def allocate_tensors(self) -> None:
@@ -473,8 +474,11 @@ class SwapInterpreter:
         XNNPACK cache, a CompiledStage (packing only the first time this stage is built)."""
         if self._xnnpack_cache is None or self.stages[i].resident:
             return litert_interpreter(data, **self._options)
-        t = self._templates[i]
-        path = self._xnnpack_cache.path_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement])
+        path = self._cache_paths.get(i)
+        if path is None:  # named once per stage: the same bytes at every load
+            t = self._templates[i]
+            segment_crcs = [self.manifest.segments[s].crc32 for s in t.placement]
+            path = self._cache_paths[i] = self._xnnpack_cache.path_for(t.graph, segment_crcs)
         self._xnnpack_cache.before_build(path)
         stage = CompiledStage(data, path, self._options["num_threads"], self._xnnpack_cache.environment())
         self._xnnpack_cache.after_build(path)
