@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from helpers import reads_only
@@ -234,6 +236,49 @@ def test_invoke_frees_boundary_activations(segmented_files):
         with pytest.raises(ValueError, match="only the model's inputs and outputs"):
             swap.get_tensor(intermediate[0])
     assert kept | borrowed == set(model.inputs) | set(model.outputs)
+
+
+def _resident_pages(address: int, n: int) -> int:
+    """How many of the pages covering [address, address + n) are in RAM (mincore)."""
+    import ctypes
+    import os
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    low = address // page * page
+    count = -(-(address + n - low) // page)
+    vec = (ctypes.c_ubyte * count)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    assert libc.mincore(low, count * page, vec) == 0, os.strerror(ctypes.get_errno())
+    return sum(v & 1 for v in vec)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page residency is Linux-specific")
+def test_stage_buffers_hold_ram_only_for_the_bytes_written(segmented_files):
+    from tflm_swap.runtime.swap import PAGE, _bytes_address, _writable_bytes, _zero
+
+    n = 64 * PAGE
+    data, view = _writable_bytes(n)  # zeroed without being made resident
+    address = _bytes_address(data)
+    assert _resident_pages(address, n) <= 2 and data.count(0) == n
+    view[:] = b"\x07" * n
+    assert _resident_pages(address, n) == 64 + (address % PAGE > 0)
+    _zero(address + 100, n - 100)  # whole pages inside are given back; the rest reads as zeros
+    assert _resident_pages(address, n) <= 2
+    assert data[:100] == b"\x07" * 100 and data.count(0) == n - 100
+
+    # a slot that held a larger stage keeps no pages past the stage now in it
+    model, path = segmented_files["vww_96_int8.tflite"]
+    with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model), prefetch=0) as swap:
+        swap.allocate_tensors()
+        sizes = {t.base + t.blob_size for t in swap._templates}
+        assert max(sizes) - min(sizes) > 4 * PAGE  # stages of different sizes share the slot
+        for _ in range(2):
+            _compare(model, swap, n=1)
+            slot, used = swap._slots[0], swap._slot_used[0]
+            start = -(-(_bytes_address(slot) + used) // PAGE) * PAGE  # the first whole page past it
+            end = _bytes_address(slot) + len(slot)
+            assert _resident_pages(start, end - start) <= 1
 
 
 def test_corrupt_segment_fails_before_any_output(segmented_files, tmp_path):

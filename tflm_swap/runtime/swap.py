@@ -169,6 +169,7 @@ class SwapInterpreter:
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
         self._slots: list[bytes | None] = []  # model bytes reused across loads (see _buffer)
+        self._slot_used: list[int] = []
         self._loads = 0
         self._lock = threading.Lock()
         self._counters = _Counters(stages=[_StageStats() for _ in self.stages])
@@ -189,6 +190,7 @@ class SwapInterpreter:
         if not self.resident:
             _pin_mmap_threshold()
         self._slots = [None] * (min(self.prefetch, max(len(self._streamed) - 1, 0)) + 1)
+        self._slot_used = [0] * len(self._slots)  # bytes of each slot the last load wrote
         # a resident model is loaded once, here, on this thread, and without prefetch nothing overlaps:
         # then a prefetch thread (and its malloc arena, ~0.25 MiB) would serve no purpose
         self._executor = _InlineExecutor() if self.resident or not self.prefetch else ThreadPoolExecutor(
@@ -437,7 +439,7 @@ class SwapInterpreter:
         started = time.perf_counter()
         resident = self.stages[i].resident
         t = self._templates[i]
-        data, view = _writable_bytes(t.base + t.blob_size) if resident else self._buffer(slot)
+        data, view = _writable_bytes(t.base + t.blob_size) if resident else self._buffer(slot, t.base + t.blob_size)
         view[: len(t.graph)] = t.graph
         blob = view[t.base :]
         for sid, offset in t.placement.items():
@@ -492,14 +494,16 @@ class SwapInterpreter:
                              "default_delegates=False, reference_kernels, other delegates or another backend")
         return XnnpackCache(directory)
 
-    def _buffer(self, slot: int) -> tuple[bytes, memoryview]:
+    def _buffer(self, slot: int, used: int) -> tuple[bytes, memoryview]:
         """Model bytes for a stage load: the slot's earlier buffer when nothing else holds it.
 
         Loads rotate over prefetch + 1 slots; by the time a slot comes round again, the stage that
         used it has been released, so its pages (already faulted in) are reused instead of fresh
         memory (faulting in fresh pages costs several times the read itself). Every slot is sized for
         the largest stage (a stage's model may have trailing bytes); the planner caps each stage at
-        budget / (prefetch + 1), so the slots together stay within the budget.
+        budget / (prefetch + 1), so the slots together stay within the budget. A slot holds RAM only
+        for the stage in it: the pages a larger stage used past this one's `used` bytes are given
+        back (MobileNetV2 at the prefetch-1 minimum: -0.5 MiB at the peak).
         """
         size = max(self._templates[i].base + self._templates[i].blob_size for i in self._streamed)
         data = self._slots[slot]
@@ -507,8 +511,11 @@ class SwapInterpreter:
         if data is None or sys.getrefcount(data) > 3:
             self._slots[slot] = data = None  # an old buffer still in use is freed with its interpreter
             data, _ = _writable_bytes(size)
-            self._slots[slot] = data
+            self._slots[slot], self._slot_used[slot] = data, 0
             self._counters.fresh_buffers += 1
+        if self._slot_used[slot] > used:  # a larger stage was here: give back the pages past this one
+            _zero(_bytes_address(data) + used, self._slot_used[slot] - used)
+        self._slot_used[slot] = used
         return data, _view(data)
 
     def _release(self, loaded: _Loaded) -> None:
@@ -644,6 +651,14 @@ _bytes_address.restype = ctypes.c_void_p
 _bytes_address.argtypes = [ctypes.py_object]
 
 
+_MADV_DONTNEED, _MADV_HUGEPAGE = 4, 14
+HUGE_PAGE = 2 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_madvise = getattr(ctypes.CDLL(None, use_errno=True), "madvise", None) if sys.platform.startswith("linux") else None
+if _madvise is not None:
+    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
 def _writable_bytes(n: int) -> tuple[bytes, memoryview]:
     """A new, zeroed `bytes` object and a writable view of it, to be filled before it is shared.
 
@@ -652,8 +667,23 @@ def _writable_bytes(n: int) -> tuple[bytes, memoryview]:
     of into a buffer that is then copied, so a stage's weights exist once in memory.
     """
     data = _new_bytes(None, n)
-    ctypes.memset(_bytes_address(data), 0, n)
+    _zero(_bytes_address(data), n)
     return data, _view(data)
+
+
+def _zero(address: int, n: int) -> None:
+    """Zero `n` bytes of private memory at `address` without making its whole pages resident.
+
+    Whole pages inside are dropped (MADV_DONTNEED: private anonymous pages then read as zeros and
+    take no RAM until written); only the partial pages at the edges are written. So a stage buffer
+    holds RAM for the bytes a load writes into it, not for its whole size. Falls back to memset.
+    """
+    low, high = -(-address // PAGE) * PAGE, (address + n) // PAGE * PAGE
+    if high - low < PAGE or _madvise is None or _madvise(low, high - low, _MADV_DONTNEED) != 0:
+        ctypes.memset(address, 0, n)
+        return
+    ctypes.memset(address, 0, low - address)
+    ctypes.memset(high, 0, address + n - high)
 
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -700,12 +730,6 @@ def _view(data: bytes) -> memoryview:
 
 
 # ------------------------------------------------------------------------------ arena huge pages
-_MADV_HUGEPAGE = 14
-HUGE_PAGE = 2 << 20
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_madvise = getattr(ctypes.CDLL(None, use_errno=True), "madvise", None)
-if _madvise is not None:
-    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def _tensor_span(interpreter, index: int) -> tuple[int, int]:
@@ -742,5 +766,5 @@ def _advise_huge_pages(start: int, end: int) -> None:
     kernel uses huge pages for the 2 MiB-aligned blocks inside the mapping. A no-op where it cannot
     apply (no THP in the kernel, non-Linux). Only a hint: contents are unchanged."""
     low, high = start // PAGE * PAGE, -(-end // PAGE) * PAGE
-    if _madvise is not None and sys.platform.startswith("linux") and high - low >= HUGE_PAGE:
+    if _madvise is not None and high - low >= HUGE_PAGE:
         _madvise(low, high - low, _MADV_HUGEPAGE)
