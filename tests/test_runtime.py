@@ -392,6 +392,27 @@ def test_signature_runner_matches_litert(tmp_path):
             swap.get_signature_runner()()
 
 
+def test_streams_stages_with_scalar_tensors(tmp_path):
+    """Keras' Flatten with a dynamic batch converts to SHAPE -> STRIDED_SLICE (a 0-d tensor) ->
+    PACK -> RESHAPE; LiteRT gives 0-d tensors as numpy scalars, which streaming must handle."""
+    keras = pytest.importorskip("keras", reason="needs Keras to build the model")
+    import tflm_swap
+
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    result = tflm_swap.convert(model)
+    original = Model.from_bytes(result.original)
+    assert any(t.shape is not None and len(t.shape) == 0 for t in original.tensors)  # the scalar
+    path = result.save(tmp_path / "flatten.swap.tflite")
+    budget = min_stage_budget(plan_model(Model.load(path)), 0)  # below the weights: streamed stages
+    with SwapInterpreter(path, ram_budget=budget, prefetch=0, default_delegates=False) as swap:
+        swap.allocate_tensors()
+        assert not all(s.resident for s in swap.stages)
+        _compare(original, swap, n=3, default_delegates=False)
+
+
 def test_native_crc32_equals_zlib():
     """The stage loader's CRC32 (the delegate library's PCLMUL version when built) is zlib's."""
     import zlib

@@ -734,9 +734,9 @@ def _view(data: bytes) -> memoryview:
 
 def _tensor_span(interpreter, index: int) -> tuple[int, int]:
     """(address, size) of a tensor's data; the numpy view is dropped at once (LiteRT refuses to
-    invoke while one is alive)."""
+    invoke while one is alive). (0, 0) for a 0-d tensor: LiteRT gives a numpy scalar, not a view."""
     array = interpreter.tensor(index)()
-    span = array.ctypes.data, array.nbytes
+    span = (array.ctypes.data, array.nbytes) if isinstance(array, np.ndarray) else (0, 0)
     del array
     return span
 
