@@ -90,10 +90,16 @@ def cache_dir() -> Path:
     return path
 
 
-def build(name: str, sources: list[Path], command: list[str], extra_key: str = "") -> Path:
+def build(name: str, sources: list[Path], command: list[str], extra_key: str = "",
+          moved: Path | None = None) -> Path:
     """Compile `sources` with `command` (ending before '-o OUT'); reuse a cached binary of the same
-    sources and flags. Raises NativeToolError with the compiler's message on failure."""
-    digest = hashlib.sha256(extra_key.encode() + " ".join(command).encode())
+    sources and flags. `moved`: a directory whose place does not matter (a generated project), left
+    out of the cache key so that the same project written elsewhere is not built again. Raises
+    NativeToolError with the compiler's message on failure."""
+    key = " ".join(command)
+    if moved is not None:
+        key = key.replace(str(moved), "<project>")
+    digest = hashlib.sha256(extra_key.encode() + key.encode())
     for src in sources:
         digest.update(src.read_bytes())
     for header in sorted({h for s in sources for h in s.parent.glob("*.h")}):
@@ -141,11 +147,13 @@ def build_example(project: str | Path, prefix: str) -> Path:
     lib = project / "tswap"
     c_src = [lib / "tswap_micro.c", lib / "tswap_crc32.c", lib / "tswap_file_flash.c"]
     objects = [build(f"example-{s.stem}.o", [s], [compiler("gcc"), "-std=c99", "-O2", "-Wall", "-Wextra",
-                                                  "-Werror", f"-I{lib}", "-c", str(s)]) for s in c_src]
+                                                  "-Werror", f"-I{lib}", "-c", str(s)], moved=project)
+               for s in c_src]
     cc_src = [project / "main.cc", project / f"{prefix}_model_data.cc", lib / "tswap_tflm.cc"]
     command = [compiler("g++"), "-O2", "-Wall", *tflm.cxx_flags(), f"-I{project}", f"-I{lib}",
                *map(str, cc_src), *map(str, objects), *tflm.link_flags()]
-    return build(f"{prefix}_example", c_src + cc_src + [project / f"{prefix}_tswap.h"], command, str(tflm.library))
+    return build(f"{prefix}_example", c_src + cc_src + [project / f"{prefix}_tswap.h"], command,
+                 str(tflm.library), moved=project)
 
 
 def build_unit_tests() -> Path:
