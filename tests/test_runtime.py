@@ -11,7 +11,7 @@ from helpers import reads_only
 from tflm_swap import BudgetError, ManifestError, Model, SegmentIntegrityError, plan_model, read_manifest
 from tflm_swap.errors import TflmSwapError
 from tflm_swap.planner import min_stage_budget, partition_stages
-from tflm_swap.runtime import SwapInterpreter
+from tflm_swap.runtime import SwapInterpreter, min_ram_budget
 from tflm_swap.runtime.backends import BackendUnavailableError, litert_interpreter, random_inputs, resolve_backend
 from tflm_swap.segment import segment_model
 
@@ -318,6 +318,20 @@ def test_truncated_or_foreign_files_give_clear_errors(segmented_files, tmp_path,
         SwapInterpreter(path, ram_budget=1000)
     with pytest.raises(BudgetError, match=f"minimum budget is {_smallest_stage(model) // COPIES} bytes.*tiles"):
         SwapInterpreter(path, ram_budget=1000, prefetch=0, default_delegates=False)
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+@pytest.mark.parametrize("default_delegates", [True, False])
+def test_min_ram_budget_is_the_least_budget_accepted(segmented_files, prefetch, default_delegates):
+    model, path = segmented_files["ad01_int8.tflite"]
+    options = {"prefetch": prefetch, "default_delegates": default_delegates}
+    minimum = min_ram_budget(path, **options)
+    assert minimum == min_stage_budget(plan_model(model), prefetch) * (2 if default_delegates else 1)
+    with SwapInterpreter(path, ram_budget=minimum, **options) as swap:
+        swap.allocate_tensors()
+        _compare(model, swap, n=2, default_delegates=default_delegates)
+    with pytest.raises(BudgetError, match=f"minimum budget is {minimum} bytes"):
+        SwapInterpreter(path, ram_budget=minimum - 1, **options)
 
 
 def test_without_xnnpack_one_copy_counts(segmented_files):

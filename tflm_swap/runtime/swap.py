@@ -142,7 +142,7 @@ class SwapInterpreter:
         self._options = {"backend": backend, "num_threads": num_threads, "delegates": delegates,
                          "reference_kernels": reference_kernels, "default_delegates": default_delegates}
         self.ram_budget, self.prefetch = ram_budget, prefetch
-        self.weight_copies = 2 if default_delegates and not reference_kernels else 1
+        self.weight_copies = _weight_copies(default_delegates, reference_kernels)
         self._xnnpack_cache = self._cache(xnnpack_cache_dir, backend, delegates)
         # XNNPACK packs its copy of the weights in allocate_tensors: do that on the prefetch thread.
         # The builtin kernels only plan the activation arena there (well under a millisecond), so a
@@ -150,11 +150,7 @@ class SwapInterpreter:
         self._allocate_early = self.weight_copies > 1
         self._fd = os.open(self._path, os.O_RDONLY)
         try:
-            head, self.manifest = read_model_head(self._fd, self._path)
-            graph = head[: self.manifest.graph_size]
-            _check_weights_region(self.manifest, os.fstat(self._fd).st_size, self._path)
-            self._model: Model | None = Model.from_bytes(graph, source=str(self._path), read_external=False)
-            self.plan = plan_model(self._model, prefetch_depths=())
+            self.manifest, self._model, self.plan = _read_graph(self._fd, self._path)
             self.stages = self._partition()
         except BaseException:
             os.close(self._fd)
@@ -534,6 +530,33 @@ class SwapInterpreter:
     # -------------------------------------------------------------------------------- details
     def _details(self, t: int) -> dict:
         return copy.deepcopy(self._detail_cache[t])
+
+
+def min_ram_budget(model_path: str | os.PathLike, prefetch: int = 1, default_delegates: bool = True,
+                   reference_kernels: bool = False) -> int:
+    """The smallest `ram_budget` SwapInterpreter accepts for this segmented model with these
+    options (reads only the graph). With XNNPACK (the default kernels) it counts its packed copy:
+    twice the weights-only minimum that `default_delegates=False` needs."""
+    path = Path(model_path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _, _, plan = _read_graph(fd, path)
+    finally:
+        os.close(fd)
+    return min_stage_budget(plan, prefetch) * _weight_copies(default_delegates, reference_kernels)
+
+
+def _weight_copies(default_delegates: bool, reference_kernels: bool) -> int:
+    """Copies of a stage's weights in RAM: XNNPACK (the default kernels) packs a second one."""
+    return 2 if default_delegates and not reference_kernels else 1
+
+
+def _read_graph(fd: int, path: Path) -> tuple[Manifest, Model, planner.Plan]:
+    """The manifest, the graph (weights not read) and its plan; checks the weights region is whole."""
+    head, manifest = read_model_head(fd, path)
+    _check_weights_region(manifest, os.fstat(fd).st_size, path)
+    model = Model.from_bytes(head[: manifest.graph_size], source=str(path), read_external=False)
+    return manifest, model, plan_model(model, prefetch_depths=())
 
 
 def _details(model: Model, t: int) -> dict:
