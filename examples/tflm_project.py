@@ -2,15 +2,17 @@
 
 What it shows:
 
-1. `tflm_swap.micro.rewrite_for_tflm(...)`: the graph gets a load operator in front of each
-   conv / depthwise / fully-connected operator, and the weights move to a flash image;
-2. `tflm_swap.micro.generate_project(...)`: the C/C++ project (graph as a C array for internal
-   flash, `<prefix>_image.bin` for external flash, `<prefix>_tswap.h`, `main.cc`, `tswap/` library),
-   with the arena size measured on the host TFLM (predicted by the planner when that is missing);
-3. when the host toolchain is there (gcc/g++, xmos-ai-tools' TFLM library, gemmlowp headers): the
-   generated `main.cc` is compiled with a file-backed flash driver and run on one random input; its
-   arena use and flash bytes read are printed, and its output is compared with the same TFLM
-   running the original model (bit for bit). Without the toolchain the build is skipped, saying why.
+1. `tflm_swap.micro.export_project(model, out_dir, ...)`, what `tflm-swap convert --target tflm`
+   does: the graph gets a load operator in front of each conv / depthwise / fully-connected
+   operator, the weights move to a flash image, and the C/C++ project is written (graph as a C array
+   for internal flash, `<prefix>_image.bin` for external flash, `<prefix>_tswap.h`, `main.cc`,
+   `tswap/` library) with the arena size measured on the host TFLM (predicted by the planner when
+   that is missing);
+2. when the host toolchain is there (gcc/g++, xmos-ai-tools' TFLM library, gemmlowp headers):
+   `tflm_swap.micro.run_example(project, x)` compiles the generated `main.cc` with a file-backed
+   flash driver and runs it on one random input; its arena use and flash bytes read are printed,
+   and its output is compared with the same TFLM running the original model (bit for bit). Without
+   the toolchain the build is skipped, saying why.
 
 Default model: MLPerf Tiny's keyword-spotting DS-CNN from `../shared/models/mlperf_tiny/`; without it,
 the digits CNN of keras_to_budget.py is trained here (needs TensorFlow).
@@ -22,19 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from tflm_swap import Model, TflmSwapError
-from tflm_swap.micro import generate_project, rewrite_for_tflm, run_host_tflm
-from tflm_swap.micro.cli import measured_arena
+from tflm_swap import Model
+from tflm_swap.micro import ExampleRun, TflmProject, export_project, run_example, run_host_tflm
 from tflm_swap.micro.host import io_specs
-from tflm_swap.micro.native import NativeToolError, build_example
+from tflm_swap.micro.native import NativeToolError
 from tflm_swap.report import format_bytes
 from tflm_swap.runtime.backends import BackendUnavailableError, random_inputs, tflm_arena
 
@@ -47,23 +46,13 @@ def reference_output(data: bytes, x: np.ndarray) -> np.ndarray:
     return run_host_tflm(plain, None, [[x]]).outputs[0][0]
 
 
-def build_and_run(project: Path, prefix: str, x: np.ndarray) -> dict | None:
+def build_and_run(project: TflmProject, x: np.ndarray) -> ExampleRun | None:
     """Compile the generated example and run it on `x`; None (with the reason printed) without a toolchain."""
     try:
-        exe = build_example(project, prefix)  # gcc + g++ against the host TFLM; cached by content
+        return run_example(project, x)  # gcc + g++ against the host TFLM (cached by content), then run
     except NativeToolError as exc:
         print(f"skipping the build: host toolchain unavailable ({exc})")
         return None
-    (project / "input.bin").write_bytes(x.tobytes())
-    proc = subprocess.run([str(exe), str(project / f"{prefix}_image.bin"), str(project / "input.bin")],
-                          capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        raise TflmSwapError(f"the generated example failed: {proc.stdout}{proc.stderr}")
-    # main.cc prints "output 0: v v v ...", "arena_used_bytes: N" and "flash_bytes_read: N"
-    values = re.search(r"output 0:(.*)", proc.stdout).group(1).split()
-    return {"output": np.array([float(v) for v in values]),
-            "arena_used_bytes": int(re.search(r"arena_used_bytes: (\d+)", proc.stdout).group(1)),
-            "flash_bytes_read": int(re.search(r"flash_bytes_read: (\d+)", proc.stdout).group(1))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,41 +73,43 @@ def main(argv: list[str] | None = None) -> int:
     data = path.read_bytes()
     print(f"model: {path}")
 
-    # 1. Rewrite for TFLM: load operators in the graph, weights in a separate flash image.
-    micro = rewrite_for_tflm(data, prefetch=args.prefetch, verify_crc=args.verify_crc, source=str(path))
-    # 2. The arena TFLM will need, measured on the host TFLM (or predicted), and the project.
-    arena = measured_arena(micro, data)
-    project = out / "project"
-    files = generate_project(micro, project, args.prefix, arena, inputs=(path,))
-    print(f"wrote {len(files)} files to {project}: graph {format_bytes(len(micro.graph))} "
-          f"({args.prefix}_model_data.cc), image {format_bytes(len(micro.image))} ({args.prefix}_image.bin), "
-          f"{len(micro.loads)} load operators")
+    # 1. The project: load operators in the graph, weights in a separate flash image, the arena TFLM
+    #    needs (measured on the host TFLM, or predicted), the C/C++ sources.
+    project = export_project(path, out / "project", prefix=args.prefix, prefetch=args.prefetch,
+                             verify_crc=args.verify_crc)
+    prefix, arena = project.prefix, project.arena_size
+    print(f"wrote {len(project.files)} files to {project.out_dir}: graph {format_bytes(project.graph_bytes)} "
+          f"({prefix}_model_data.cc), image {format_bytes(project.image_bytes)} ({prefix}_image.bin), "
+          f"{project.load_ops} load operators")
+    if not project.arena_measured:
+        print(f"arena predicted by the planner: {project.arena_note}")
     try:  # the original model on the official tflite-micro interpreter, for comparison
         stock_arena = tflm_arena(bytes(Model.from_bytes(data).without_external())).total
         print(f"stock TFLM:     arena {stock_arena:>7} B, model {len(data):>7} B (graph + all weights, internal flash)")
     except BackendUnavailableError as exc:
         stock_arena = None
         print(f"stock TFLM arena not measured: {exc}")
-    print(f"with tflm_swap: arena {arena:>7} B, graph {len(micro.graph):>7} B (internal flash), image "
-          f"{len(micro.image)} B (external flash), {micro.flash_bytes_per_inference} B read per inference")
+    print(f"with tflm_swap: arena {arena:>7} B, graph {project.graph_bytes:>7} B (internal flash), image "
+          f"{project.image_bytes} B (external flash), {project.flash_bytes_per_inference} B read per inference")
 
-    # 3. Build and run the generated main.cc on one random input.
-    shape, dtype = io_specs(micro.graph, "inputs")[0]
+    # 2. Build and run the generated main.cc on one random input.
+    shape, dtype = io_specs(project.micro.graph, "inputs")[0]
     x = random_inputs([{"shape": shape, "dtype": dtype}], np.random.default_rng(0))[0]
-    ran = build_and_run(project, args.prefix, x)
-    result: dict = {"model": str(path), "arena_size": arena, "stock_arena": stock_arena, "built": ran is not None,
-                    "flash_bytes_per_inference": micro.flash_bytes_per_inference}
+    ran = build_and_run(project, x)
+    result: dict = {"model": str(path), "arena_size": arena, "arena_measured": project.arena_measured,
+                    "stock_arena": stock_arena, "built": ran is not None,
+                    "flash_bytes_per_inference": project.flash_bytes_per_inference}
     ok = True
     if ran is not None:
-        same = ran["output"].tolist() == reference_output(data, x).astype(float).ravel().tolist()
-        print(f"generated example: arena used {ran['arena_used_bytes']} B of {arena} B, "
-              f"{ran['flash_bytes_read']} B read from flash; output bit-identical to the same TFLM running "
+        same = ran.outputs[0].tobytes() == reference_output(data, x).tobytes()
+        print(f"generated example: arena used {ran.arena_used_bytes} B of {arena} B, "
+              f"{ran.flash_bytes_read} B read from flash; output bit-identical to the same TFLM running "
               f"the original model: {same}")
-        ok = same and ran["arena_used_bytes"] <= arena and ran["flash_bytes_read"] == micro.flash_bytes_per_inference
-        result.update(arena_used_bytes=ran["arena_used_bytes"], flash_bytes_read=ran["flash_bytes_read"],
+        ok = same and ran.arena_used_bytes <= arena and ran.flash_bytes_read == project.flash_bytes_per_inference
+        result.update(arena_used_bytes=ran.arena_used_bytes, flash_bytes_read=ran.flash_bytes_read,
                       bit_identical=same)
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    print(f"\nproject in {project} (see its README.md to build it for a device)")
+    print(f"\nproject in {project.out_dir} (see its README.md to build it for a device)")
     return 0 if ok else 1
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +18,15 @@ from tflm_swap.micro import (
     LOAD_OP,
     LOAD_START_OP,
     LOAD_WAIT_OP,
+    export_project,
     generate_project,
     predict_arena,
     rewrite_for_tflm,
+    run_example,
     run_host_tflm,
 )
 from tflm_swap.micro.host import io_specs
-from tflm_swap.micro.native import build_example, build_host_runner
+from tflm_swap.micro.native import build_host_runner
 from tflm_swap.model import Model
 from tflm_swap.runtime.backends import ensure_tflm_compatible, random_inputs, tflm_interpreter
 
@@ -150,25 +152,29 @@ def test_segmented_input_gives_the_same_graph():
     assert Model.from_bytes(b.graph).metadata("tflm_swap") is None
 
 
-@pytest.mark.parametrize("name,options", [("kws_ref_model", []), ("ad01_int8", ["--prefetch", "--verify-crc"])])
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("name,options", [("kws_ref_model", {}), ("ad01_int8", {"prefetch": True, "verify_crc": True})])
 def test_generated_example_matches_litert_reference(runner, tmp_path, name, options):
-    data = require_model(name).read_bytes()
-    out = tmp_path / "project"
-    assert cli_main(["convert", str(require_model(name)), "--target", "tflm", "-o", str(out),
-                     "--prefix", "net", *options]) == 0
-    header = (out / "net_tswap.h").read_text()
-    arena = int(re.search(r"NET_ARENA_SIZE (\d+)u", header).group(1))
-    exe = native_or_skip(lambda: build_example(out, "net"))
+    import tflm_swap
+
+    path = require_model(name)
+    data = path.read_bytes()
+    project = export_project(tflm_swap.convert(path), tmp_path / "api", prefix="net", source=path, **options)
+    flags = [f"--{k.replace('_', '-')}" for k in options]
+    assert cli_main(["convert", str(path), "--target", "tflm", "-o", str(tmp_path / "cli"), "--prefix", "net",
+                     *flags]) == 0
+    assert _tree(tmp_path / "cli") == _tree(project.out_dir)  # the CLI is export_project
     ref = outputs_on_random_inputs(data, n=2, seed=3, reference_kernels=True)
     rng = np.random.default_rng(3)
     details = [{"shape": s, "dtype": d} for s, d in io_specs(data, "inputs")]
     for expected in ref:
         x = random_inputs(details, rng)[0]
-        (tmp_path / "in.bin").write_bytes(x.tobytes())
-        proc = subprocess.run([str(exe), str(out / "net_image.bin"), str(tmp_path / "in.bin")],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        values = np.array([int(v) for v in re.search(r"output 0:(.*)", proc.stdout).group(1).split()])
+        ran = native_or_skip(lambda x=x: run_example(project, x))
+        assert [(o.shape, o.dtype) for o in ran.outputs] == io_specs(data, "outputs")
+        values = ran.outputs[0].astype(int).ravel()
         litert = expected[0].astype(int).ravel()
         if name in LITERT_TFLM_LSB:
             assert np.abs(values - litert).max() <= LITERT_TFLM_LSB[name]
@@ -178,9 +184,9 @@ def test_generated_example_matches_litert_reference(runner, tmp_path, name, opti
             assert values.tolist() == official.get_output(0).astype(int).ravel().tolist()
         else:
             assert values.tolist() == litert.tolist()
-        assert int(re.search(r"arena_used_bytes: (\d+)", proc.stdout).group(1)) <= arena
-        flash = int(re.search(r"flash_bytes_read: (\d+)", proc.stdout).group(1))
-        assert flash == rewrite_for_tflm(data).flash_bytes_per_inference
+        assert ran.arena_used_bytes <= project.arena_size
+        assert ran.flash_bytes_read == project.flash_bytes_per_inference
+    assert project.flash_bytes_per_inference == rewrite_for_tflm(data, **options).flash_bytes_per_inference
 
 
 def test_cli_writes_project_beside_its_input_untouched(tmp_path):
@@ -230,7 +236,108 @@ def test_cli_predicts_the_arena_without_the_host_tflm(runner, tmp_path, monkeypa
     assert cli_main(["convert", str(src), "--target", "tflm", "-o", str(tmp_path), "--prefix", "k"]) == 0
     arena = int(re.search(r"K_ARENA_SIZE (\d+)u", (tmp_path / "k_tswap.h").read_text()).group(1))
     assert "predicted by the planner" in capsys.readouterr().err
+    project = export_project(src, tmp_path / "api", prefix="k")
+    assert not project.arena_measured and "(simulated)" in project.arena_note
+    assert project.arena_size == arena
     monkeypatch.undo()
     micro = rewrite_for_tflm(src.read_bytes())
     measured = run_host_tflm(micro.graph, micro.image, _inputs(micro.graph, 1)).arena_total
     assert measured <= arena <= measured + 2048
+
+
+def _header_arena(project) -> int:
+    upper = project.prefix.upper()
+    return int(re.search(rf"#define {upper}_ARENA_SIZE (\d+)u", project.header_path.read_text()).group(1))
+
+
+def test_export_project_from_bytes_path_and_segmented_model(tmp_path):
+    import tflm_swap
+
+    src = tmp_path / "1-kws.tflite"
+    src.write_bytes(require_model("kws_ref_model").read_bytes())
+    data = src.read_bytes()
+    from_bytes = export_project(data, tmp_path / "b")
+    from_path = export_project(src, tmp_path / "p", prefetch=True, verify_crc=True)
+    from_segmented = export_project(tflm_swap.convert(src), tmp_path / "s", prefix="kws", arena_size=50000)
+    assert (from_bytes.prefix, from_path.prefix, from_segmented.prefix) == ("model", "m_1_kws", "kws")
+    for project in (from_bytes, from_path, from_segmented):
+        assert project.files and all(f.is_file() for f in project.files)
+        assert all(f.is_relative_to(project.out_dir) for f in project.files)
+        for name in (f"{project.prefix}_model_data.cc", f"{project.prefix}_model_data.h", "main.cc", "README.md",
+                     "tswap/tswap_micro.c", "tswap/tswap_tflm.cc"):
+            assert project.out_dir / name in project.files
+        assert project.image_path.read_bytes() == project.micro.image
+        assert _header_arena(project) == project.arena_size > 0
+        assert project.graph_bytes == len(project.micro.graph) and project.image_bytes == len(project.micro.image)
+        assert project.load_ops == len(project.micro.loads) > 0
+        assert project.flash_bytes_per_inference == 18944
+        assert project.micro.image == from_bytes.micro.image
+    assert src.read_bytes() == data
+    assert from_path.micro.prefetch and from_path.load_ops > from_bytes.load_ops
+    assert not from_segmented.arena_measured and from_segmented.arena_note == ""  # given, as asked
+    for project in (from_bytes, from_path):
+        assert project.arena_measured == (project.arena_note == "")  # measured, else predicted with a reason
+    # The segmented model's own bytes are rewritten, as the CLI does: the same graph as convert --target tflm.
+    assert cli_main(["convert", str(src), "--target", "tflm", "-o", str(tmp_path / "cli"), "--prefix", "kws",
+                     "--arena-size", "50000"]) == 0
+    assert _tree(tmp_path / "cli") == _tree(from_segmented.out_dir)
+
+
+def test_export_project_refuses_bad_options_and_inputs(tmp_path):
+    kws = require_model("kws_ref_model").read_bytes()
+    out = tmp_path / "out"
+    for kwargs, message in (({"prefix": "bad-name"}, "C identifier"), ({"prefix": "9lives"}, "C identifier"),
+                            ({"arena_size": 0}, "must be positive"), ({"alignment": 6}, "alignment"),
+                            ({"min_segment_bytes": 0}, "minimum segment size")):
+        with pytest.raises(TflmSwapError, match=message):
+            export_project(kws, out, **kwargs)
+    assert not out.exists()  # nothing written
+    with pytest.raises(MalformedModelError):
+        export_project(b"not a model at all", out)
+    with pytest.raises(TflmSwapError, match="no such model file"):
+        export_project(tmp_path / "missing.tflite", out)
+    with pytest.raises(TflmSwapError, match="cannot export a list"):
+        export_project([1, 2], out)
+    # The model file where an output goes (the image of prefix "net"): refused before any file is written.
+    src = out / "net_image.bin"
+    out.mkdir()
+    src.write_bytes(kws)
+    for model, source in ((src, None), (kws, src)):
+        with pytest.raises(TflmSwapError, match="refusing to overwrite the input file"):
+            export_project(model, out, prefix="net", source=source, arena_size=40000)
+        assert sorted(out.iterdir()) == [src] and src.read_bytes() == kws
+    with pytest.raises(TflmSwapError, match="is not a directory"):
+        export_project(src, src, arena_size=40000)
+    assert src.read_bytes() == kws
+
+
+def test_run_example_parses_every_output_type(tmp_path):
+    from tflm_swap.micro.project import _parse_example
+
+    specs = [((1, 3), np.dtype(np.int8)), ((2,), np.dtype(np.float32)), ((1,), np.dtype(np.int16))]
+    floats = np.array([0.1, -3.4028235e38], np.float32)
+    stdout = ("output 0: -128 0 127\noutput 1: " + " ".join(f"{v:.9g}" for v in floats)
+              + "\noutput 2: 254 255\narena_used_bytes: 1234\nflash_bytes_read: 99\n")
+    ran = _parse_example(stdout, specs, tmp_path / "exe")
+    assert ran.outputs[0].tolist() == [[-128, 0, 127]] and ran.outputs[0].dtype == np.int8
+    assert ran.outputs[1].tobytes() == floats.tobytes()
+    assert ran.outputs[2].tolist() == [-2]  # other types are printed byte by byte (0xfffe little-endian)
+    assert (ran.arena_used_bytes, ran.flash_bytes_read) == (1234, 99)
+    with pytest.raises(TflmSwapError, match="no output 1"):
+        _parse_example("output 0: 1 2 3\n", specs, tmp_path / "exe")
+    with pytest.raises(TflmSwapError, match="no flash_bytes_read"):
+        _parse_example(stdout.replace("flash_bytes_read", "flash"), specs, tmp_path / "exe")
+
+
+def test_run_example_refuses_a_wrong_input_and_reports_a_failing_example(runner, tmp_path):
+    import tflm_swap
+
+    kws = require_model("kws_ref_model")  # the project of test_generated_example_matches_litert_reference:
+    project = export_project(tflm_swap.convert(kws), tmp_path / "p", prefix="net")  # its build is cached
+    with pytest.raises(TflmSwapError, match="input 0 has shape"):
+        run_example(project, np.zeros(7, np.int8))
+    zeros = native_or_skip(lambda: run_example(project))  # no input: main.cc's zeros
+    assert zeros.outputs[0].shape == io_specs(project.micro.graph, "outputs")[0][0]
+    project.image_path.write_bytes(b"\0" * project.image_bytes)
+    with pytest.raises(TflmSwapError, match="generated example failed: error: image: .*magic"):
+        run_example(project)

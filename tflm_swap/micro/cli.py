@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import numpy as np
-
-from ..errors import TflmSwapError
-from .codegen import generate_project
 from .image import DEFAULT_ALIGNMENT
-from .native import NativeToolError
-from .predict import predict_arena
-from .rewrite import MicroModel, rewrite_for_tflm
-
-PREDICTION_MARGIN = 1024  # bytes: TFLM builds differ by a few hundred bytes of persistent data
+from .project import export_project
 
 
 def add_tflm_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,46 +21,17 @@ def add_tflm_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def convert_tflm(data: bytes, model_path: str, args) -> int:
-    """Rewrite `data` for TFLM and write the project to `args.output`; prints a summary."""
-    micro = rewrite_for_tflm(data, min_segment_bytes=args.min_segment_bytes, prefetch=args.prefetch,
-                             verify_crc=args.verify_crc, alignment=args.alignment, source=model_path)
-    prefix = args.prefix or _identifier(Path(model_path).stem)
-    arena = args.arena_size or measured_arena(micro, data)
-    files = generate_project(micro, args.output, prefix, arena, inputs=(model_path,))
-    print(f"wrote {len(files)} files to {args.output}: graph {len(micro.graph)} bytes "
-          f"({prefix}_model_data.cc), image {len(micro.image)} bytes ({prefix}_image.bin), "
-          f"{len(micro.loads)} load operators, {micro.flash_bytes_per_inference} flash bytes per "
-          f"inference, arena {arena} bytes")
+    """Rewrite `data` (the model at `model_path`, segmented) for TFLM and write the project to
+    `args.output` with `export_project`; prints a summary."""
+    project = export_project(data, args.output, prefix=args.prefix or None, prefetch=args.prefetch,
+                             verify_crc=args.verify_crc, alignment=args.alignment,
+                             arena_size=args.arena_size or None, min_segment_bytes=args.min_segment_bytes,
+                             source=model_path)
+    if project.arena_note:
+        print(f"note: {project.arena_note}; arena predicted by the planner", file=sys.stderr)
+    prefix = project.prefix
+    print(f"wrote {len(project.files)} files to {args.output}: graph {project.graph_bytes} bytes "
+          f"({prefix}_model_data.cc), image {project.image_bytes} bytes ({prefix}_image.bin), "
+          f"{project.load_ops} load operators, {project.flash_bytes_per_inference} flash bytes per "
+          f"inference, arena {project.arena_size} bytes")
     return 0
-
-
-def measured_arena(micro: MicroModel, source: bytes) -> int:
-    """The arena the host TFLM allocates for the rewritten graph (one inference on zero inputs).
-
-    Without the host TFLM (xmos-ai-tools, compilers), the planner's prediction is used instead,
-    with the stock model's persistent arena taken from the official tflite-micro interpreter and a
-    `PREDICTION_MARGIN` for the difference between TFLM builds."""
-    from .host import io_specs, run_host_tflm
-
-    try:
-        zeros = [np.zeros(shape, dtype) for shape, dtype in io_specs(micro.graph, "inputs")]
-        return run_host_tflm(micro.graph, micro.image, [zeros]).arena_total
-    except NativeToolError as exc:
-        try:
-            from ..model import Model
-            from ..runtime.backends import tflm_arena
-
-            plain = bytes(Model.from_bytes(source).without_external())  # TFLM cannot read Buffer.offset
-            predicted = predict_arena(micro, source, stock_tail=tflm_arena(plain).tail).total
-        except Exception as inner:  # tflite-micro missing or failing: nothing left to estimate with
-            raise TflmSwapError(f"cannot measure the arena on the host TFLM ({exc}) nor predict it "
-                                f"({inner}); pass --arena-size") from exc
-        print(f"note: host TFLM unavailable ({exc}); arena predicted by the planner", file=sys.stderr)
-        return predicted + PREDICTION_MARGIN
-
-
-def _identifier(stem: str) -> str:
-    name = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "model"
-    return name if not name[0].isdigit() else f"m_{name}"
-
-

@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import TflmSwapError, UnsupportedModelError
-from ..fileio import write_atomic
+from ..fileio import refuse_inputs, write_atomic
 from ..model import Model
 from .native import CORE_FILES, HOST_FILES, TFLM_FILES, native_sources
 from .rewrite import LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, MicroModel
@@ -46,12 +46,12 @@ def c_array(name: str, data: bytes) -> str:
 
 def generate_project(micro: MicroModel, out_dir: str | Path, prefix: str, arena_size: int,
                      inputs: tuple[str | Path, ...] = ()) -> list[Path]:
-    """Write the project files into `out_dir` (atomically; never over one of `inputs`)."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
-        raise TflmSwapError(f"prefix {prefix!r} must be a C identifier (letters, digits, underscore)")
-    if arena_size <= 0:
-        raise TflmSwapError(f"arena size {arena_size} must be positive")
+    """Write the project files into `out_dir` (atomically; never over one of `inputs`: every
+    destination is checked before the first file is written)."""
+    check_options(prefix, arena_size)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TflmSwapError(f"output {out} exists and is not a directory; the tflm target writes a directory")
     upper = prefix.upper()
     ops = _builtin_ops(micro.graph)
     files = {
@@ -62,15 +62,24 @@ def generate_project(micro: MicroModel, out_dir: str | Path, prefix: str, arena_
         "main.cc": _main(prefix, upper, ops),
         "README.md": _readme(prefix),
     }
+    root = native_sources()
+    library = {out / "tswap" / Path(rel).name: root / rel for rel in CORE_FILES + TFLM_FILES + HOST_FILES}
+    refuse_inputs([*(out / n for n in files), out / f"{prefix}_image.bin", *library], inputs)
     written = [write_atomic(out / n, text.encode(), inputs) for n, text in files.items()]
     written.append(write_atomic(out / f"{prefix}_image.bin", micro.image, inputs))
-    root = native_sources()
-    for rel in CORE_FILES + TFLM_FILES + HOST_FILES:
-        dest = out / "tswap" / Path(rel).name
+    for dest, src in library.items():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / rel, dest)
+        shutil.copyfile(src, dest)
         written.append(dest)
     return written
+
+
+def check_options(prefix: str, arena_size: int | None = None) -> None:
+    """Raise TflmSwapError unless `prefix` is a C identifier and `arena_size` (if given) is positive."""
+    if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
+        raise TflmSwapError(f"prefix {prefix!r} must be a C identifier (letters, digits, underscore)")
+    if arena_size is not None and arena_size <= 0:
+        raise TflmSwapError(f"arena size {arena_size} must be positive")
 
 
 def _builtin_ops(graph: bytes) -> list[str]:

@@ -1,0 +1,223 @@
+"""A TFLM project in one call, and its example built and run on the host.
+
+`export_project` is what `tflm-swap convert MODEL --target tflm -o DIR` does: rewrite the model for
+TFLM (`rewrite_for_tflm`), size the arena (measured on the host TFLM, else predicted by the planner)
+and write the sources (`generate_project`). `run_example` compiles the generated `main.cc` against
+the host TFLM with a file-backed flash driver, runs it on one input and parses what it prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..convert import SegmentedModel, to_tflite
+from ..errors import TflmSwapError
+from ..segment import DEFAULT_MIN_SEGMENT_BYTES
+from .codegen import check_options, generate_project
+from .image import DEFAULT_ALIGNMENT
+from .native import NativeToolError, build_example
+from .predict import predict_arena
+from .rewrite import MicroModel, rewrite_for_tflm
+
+PREDICTION_MARGIN = 1024  # bytes: TFLM builds differ by a few hundred bytes of persistent data
+
+
+@dataclass(frozen=True)
+class TflmProject:
+    """A generated TFLM project (see `export_project`)."""
+
+    out_dir: Path
+    prefix: str  # C identifier prefix of the generated names ({prefix}_model_data, {prefix}_image.bin, ...)
+    files: list[Path]  # every file written
+    micro: MicroModel  # the rewritten graph and flash image
+    arena_size: int  # bytes, as in {PREFIX}_ARENA_SIZE of {prefix}_tswap.h
+    arena_measured: bool  # True: measured on the host TFLM; False: predicted by the planner, or given
+    arena_note: str = ""  # why the arena was predicted (the host TFLM's error); "" otherwise
+
+    @property
+    def graph_bytes(self) -> int:
+        """Size of the rewritten graph ({prefix}_model_data.cc; internal flash)."""
+        return len(self.micro.graph)
+
+    @property
+    def image_bytes(self) -> int:
+        """Size of the flash image ({prefix}_image.bin; external flash)."""
+        return len(self.micro.image)
+
+    @property
+    def load_ops(self) -> int:
+        """Number of load operators inserted in the graph."""
+        return len(self.micro.loads)
+
+    @property
+    def flash_bytes_per_inference(self) -> int:
+        """Image bytes the load operators read per inference."""
+        return self.micro.flash_bytes_per_inference
+
+    @property
+    def image_path(self) -> Path:
+        return self.out_dir / f"{self.prefix}_image.bin"
+
+    @property
+    def header_path(self) -> Path:
+        """{prefix}_tswap.h: segment table, image size and CRC32, arena size."""
+        return self.out_dir / f"{self.prefix}_tswap.h"
+
+
+class ArenaSize(NamedTuple):
+    """The arena `measured_arena` found: its size, and how (`note`: why it was not measured)."""
+
+    size: int
+    measured: bool
+    note: str = ""
+
+
+def export_project(
+    model: bytes | str | os.PathLike[str] | SegmentedModel,
+    out_dir: str | os.PathLike[str],
+    *,
+    prefix: str | None = None,
+    prefetch: bool = False,
+    verify_crc: bool = False,
+    alignment: int = DEFAULT_ALIGNMENT,
+    arena_size: int | None = None,
+    min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
+    source: str | os.PathLike[str] | None = None,
+) -> TflmProject:
+    """Write a TFLite Micro project for `model` into `out_dir`, with its weights in a flash image.
+
+    `model`: `.tflite` bytes (plain or segmented), a path to a `.tflite` file, or the
+    `SegmentedModel` that `tflm_swap.convert` returns (its segmented `.data` is rewritten, as
+    `tflm-swap convert --target tflm` does). The options are those of that command:
+    `prefix` (C identifier; default: from the model file's name, else "model"), `prefetch`
+    (asynchronous reads one operator early), `verify_crc` (check each segment's CRC32 at every load),
+    `alignment` of the segments in the image, `arena_size` (default: measured on the host TFLM, or
+    predicted by the planner plus `PREDICTION_MARGIN` when the host TFLM is missing) and
+    `min_segment_bytes` (smaller weights stay inline in the graph).
+
+    `source`: the file the model came from, when `model` is not a path: names the default prefix
+    and error messages. No output is written over `model`'s or `source`'s file: every destination
+    is checked before the first file is written. Raises `TflmSwapError` (or a subclass) on a bad
+    model, option or output.
+    """
+    data, origin = _model_bytes(model, source)
+    prefix = prefix if prefix is not None else _identifier(Path(origin).stem) if origin else "model"
+    check_options(prefix, arena_size)  # before the rewrite and the arena measurement, which take time
+    micro = rewrite_for_tflm(data, min_segment_bytes=min_segment_bytes, prefetch=prefetch,
+                             verify_crc=verify_crc, alignment=alignment, source=origin or "<bytes>")
+    arena = ArenaSize(arena_size, False) if arena_size is not None else measured_arena(micro, data)
+    inputs = (origin,) if origin else ()
+    files = generate_project(micro, out_dir, prefix, arena.size, inputs=inputs)
+    return TflmProject(Path(out_dir), prefix, files, micro, arena.size, arena.measured, arena.note)
+
+
+def measured_arena(micro: MicroModel, source: bytes) -> ArenaSize:
+    """The arena the host TFLM allocates for the rewritten graph (one inference on zero inputs).
+
+    Without the host TFLM (xmos-ai-tools, compilers), the planner's prediction is used instead,
+    with the stock model's persistent arena taken from the official tflite-micro interpreter and a
+    `PREDICTION_MARGIN` for the difference between TFLM builds; then `measured` is False and `note`
+    says why the host TFLM was unavailable."""
+    from .host import io_specs, run_host_tflm
+
+    try:
+        zeros = [np.zeros(shape, dtype) for shape, dtype in io_specs(micro.graph, "inputs")]
+        return ArenaSize(run_host_tflm(micro.graph, micro.image, [zeros]).arena_total, True)
+    except NativeToolError as exc:
+        try:
+            from ..model import Model
+            from ..runtime.backends import tflm_arena
+
+            plain = bytes(Model.from_bytes(source).without_external())  # TFLM cannot read Buffer.offset
+            predicted = predict_arena(micro, source, stock_tail=tflm_arena(plain).tail).total
+        except Exception as inner:  # tflite-micro missing or failing: nothing left to estimate with
+            raise TflmSwapError(f"cannot measure the arena on the host TFLM ({exc}) nor predict it "
+                                f"({inner}); give the arena size (--arena-size, arena_size=)") from exc
+        return ArenaSize(predicted + PREDICTION_MARGIN, False, f"host TFLM unavailable ({exc})")
+
+
+@dataclass(frozen=True)
+class ExampleRun:
+    """What the generated example printed for one inference, parsed."""
+
+    outputs: list[np.ndarray]  # one per model output, with the graph's shape and dtype
+    arena_used_bytes: int  # MicroInterpreter::arena_used_bytes()
+    flash_bytes_read: int  # image bytes the load operators read (main.cc's whole-image CRC check not counted)
+    stdout: str
+    executable: Path
+
+
+def run_example(project: TflmProject, x: np.ndarray | None = None, *, timeout: float = 120) -> ExampleRun:
+    """Build the project's `main.cc` on the host (cached by content; `native.build_example`) and run
+    it once with `project.image_path` as the flash and `x` as input 0 (None: zeros; the example
+    feeds no other input). Raises `NativeToolError` when the host toolchain (gcc/g++, xmos-ai-tools'
+    TFLM, gemmlowp headers) is missing and `TflmSwapError` when the example fails."""
+    from .host import io_specs
+
+    blob = None
+    if x is not None:
+        shape, dtype = io_specs(project.micro.graph, "inputs")[0]
+        try:
+            blob = np.ascontiguousarray(x, dtype=dtype).reshape(shape).tobytes()
+        except ValueError as exc:
+            raise TflmSwapError(f"input 0 has shape {shape}, got an array of shape {np.shape(x)}") from exc
+    exe = build_example(project.out_dir, project.prefix)
+    with tempfile.TemporaryDirectory(prefix="tswap_example_") as tmp:
+        argv = [str(exe), str(project.image_path)]
+        if blob is not None:
+            (Path(tmp) / "input.bin").write_bytes(blob)
+            argv.append(str(Path(tmp) / "input.bin"))
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout)
+    if proc.returncode != 0:
+        raise TflmSwapError(f"the generated example failed: {(proc.stdout + proc.stderr).strip()[-2000:]}")
+    return _parse_example(proc.stdout, io_specs(project.micro.graph, "outputs"), exe)
+
+
+def _parse_example(stdout: str, specs, exe: Path) -> ExampleRun:
+    """main.cc prints `output N: v v ...` (int8 and float32 as numbers, other types byte by byte),
+    then `arena_used_bytes: N` and `flash_bytes_read: N`."""
+    outputs = []
+    for n, (shape, dtype) in enumerate(specs):
+        found = re.search(rf"^output {n}:(.*)$", stdout, re.MULTILINE)
+        if found is None:
+            raise TflmSwapError(f"the generated example printed no output {n}: {stdout[-2000:]}")
+        words = found.group(1).split()
+        if dtype in (np.int8, np.float32):
+            values = np.array([float(w) if dtype == np.float32 else int(w) for w in words], dtype)
+        else:
+            values = np.frombuffer(bytes(int(w) for w in words), dtype)
+        outputs.append(values.reshape(shape))
+    figures = {}
+    for key in ("arena_used_bytes", "flash_bytes_read"):
+        found = re.search(rf"^{key}: (\d+)$", stdout, re.MULTILINE)
+        if found is None:
+            raise TflmSwapError(f"the generated example printed no {key}: {stdout[-2000:]}")
+        figures[key] = int(found.group(1))
+    return ExampleRun(outputs, figures["arena_used_bytes"], figures["flash_bytes_read"], stdout, exe)
+
+
+def _model_bytes(model, source) -> tuple[bytes, str | None]:
+    """The bytes to rewrite and the file they came from (None: unknown)."""
+    origin = os.fspath(source) if source is not None else None
+    if isinstance(model, SegmentedModel):
+        return model.data, origin
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model), origin
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        return to_tflite(Path(path)), origin or path
+    raise TflmSwapError(f"cannot export a {type(model).__name__}: pass .tflite bytes, a .tflite path or "
+                        "the SegmentedModel of tflm_swap.convert")
+
+
+def _identifier(stem: str) -> str:
+    name = "".join(c if c.isalnum() or c == "_" else "_" for c in stem) or "model"
+    return name if not name[0].isdigit() else f"m_{name}"
