@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -238,23 +240,24 @@ def test_invoke_frees_boundary_activations(segmented_files):
     assert kept | borrowed == set(model.inputs) | set(model.outputs)
 
 
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
 def _resident_pages(address: int, n: int) -> int:
     """How many of the pages covering [address, address + n) are in RAM (mincore)."""
     import ctypes
-    import os
 
-    page = os.sysconf("SC_PAGE_SIZE")
-    low = address // page * page
-    count = -(-(address + n - low) // page)
+    low = address // PAGE_BYTES * PAGE_BYTES
+    count = -(-(address + n - low) // PAGE_BYTES)
     vec = (ctypes.c_ubyte * count)()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    assert libc.mincore(low, count * page, vec) == 0, os.strerror(ctypes.get_errno())
+    assert libc.mincore(low, count * PAGE_BYTES, vec) == 0, os.strerror(ctypes.get_errno())
     return sum(v & 1 for v in vec)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page residency is Linux-specific")
-def test_stage_buffers_hold_ram_only_for_the_bytes_written(segmented_files):
+def test_stage_buffers_hold_ram_only_for_the_bytes_written():
     from tflm_swap.runtime.swap import PAGE, _bytes_address, _writable_bytes, _zero
 
     n = 64 * PAGE
@@ -267,18 +270,76 @@ def test_stage_buffers_hold_ram_only_for_the_bytes_written(segmented_files):
     assert _resident_pages(address, n) <= 2
     assert data[:100] == b"\x07" * 100 and data.count(0) == n - 100
 
-    # a slot that held a larger stage keeps no pages past the stage now in it
+
+def _slow_stages(monkeypatch, seconds: float) -> None:
+    """Give every stage `seconds` more of work on the invoking thread before it runs."""
+    import tflm_swap.runtime.swap as swap_module
+
+    allocate = swap_module.SwapInterpreter._allocate
+
+    def slow_allocate(self, loaded):
+        time.sleep(seconds)
+        allocate(self, loaded)
+    monkeypatch.setattr(swap_module.SwapInterpreter, "_allocate", slow_allocate)
+
+
+def _streamed_sizes(swap: SwapInterpreter) -> list[int]:
+    return sorted({t.base + t.blob_size for i, t in enumerate(swap._templates) if i in swap._streamed})
+
+
+def _pages_past(swap: SwapInterpreter, slot: int, used: int) -> int:
+    from tflm_swap.runtime.swap import PAGE, _bytes_address
+
+    data = swap._slots[slot]
+    start = -(-(_bytes_address(data) + used) // PAGE) * PAGE  # the first whole page past `used`
+    return _resident_pages(start, _bytes_address(data) + len(data) - start)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page residency is Linux-specific")
+def test_slots_give_back_pages_unless_prefetched_loads_are_waited_for(segmented_files, monkeypatch):
+    """A slot that held a larger stage keeps no pages past the stage now in it, unless an invoke
+    waited for a prefetched load: then faulting them in again would cost time, and slots keep them."""
+    import tflm_swap.runtime.swap as swap_module
+
     model, path = segmented_files["vww_96_int8.tflite"]
-    with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model), prefetch=0) as swap:
+    _slow_stages(monkeypatch, 0.02)  # compute far longer than any load of this model: loads hidden
+    buffer, loads = swap_module.SwapInterpreter._buffer, []
+
+    def recorded_buffer(self, slot, used):  # each load: (bytes it uses, pages of its slot past them)
+        result = buffer(self, slot, used)
+        loads.append((used, self._slot_used[slot], _pages_past(self, slot, used)))
+        return result
+    monkeypatch.setattr(swap_module.SwapInterpreter, "_buffer", recorded_buffer)
+    for prefetch in (1, 0):
+        loads.clear()
+        with SwapInterpreter(path, ram_budget=(prefetch + 1) * _smallest_stage(model), prefetch=prefetch) as swap:
+            swap.allocate_tensors()
+            sizes = _streamed_sizes(swap)
+            assert sizes[-1] - sizes[0] > 4 * PAGE_BYTES  # stages of different sizes share the slots
+            _compare(model, swap, n=4)
+            assert swap._give_back and swap.stats()["fresh_buffers"] == len(swap._slots)
+        # after a larger stage too; left: the partial pages at the ends of the old extent and of the buffer
+        assert all(extent == used and past <= 2 for used, extent, past in loads)
+        assert any(used < sizes[-1] for used, _, _ in loads[len(swap._slots):])
+    monkeypatch.undo()
+
+    pread = os.preadv
+
+    def slow_pread(*args):
+        time.sleep(0.02)
+        return pread(*args)
+    monkeypatch.setattr(os, "preadv", slow_pread)  # loads far longer than compute: waited for
+    zero, zeroed = swap_module._zero, []
+    monkeypatch.setattr(swap_module, "_zero", lambda address, n: (zeroed.append(n), zero(address, n)))
+    with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model), prefetch=1) as swap:
         swap.allocate_tensors()
-        sizes = {t.base + t.blob_size for t in swap._templates}
-        assert max(sizes) - min(sizes) > 4 * PAGE  # stages of different sizes share the slot
-        for _ in range(2):
-            _compare(model, swap, n=1)
-            slot, used = swap._slots[0], swap._slot_used[0]
-            start = -(-(_bytes_address(slot) + used) // PAGE) * PAGE  # the first whole page past it
-            end = _bytes_address(slot) + len(slot)
-            assert _resident_pages(start, end - start) <= 1
+        _compare(model, swap, n=1)  # the first invoke finds that loads are waited for
+        assert not swap._give_back
+        zeroed.clear()
+        fresh = swap.stats()["fresh_buffers"]
+        _compare(model, swap, n=4)
+        assert not swap._give_back  # every _zero call since: a fresh buffer, none a give-back
+        assert len(zeroed) == swap.stats()["fresh_buffers"] - fresh
 
 
 def test_corrupt_segment_fails_before_any_output(segmented_files, tmp_path):

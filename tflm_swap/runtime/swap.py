@@ -166,6 +166,8 @@ class SwapInterpreter:
         self._pending: dict[int, Future] = {}
         self._slots: list[bytes | None] = []  # model bytes reused across loads (see _buffer)
         self._slot_used: list[int] = []
+        self._waited = False  # this invoke waited for a prefetched stage's load
+        self._give_back = True  # slots give back pages a larger stage used (see _buffer)
         self._loads = 0
         self._lock = threading.Lock()
         self._counters = _Counters(stages=[_StageStats() for _ in self.stages])
@@ -235,6 +237,7 @@ class SwapInterpreter:
         if missing:
             raise ValueError(f"inputs {missing} were not set")
         values = {t: v for t, v in self._inputs.items() if v is not None}
+        self._waited = False
         for i, template in enumerate(self._templates):
             self._schedule(i)
             loaded = self._take(i)
@@ -255,6 +258,7 @@ class SwapInterpreter:
                 self._release(loaded)
         self._values = values
         self._counters.invokes += 1
+        self._give_back = not self._waited  # (without prefetch, loads are never waited for)
 
     def get_tensor(self, tensor_index: int) -> np.ndarray:
         """A copy of a model input (the value last set) or output (of the last invoke)."""
@@ -425,6 +429,7 @@ class SwapInterpreter:
         future = self._pending[i]
         if not self.stages[i].resident:
             del self._pending[i]
+            self._waited |= not future.done()
         try:
             return future.result()  # re-raises a failed read or CRC check, before any output
         except BaseException:
@@ -497,9 +502,13 @@ class SwapInterpreter:
         used it has been released, so its pages (already faulted in) are reused instead of fresh
         memory (faulting in fresh pages costs several times the read itself). Every slot is sized for
         the largest stage (a stage's model may have trailing bytes); the planner caps each stage at
-        budget / (prefetch + 1), so the slots together stay within the budget. A slot holds RAM only
-        for the stage in it: the pages a larger stage used past this one's `used` bytes are given
-        back (MobileNetV2 at the prefetch-1 minimum: -0.5 MiB at the peak).
+        budget / (prefetch + 1), so the slots together stay within the budget. A slot also gives back
+        the pages a larger stage used past this one's `used` bytes, so that it holds RAM for the
+        stage in it only (MobileNetV2 at the prefetch-1 minimum: -0.5 MiB at the peak, at no cost in
+        time while loads are hidden behind compute). A larger stage faults those pages in again,
+        which costs time where prefetched loads are the bottleneck (the 72 MiB MLP: 7.5 -> 11 ms of
+        loads per invoke): once an invoke has waited for a prefetched load, slots keep their pages.
+        Without prefetch they always give them back: that setting asks for the least memory.
         """
         size = max(self._templates[i].base + self._templates[i].blob_size for i in self._streamed)
         data = self._slots[slot]
@@ -509,9 +518,10 @@ class SwapInterpreter:
             data, _ = _writable_bytes(size)
             self._slots[slot], self._slot_used[slot] = data, 0
             self._counters.fresh_buffers += 1
-        if self._slot_used[slot] > used:  # a larger stage was here: give back the pages past this one
+        if self._slot_used[slot] > used and self._give_back:  # give back what a larger stage used
             _zero(_bytes_address(data) + used, self._slot_used[slot] - used)
-        self._slot_used[slot] = used
+            self._slot_used[slot] = used
+        self._slot_used[slot] = max(self._slot_used[slot], used)
         return data, _view(data)
 
     def _release(self, loaded: _Loaded) -> None:
