@@ -31,9 +31,8 @@ import numpy as np
 
 import tflm_swap  # imports no TensorFlow: only converting a Keras model does
 from tflm_swap.demo import load_digits_images, predict_tflite_with
-from tflm_swap.planner import min_stage_budget
 from tflm_swap.report import format_bytes, parse_size, strategy_table, summary
-from tflm_swap.runtime import SwapInterpreter, litert_interpreter
+from tflm_swap.runtime import SwapInterpreter, litert_interpreter, min_ram_budget
 
 
 def build_cnn(input_shape: tuple[int, ...], n_classes: int):
@@ -161,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"plan.fit({format_bytes(mcu_budget)}): {exc}")
 
     # 4. Run on LiteRT within a weights budget: the smallest the stage planner accepts.
-    budget = min_stage_budget(plan, args.prefetch)
-    print(f"\nSwapInterpreter weights budget: {format_bytes(budget)} (planner minimum for prefetch "
+    budget = min_ram_budget(swap_path, args.prefetch, default_delegates=False)  # builtin kernels, below
+    print(f"\nSwapInterpreter weights budget: {format_bytes(budget)} (the least it accepts with prefetch "
           f"{args.prefetch}) of {format_bytes(plan.external_bytes)} of weights")
     run = compare_with_stock(seg.original, swap_path, x_test[: args.samples], budget, args.prefetch)
     print_run("SwapInterpreter vs stock LiteRT", run)

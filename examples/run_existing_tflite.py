@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 
 import tflm_swap
-from tflm_swap.planner import min_stage_budget
 from tflm_swap.report import format_bytes
-from tflm_swap.runtime import litert_interpreter
+from tflm_swap.runtime import litert_interpreter, min_ram_budget
 
 # ../shared beside the checkout (this file is <checkout>/examples/run_existing_tflite.py)
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf_tiny"
@@ -98,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"this example feeds single-input models; {path.name} has {len(details)} inputs")
         return 2
     x = np.random.default_rng(0).random((args.invokes, *details[0]["shape"][1:]), dtype=np.float32)
-    plan = tflm_swap.plan_model(tflm_swap.Model.from_bytes(seg.data))
-    whole, minimum = plan.external_bytes, min_stage_budget(plan, prefetch=0)
+    whole = manifest.external_bytes
+    # the least budget SwapInterpreter accepts (builtin kernels: one copy of the weights)
+    minimum, with_prefetch = (min_ram_budget(swap_path, p, default_delegates=False) for p in (0, 1))
     print(f"weights {format_bytes(whole)}; minimum budget {format_bytes(minimum)} without prefetch, "
-          f"{format_bytes(min_stage_budget(plan, prefetch=1))} with one stage prefetched\n")
+          f"{format_bytes(with_prefetch)} with one stage prefetched\n")
     results = {}
     for label, budget in (("50% of the weights", max(whole // 2, minimum)), ("minimum budget", minimum)):
         # prefetch a stage while the current one runs when the budget has room for the extra slot
-        prefetch = 1 if min_stage_budget(plan, prefetch=1) <= budget else 0
+        prefetch = 1 if with_prefetch <= budget else 0
         run = compare_with_stock(seg.original, swap_path, x, budget, prefetch)
         print_run(label, run)
         results[label] = {"ram_budget": budget, "prefetch": prefetch, "bit_identical": run["bit_identical"],
