@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zlib
 
 import pytest
 
@@ -88,3 +89,10 @@ def test_run_and_stages_commands(kws, tmp_path, capsys):
     index = json.loads((tmp_path / "st" / "stages.json").read_text())
     assert len(index) > 1 and all((tmp_path / "st" / s["file"]).stat().st_size > 0 for s in index)
     assert index[0]["ops"][0] == 0 and index[-1]["ops"][1] == 12
+    for stage in index:  # size and CRC32 recorded, to check copies of the stage files
+        data = (tmp_path / "st" / stage["file"]).read_bytes()
+        assert stage["bytes"] == len(data) and stage["crc32"] == zlib.crc32(data)
+    available = set(index[0]["inputs"])  # stages chain by tensor name
+    for stage in index:
+        assert set(stage["inputs"]) <= available
+        available |= set(stage["outputs"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zlib
 from pathlib import Path
 
 from .errors import BudgetError, TflmSwapError
@@ -319,9 +320,11 @@ def _cmd_stages(args) -> int:
     index = []
     for i, stage in enumerate(stages):
         name = f"stage_{i:02d}.tflite"
-        write_atomic(out / name, extract(model, stage.first, stage.last), (args.model,))
+        data = extract(model, stage.first, stage.last)
+        write_atomic(out / name, data, (args.model,))
         inputs, outputs = stage_io(model, stage.first, stage.last)
-        index.append({"file": name, "ops": [stage.first, stage.last], "weight_bytes": stage.weight_bytes,
+        index.append({"file": name, "bytes": len(data), "crc32": zlib.crc32(data),  # to check copies
+                      "ops": [stage.first, stage.last], "weight_bytes": stage.weight_bytes,
                       "resident": stage.resident,
                       "inputs": [model.tensor_name(t) for t in inputs],
                       "outputs": [model.tensor_name(t) for t in outputs]})
