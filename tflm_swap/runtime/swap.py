@@ -188,7 +188,7 @@ class SwapInterpreter:
         if not self.resident:
             _pin_mmap_threshold()
         self._slots = [None] * (min(self.prefetch, max(len(self._streamed) - 1, 0)) + 1)
-        self._slot_used = [0] * len(self._slots)  # bytes of each slot the last load wrote
+        self._slot_used = [0] * len(self._slots)  # per slot: how far loads wrote since it last gave pages back
         # a resident model is loaded once, here, on this thread, and without prefetch nothing overlaps:
         # then a prefetch thread (and its malloc arena, ~0.25 MiB) would serve no purpose
         self._executor = _InlineExecutor() if self.resident or not self.prefetch else ThreadPoolExecutor(
@@ -518,10 +518,11 @@ class SwapInterpreter:
             data, _ = _writable_bytes(size)
             self._slots[slot], self._slot_used[slot] = data, 0
             self._counters.fresh_buffers += 1
-        if self._slot_used[slot] > used and self._give_back:  # give back what a larger stage used
-            _zero(_bytes_address(data) + used, self._slot_used[slot] - used)
-            self._slot_used[slot] = used
-        self._slot_used[slot] = max(self._slot_used[slot], used)
+        written = self._slot_used[slot]
+        if written > used and self._give_back:  # give back the pages a larger stage used
+            _zero(_bytes_address(data) + used, written - used)
+            written = used
+        self._slot_used[slot] = max(written, used)
         return data, _view(data)
 
     def _release(self, loaded: _Loaded) -> None:
@@ -763,8 +764,6 @@ def _view(data: bytes) -> memoryview:
 
 
 # ------------------------------------------------------------------------------ arena huge pages
-
-
 def _tensor_span(interpreter, index: int) -> tuple[int, int]:
     """(address, size) of a tensor's data; the numpy view is dropped at once (LiteRT refuses to
     invoke while one is alive). (0, 0) for a 0-d tensor: LiteRT gives a numpy scalar, not a view."""
