@@ -96,3 +96,7 @@ def test_run_and_stages_commands(kws, tmp_path, capsys):
     for stage in index:
         assert set(stage["inputs"]) <= available
         available |= set(stage["outputs"])
+    capsys.readouterr()
+    assert main(["run", str(seg), "--stage-files", str(tmp_path / "st"), "--invokes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"stages: {len(index)} " in out and "bit-identical to stock LiteRT on 3 random inputs: True" in out

@@ -488,6 +488,49 @@ def test_streams_stages_with_scalar_tensors(tmp_path):
         _compare(original, swap, n=3, default_delegates=False)
 
 
+def test_runs_exported_stage_files_and_sealed_compiled_ones(segmented_files, tmp_path, capsys):
+    """Stages exported by `tflm-swap stages` run from their files (as Edge TPU-compiled ones would,
+    once sealed), bit-identical; a changed file is refused before any output."""
+    from tflm_swap.cli import main
+
+    model, path = segmented_files["kws_ref_model.tflite"]
+    out = tmp_path / "stages"
+    assert main(["stages", str(path), "--ram-budget", "9KiB", "--out", str(out)]) == 0
+    with SwapInterpreter(path, stage_files=out, default_delegates=False) as swap:
+        swap.allocate_tensors()
+        assert len(swap.stages) > 1 and not swap.resident
+        _compare(model, swap, n=3, default_delegates=False)
+        assert swap.stats()["flash_bytes_read"] >= 3 * sum(f.stat().st_size for f in out.glob("stage_*.tflite"))
+
+    # a "compiled" stage 1 (here the same model; edgetpu_compiler's output name), sealed: it is the
+    # file loaded from then on, so the exported one may go
+    exported = out / "stage_01.tflite"
+    compiled = out / "stage_01_edgetpu.tflite"
+    compiled.write_bytes(exported.read_bytes())
+    assert main(["seal-stages", str(out)]) == 0
+    assert "sealed 1 compiled stage file(s)" in capsys.readouterr().out
+    exported.unlink()
+    with SwapInterpreter(path, stage_files=out, default_delegates=False) as swap:
+        swap.allocate_tensors()
+        _compare(model, swap, n=2, default_delegates=False)
+
+    data = bytearray(compiled.read_bytes())
+    data[len(data) // 2] ^= 1
+    compiled.write_bytes(bytes(data))
+    with SwapInterpreter(path, stage_files=out, default_delegates=False) as swap:
+        swap.allocate_tensors()
+        swap.set_tensor(swap.get_input_details()[0]["index"],
+                        random_inputs(swap.get_input_details(), np.random.default_rng(0))[0])
+        with pytest.raises(SegmentIntegrityError, match="stage_01_edgetpu.tflite has CRC32 .* records"):
+            swap.invoke()
+
+    other = segmented_files["ad01_int8.tflite"][1]  # stages of one model are not another's
+    with pytest.raises(ManifestError, match="were the stages exported from it"):
+        SwapInterpreter(other, stage_files=out)
+    with pytest.raises(ManifestError, match="stages.json not found"):
+        SwapInterpreter(path, stage_files=tmp_path)
+
+
 def test_native_crc32_equals_zlib():
     """The stage loader's CRC32 (the delegate library's PCLMUL version when built) is zlib's."""
     import zlib

@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="builtin kernels: no XNNPACK, whose packed copy doubles each stage's weights")
     r.add_argument("--xnnpack-cache", metavar="DIR",
                    help="with XNNPACK: keep each streamed stage's packed weights in a cache file in DIR")
+    r.add_argument("--stage-files", metavar="DIR",
+                   help="run each stage from the files `tflm-swap stages` wrote to DIR (compiled ones once sealed)")
     r.set_defaults(func=_cmd_run)
 
     st = sub.add_parser("stages", help="export the stage sub-models a budget gives (e.g. for edgetpu_compiler)")
@@ -99,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--prefetch", type=int, default=1)
     st.add_argument("--out", required=True, help="directory for stage_NN.tflite and stages.json")
     st.set_defaults(func=_cmd_stages)
+
+    se = sub.add_parser("seal-stages", help="record size and CRC32 of the compiled stage_NN_edgetpu.tflite files")
+    se.add_argument("directory", help="the --out directory of `tflm-swap stages`")
+    se.set_defaults(func=_cmd_seal_stages)
 
     dl = sub.add_parser("delegate", help="build the tile table of the LiteRT weight-streaming delegate; print its "
                         "library path and load_delegate options as JSON")
@@ -280,7 +286,7 @@ def _cmd_run(args) -> int:
     times = {"stock": [], "swap": []}
     identical = True
     with SwapInterpreter(args.model, ram_budget=budget, prefetch=args.prefetch, xnnpack_cache_dir=args.xnnpack_cache,
-                         **options) as swap:
+                         stage_files=args.stage_files, **options) as swap:
         swap.allocate_tensors()
         for _ in range(args.invokes):
             xs = random_inputs(stock.get_input_details(), rng)
@@ -330,6 +336,15 @@ def _cmd_stages(args) -> int:
                       "outputs": [model.tensor_name(t) for t in outputs]})
     write_atomic(out / "stages.json", json.dumps(index, indent=2).encode(), (args.model,))
     print(f"wrote {len(stages)} stage models and stages.json to {out}/")
+    return 0
+
+
+def _cmd_seal_stages(args) -> int:
+    from .runtime.stage_files import seal_stage_dir
+
+    sealed = seal_stage_dir(args.directory)
+    print(f"sealed {len(sealed)} compiled stage file(s) in {args.directory}/stages.json: "
+          + (", ".join(sealed) or "none found (stage_NN_edgetpu.tflite)"))
     return 0
 
 

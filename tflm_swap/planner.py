@@ -569,6 +569,13 @@ def _cut(plan: Plan, cap: int | None, ops: range | None = None) -> list[Stage]:
     return stages
 
 
+def stage_of(plan: Plan, first: int, last: int, resident: bool = False) -> Stage:
+    """The stage that runs operators first..last (e.g. as recorded by `tflm-swap stages`)."""
+    if not 0 <= first <= last < len(plan.ops):
+        raise ValueError(f"operators {first}..{last} are not a range of this {len(plan.ops)}-operator graph")
+    return replace(_stage(plan, first, last), resident=resident)
+
+
 def _stage(plan: Plan, first: int, last: int) -> Stage:
     ops = range(first, last + 1)
     groups = [g for g in plan.weight_groups if any(u in ops for u in g.users)]

@@ -46,6 +46,7 @@ from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
 from .backends import litert_interpreter
 from .compiled import CompiledStage, XnnpackCache
 from .crc import crc32
+from .stage_files import StageFile, read_stage_index
 
 
 @dataclass
@@ -121,6 +122,10 @@ class SwapInterpreter:
         xnnpack_cache_dir: with XNNPACK, run streamed stages on LiteRT's CompiledModel with a
             packed-weight cache file per stage in this directory, so that a stage is packed once,
             not at every load (see runtime.compiled). Needs the ai_edge_litert backend.
+        stage_files: a directory `tflm-swap stages` wrote for this model: its stages (cut for the
+            budget given there) then run from their files, or from their Edge TPU-compiled files
+            once sealed (see runtime.stage_files), each load checked against the recorded size and
+            CRC32; `ram_budget` is then only reported.
 
     Compare outputs with a stock interpreter using the same kernels (same `reference_kernels` and
     `default_delegates`): then they are bit-identical.
@@ -137,13 +142,14 @@ class SwapInterpreter:
         reference_kernels: bool = False,
         default_delegates: bool = True,
         xnnpack_cache_dir: str | os.PathLike | None = None,
+        stage_files: str | os.PathLike | None = None,
     ):
         self._path = Path(model_path)
         self._options = {"backend": backend, "num_threads": num_threads, "delegates": delegates,
                          "reference_kernels": reference_kernels, "default_delegates": default_delegates}
         self.ram_budget, self.prefetch = ram_budget, prefetch
         self.weight_copies = _weight_copies(default_delegates, reference_kernels)
-        self._xnnpack_cache = self._cache(xnnpack_cache_dir, backend, delegates)
+        self._xnnpack_cache = self._cache(xnnpack_cache_dir, backend, delegates, stage_files)
         # XNNPACK packs its copy of the weights in allocate_tensors: do that on the prefetch thread.
         # The builtin kernels only plan the activation arena there (well under a millisecond), so a
         # streamed stage is allocated when it is taken, after the previous stage was released.
@@ -151,7 +157,11 @@ class SwapInterpreter:
         self._fd = os.open(self._path, os.O_RDONLY)
         try:
             self.manifest, self._model, self.plan = _read_graph(self._fd, self._path)
-            self.stages = self._partition()
+            self._stage_files: list[StageFile] | None = None
+            if stage_files is None:
+                self.stages = self._partition()
+            else:  # the stages were cut when the files were exported
+                self.stages, self._stage_files = read_stage_index(stage_files, self.plan)
         except BaseException:
             os.close(self._fd)
             raise
@@ -438,6 +448,8 @@ class SwapInterpreter:
 
     def _load(self, i: int, slot: int) -> _Loaded:
         started = time.perf_counter()
+        if self._stage_files is not None:
+            return self._load_file(i, started)
         resident = self.stages[i].resident
         t = self._templates[i]
         data, view = _writable_bytes(t.base + t.blob_size) if resident else self._buffer(slot, t.base + t.blob_size)
@@ -456,21 +468,62 @@ class SwapInterpreter:
                 check_segment(seg, part)  # raises SegmentIntegrityError with the segment's details
         del blob, view, part
         interpreter = self._interpreter(i, data)
-        early = resident or self._allocate_early
-        if early:
-            interpreter.allocate_tensors()
-        loaded = _Loaded(interpreter, data, _indices(interpreter.get_input_details()),
-                         _indices(interpreter.get_output_details()), t.blob_size, early, i)
-        with self._lock:
-            c = self._counters
-            c.flash_bytes_read += t.stage.weight_bytes
-            c.resident_bytes += t.blob_size * self.weight_copies
-            c.peak_weight_bytes = max(c.peak_weight_bytes, c.resident_bytes)
-            c.stages[i].loads += 1
-            c.stages[i].load_s += time.perf_counter() - started
+        loaded = self._loaded(i, interpreter, data, _indices(interpreter.get_input_details()),
+                              _indices(interpreter.get_output_details()), t.blob_size)
+        self._count_load(i, t.stage.weight_bytes, t.blob_size, started)
         if resident:
             t.graph = b""  # loaded for good: its flatbuffer lives on in `data` only
         return loaded
+
+    def _load_file(self, i: int, started: float) -> _Loaded:
+        """Load stage `i` from its stage file (see stage_files): one positioned read of the whole
+        file, checked against the size and CRC32 stages.json records, before LiteRT sees it."""
+        sf = self._stage_files[i]
+        data, view = _writable_bytes(sf.size)
+        try:
+            fd = os.open(sf.path, os.O_RDONLY)
+        except OSError as exc:
+            raise SegmentIntegrityError(f"stage {i}: cannot open {sf.path}: {exc.strerror}") from exc
+        try:
+            size, got = os.fstat(fd).st_size, os.preadv(fd, [view], 0)
+        finally:
+            os.close(fd)
+        if size != sf.size or got != sf.size:
+            raise SegmentIntegrityError(f"stage {i}: {sf.path} has {size} bytes; stages.json records {sf.size}")
+        found = crc32(view)
+        del view
+        if found != sf.crc32:
+            raise SegmentIntegrityError(
+                f"stage {i}: {sf.path} has CRC32 {found:08x}; stages.json records {sf.crc32:08x} (the file "
+                "changed after it was exported or sealed: export, or seal, again)")
+        interpreter = litert_interpreter(data, **self._options)
+        ins = {_text(d["name"]): d["index"] for d in interpreter.get_input_details()}
+        outs = {_text(d["name"]): d["index"] for d in interpreter.get_output_details()}
+        missing = [n for n in sf.inputs if n not in ins] + [n for n in sf.outputs if n not in outs]
+        if missing:
+            raise TflmSwapError(f"stage {i}: {sf.path} has no tensors named {missing} among its inputs "
+                                f"{sorted(ins)} and outputs {sorted(outs)}; stages chain by these names")
+        loaded = self._loaded(i, interpreter, data, [ins[n] for n in sf.inputs], [outs[n] for n in sf.outputs],
+                              sf.size)
+        self._count_load(i, sf.size, sf.size, started)
+        return loaded
+
+    def _loaded(self, i: int, interpreter, data: bytes, inputs: list[int], outputs: list[int],
+                held: int) -> _Loaded:
+        """A loaded stage; resident stages (and XNNPACK's, which packs there) allocated now."""
+        early = self.stages[i].resident or self._allocate_early
+        if early:
+            interpreter.allocate_tensors()
+        return _Loaded(interpreter, data, inputs, outputs, held, early, i)
+
+    def _count_load(self, i: int, read: int, held: int, started: float) -> None:
+        with self._lock:
+            c = self._counters
+            c.flash_bytes_read += read
+            c.resident_bytes += held * self.weight_copies
+            c.peak_weight_bytes = max(c.peak_weight_bytes, c.resident_bytes)
+            c.stages[i].loads += 1
+            c.stages[i].load_s += time.perf_counter() - started
 
     def _interpreter(self, i: int, data: bytes):
         """The interpreter of stage `i` on its model bytes: LiteRT's, or for a streamed stage with an
@@ -487,12 +540,13 @@ class SwapInterpreter:
         self._xnnpack_cache.after_build(path)
         return stage
 
-    def _cache(self, directory, backend: str, delegates) -> XnnpackCache | None:
+    def _cache(self, directory, backend: str, delegates, stage_files) -> XnnpackCache | None:
         if directory is None:
             return None
-        if self.weight_copies == 1 or delegates or backend not in ("auto", "ai_edge_litert"):
+        if self.weight_copies == 1 or delegates or backend not in ("auto", "ai_edge_litert") or stage_files:
             raise ValueError("xnnpack_cache_dir applies to XNNPACK on the ai_edge_litert backend: not with "
-                             "default_delegates=False, reference_kernels, other delegates or another backend")
+                             "default_delegates=False, reference_kernels, other delegates, another backend "
+                             "or stage_files")
         return XnnpackCache(directory)
 
     def _buffer(self, slot: int, used: int) -> tuple[bytes, memoryview]:

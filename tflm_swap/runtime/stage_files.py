@@ -1,0 +1,103 @@
+"""Stage files: the stage sub-models `tflm-swap stages` writes, run from their own files.
+
+`tflm-swap stages MODEL --ram-budget B --out DIR` writes `DIR/stage_NN.tflite` and `DIR/stages.json`
+(per stage: its file, size and CRC32, operator range, whether it stays resident, and its input and
+output tensor names, which chain stage to stage). A Coral user compiles each stage with
+`edgetpu_compiler`, which writes `stage_NN_edgetpu.tflite` beside it; `seal_stage_dir(DIR)` (CLI:
+`tflm-swap seal-stages DIR`) records those files' sizes and CRC32s, and from then on
+`SwapInterpreter(MODEL, stage_files=DIR, delegates=[edgetpu])` runs the compiled files. The stages
+(their operators, and which stay resident) are those recorded, whatever the `ram_budget`. Every
+load is checked against the recorded size and CRC32 before the file's bytes are used.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ManifestError
+from ..fileio import write_atomic
+from ..planner import Plan, Stage, stage_of
+
+INDEX = "stages.json"
+COMPILED_SUFFIX = "_edgetpu"  # edgetpu_compiler names its output stage_NN_edgetpu.tflite
+
+
+@dataclass(frozen=True)
+class StageFile:
+    """One stage's file as recorded in stages.json: what a load must find."""
+
+    path: Path
+    size: int
+    crc32: int
+    inputs: list[str]  # tensor names, in the stage's input order
+    outputs: list[str]
+
+
+def read_stage_index(directory: str | Path, plan: Plan) -> tuple[list[Stage], list[StageFile]]:
+    """The stages recorded in DIR/stages.json (for the model `plan` is of), and the file each runs
+    from: the sealed compiled file when there is one, else the exported one. Raises ManifestError
+    when the index is missing or malformed, or does not cover this model's operators in order."""
+    directory = Path(directory)
+    ranges, residency, files = [], [], []
+    for e in _entries(directory):
+        chosen = e.get("compiled") or e
+        try:
+            ranges.append(tuple(int(op) for op in e["ops"][:2]))
+            residency.append(bool(e["resident"]))
+            files.append(StageFile(directory / chosen["file"], int(chosen["bytes"]), int(chosen["crc32"]),
+                                   list(e["inputs"]), list(e["outputs"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{directory / INDEX}: stage entry {e!r}: {exc!r}; export the stages again "
+                                "with this version of tflm-swap") from exc
+    if not _covers(ranges, len(plan.ops)):
+        raise ManifestError(f"{directory / INDEX} lists operator ranges {ranges}, which do not cover this "
+                            f"model's {len(plan.ops)} operators in order: were the stages exported from it?")
+    stages = [stage_of(plan, first, last, kept) for (first, last), kept in zip(ranges, residency)]
+    return stages, files
+
+
+def seal_stage_dir(directory: str | Path) -> list[str]:
+    """Record the size and CRC32 of each compiled stage file (`stage_NN_edgetpu.tflite`) found
+    beside its exported one in stages.json; returns the files sealed. Sealing again after
+    recompiling records the new files."""
+    directory = Path(directory)
+    entries = _entries(directory)
+    sealed = []
+    for e in entries:
+        exported = Path(e["file"])
+        compiled = directory / f"{exported.stem}{COMPILED_SUFFIX}{exported.suffix}"
+        if compiled.is_file():
+            data = compiled.read_bytes()
+            e["compiled"] = {"file": compiled.name, "bytes": len(data), "crc32": zlib.crc32(data)}
+            sealed.append(compiled.name)
+        else:
+            e.pop("compiled", None)
+    write_atomic(directory / INDEX, json.dumps(entries, indent=2).encode())
+    return sealed
+
+
+def _covers(ranges: list[tuple[int, ...]], n_ops: int) -> bool:
+    """Whether the (first, last) operator ranges run through operators 0..n_ops-1 in order."""
+    following = 0
+    for r in ranges:
+        if len(r) != 2 or r[0] != following or r[1] < r[0]:
+            return False
+        following = r[1] + 1
+    return bool(ranges) and following == n_ops
+
+
+def _entries(directory: Path) -> list[dict]:
+    path = directory / INDEX
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path} not found: write the stages with `tflm-swap stages ... --out {directory}`"
+                            ) from exc
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path} is not a readable stage index: {exc}") from exc
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "file" in e for e in entries):
+        raise ManifestError(f"{path} is not a stage index (a list of stage entries with 'file')")
+    return entries
