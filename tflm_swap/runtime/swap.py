@@ -479,6 +479,7 @@ class SwapInterpreter:
         """Load stage `i` from its stage file (see stage_files): one positioned read of the whole
         file, checked against the size and CRC32 stages.json records, before LiteRT sees it."""
         sf = self._stage_files[i]
+        self._templates[i].graph = b""  # the stage's flatbuffer comes from its file
         data, view = _writable_bytes(sf.size)
         try:
             fd = os.open(sf.path, os.O_RDONLY)
