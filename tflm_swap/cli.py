@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zlib
 from pathlib import Path
 
 from .errors import BudgetError, TflmSwapError
@@ -318,24 +317,12 @@ def _cmd_stages(args) -> int:
     from .model import Model
     from .planner import partition_stages, plan_model
     from .report import parse_size
-    from .submodel import extract, stage_io
+    from .runtime.stage_files import export_stage_dir
 
     model = Model.load(args.model)
     stages = partition_stages(plan_model(model), parse_size(args.ram_budget), args.prefetch)
-    out = Path(args.out)
-    index = []
-    for i, stage in enumerate(stages):
-        name = f"stage_{i:02d}.tflite"
-        data = extract(model, stage.first, stage.last)
-        write_atomic(out / name, data, (args.model,))
-        inputs, outputs = stage_io(model, stage.first, stage.last)
-        index.append({"file": name, "bytes": len(data), "crc32": zlib.crc32(data),  # to check copies
-                      "ops": [stage.first, stage.last], "weight_bytes": stage.weight_bytes,
-                      "resident": stage.resident,
-                      "inputs": [model.tensor_name(t) for t in inputs],
-                      "outputs": [model.tensor_name(t) for t in outputs]})
-    write_atomic(out / "stages.json", json.dumps(index, indent=2).encode(), (args.model,))
-    print(f"wrote {len(stages)} stage models and stages.json to {out}/")
+    export_stage_dir(model, stages, args.out, (args.model,))
+    print(f"wrote {len(stages)} stage models and stages.json to {args.out}/")
     return 0
 
 

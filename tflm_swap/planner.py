@@ -525,7 +525,7 @@ def _pin_and_cut(plan: Plan, op_weights: list[int], reserve: int, slot: int) -> 
     stages: list[Stage] = []
     for first, last, resident in runs:
         if resident:
-            stages.append(replace(_stage(plan, first, last), resident=True))
+            stages.append(stage_of(plan, first, last, resident=True))
         else:
             stages.extend(_cut(plan, slot, range(first, last + 1)))
     return stages
@@ -571,8 +571,8 @@ def _cut(plan: Plan, cap: int | None, ops: range | None = None) -> list[Stage]:
 
 def stage_of(plan: Plan, first: int, last: int, resident: bool = False) -> Stage:
     """The stage that runs operators first..last (e.g. as recorded by `tflm-swap stages`)."""
-    if not 0 <= first <= last < len(plan.ops):
-        raise ValueError(f"operators {first}..{last} are not a range of this {len(plan.ops)}-operator graph")
+    if not 0 <= first <= last < plan.n_ops:
+        raise ValueError(f"operators {first}..{last} are not a range of this {plan.n_ops}-operator graph")
     return replace(_stage(plan, first, last), resident=resident)
 
 

@@ -1,8 +1,8 @@
 """Stage files: the stage sub-models `tflm-swap stages` writes, run from their own files.
 
-`tflm-swap stages MODEL --ram-budget B --out DIR` writes `DIR/stage_NN.tflite` and `DIR/stages.json`
-(per stage: its file, size and CRC32, operator range, whether it stays resident, and its input and
-output tensor names, which chain stage to stage). A Coral user compiles each stage with
+`tflm-swap stages MODEL --ram-budget B --out DIR` (`export_stage_dir`) writes `DIR/stage_NN.tflite`
+and `DIR/stages.json` (per stage: its file, size and CRC32, operator range, whether it stays
+resident, and its input and output tensor names, which chain stage to stage). A Coral user compiles each stage with
 `edgetpu_compiler`, which writes `stage_NN_edgetpu.tflite` beside it; `seal_stage_dir(DIR)` (CLI:
 `tflm-swap seal-stages DIR`) records those files' sizes and CRC32s, and from then on
 `SwapInterpreter(MODEL, stage_files=DIR, delegates=[edgetpu])` runs the compiled files. The stages
@@ -19,7 +19,9 @@ from pathlib import Path
 
 from ..errors import ManifestError
 from ..fileio import write_atomic
+from ..model import Model
 from ..planner import Plan, Stage, stage_of
+from ..submodel import extract, stage_io
 
 INDEX = "stages.json"
 COMPILED_SUFFIX = "_edgetpu"  # edgetpu_compiler names its output stage_NN_edgetpu.tflite
@@ -52,11 +54,29 @@ def read_stage_index(directory: str | Path, plan: Plan) -> tuple[list[Stage], li
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{directory / INDEX}: stage entry {e!r}: {exc!r}; export the stages again "
                                 "with this version of tflm-swap") from exc
-    if not _covers(ranges, len(plan.ops)):
+    if not _covers(ranges, plan.n_ops):
         raise ManifestError(f"{directory / INDEX} lists operator ranges {ranges}, which do not cover this "
-                            f"model's {len(plan.ops)} operators in order: were the stages exported from it?")
+                            f"model's {plan.n_ops} operators in order: were the stages exported from it?")
     stages = [stage_of(plan, first, last, kept) for (first, last), kept in zip(ranges, residency)]
     return stages, files
+
+
+def export_stage_dir(model: Model, stages: list[Stage], directory: str | Path,
+                     inputs: tuple[str | Path, ...] = ()) -> None:
+    """Write each stage as DIR/stage_NN.tflite and the index DIR/stages.json (never over `inputs`)."""
+    directory = Path(directory)
+    entries = []
+    for i, stage in enumerate(stages):
+        name = f"stage_{i:02d}.tflite"
+        data = extract(model, stage.first, stage.last)
+        write_atomic(directory / name, data, inputs)
+        ins, outs = stage_io(model, stage.first, stage.last)
+        entries.append({"file": name, "bytes": len(data), "crc32": zlib.crc32(data),  # to check copies
+                        "ops": [stage.first, stage.last], "weight_bytes": stage.weight_bytes,
+                        "resident": stage.resident,
+                        "inputs": [model.tensor_name(t) for t in ins],
+                        "outputs": [model.tensor_name(t) for t in outs]})
+    write_atomic(directory / INDEX, json.dumps(entries, indent=2).encode(), inputs)
 
 
 def seal_stage_dir(directory: str | Path) -> list[str]:

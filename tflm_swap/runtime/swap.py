@@ -176,6 +176,7 @@ class SwapInterpreter:
         self._pending: dict[int, Future] = {}
         self._slots: list[bytes | None] = []  # model bytes reused across loads (see _buffer)
         self._slot_used: list[int] = []
+        self._slot_size = 0  # bytes of each slot: the largest streamed stage's model
         self._waited = False  # this invoke waited for a prefetched stage's load
         self._give_back = True  # slots give back pages a larger stage used (see _buffer)
         self._loads = 0
@@ -199,6 +200,8 @@ class SwapInterpreter:
             _pin_mmap_threshold()
         self._slots = [None] * (min(self.prefetch, max(len(self._streamed) - 1, 0)) + 1)
         self._slot_used = [0] * len(self._slots)  # per slot: how far loads wrote since it last gave pages back
+        self._slot_size = max((self._templates[i].base + self._templates[i].blob_size for i in self._streamed),
+                              default=0)
         # a resident model is loaded once, here, on this thread, and without prefetch nothing overlaps:
         # then a prefetch thread (and its malloc arena, ~0.25 MiB) would serve no purpose
         self._executor = _InlineExecutor() if self.resident or not self.prefetch else ThreadPoolExecutor(
@@ -322,7 +325,7 @@ class SwapInterpreter:
             "weight_copies": self.weight_copies,
             "resident": self.resident,
             "resident_weight_bytes": sum(s.weight_bytes for s in self.stages if s.resident),
-            "streamed_bytes_per_invoke": sum(s.weight_bytes for s in self.stages if not s.resident),
+            "streamed_bytes_per_invoke": planner.streamed_bytes(self.stages),
             "invokes": c.invokes,
             "fresh_buffers": c.fresh_buffers,
             "stages": [
@@ -373,6 +376,9 @@ class SwapInterpreter:
             ) from exc
 
     def _template(self, stage: Stage) -> _Template:
+        inputs, outputs = stage_io(self._model, stage.first, stage.last)
+        if self._stage_files is not None:  # the stage's flatbuffer comes from its file
+            return _Template(stage, b"", 0, {}, 0, inputs, outputs)
         placement, buffer_offsets, end = {}, {}, 0
         for sid in stage.segments:
             seg = self.manifest.segments[sid]
@@ -381,7 +387,6 @@ class SwapInterpreter:
                 buffer_offsets[e.buffer] = end + e.offset
             end += seg.size
         graph, base = extract_template(self._model, stage.first, stage.last, buffer_offsets)
-        inputs, outputs = stage_io(self._model, stage.first, stage.last)
         return _Template(stage, graph, base, placement, end, inputs, outputs)
 
     def _schedule(self, position: int) -> None:
@@ -479,7 +484,6 @@ class SwapInterpreter:
         """Load stage `i` from its stage file (see stage_files): one positioned read of the whole
         file, checked against the size and CRC32 stages.json records, before LiteRT sees it."""
         sf = self._stage_files[i]
-        self._templates[i].graph = b""  # the stage's flatbuffer comes from its file
         data, view = _writable_bytes(sf.size)
         try:
             fd = os.open(sf.path, os.O_RDONLY)
@@ -497,7 +501,7 @@ class SwapInterpreter:
             raise SegmentIntegrityError(
                 f"stage {i}: {sf.path} has CRC32 {found:08x}; stages.json records {sf.crc32:08x} (the file "
                 "changed after it was exported or sealed: export, or seal, again)")
-        interpreter = litert_interpreter(data, **self._options)
+        interpreter = self._interpreter(i, data)
         ins = {_text(d["name"]): d["index"] for d in interpreter.get_input_details()}
         outs = {_text(d["name"]): d["index"] for d in interpreter.get_output_details()}
         missing = [n for n in sf.inputs if n not in ins] + [n for n in sf.outputs if n not in outs]
@@ -565,12 +569,11 @@ class SwapInterpreter:
         loads per invoke): once an invoke has waited for a prefetched load, slots keep their pages.
         Without prefetch they always give them back: that setting asks for the least memory.
         """
-        size = max(self._templates[i].base + self._templates[i].blob_size for i in self._streamed)
         data = self._slots[slot]
         # 3 references: the slot list, `data`, getrefcount's argument; more means a live interpreter
         if data is None or sys.getrefcount(data) > 3:
             self._slots[slot] = data = None  # an old buffer still in use is freed with its interpreter
-            data, _ = _writable_bytes(size)
+            data, _ = _writable_bytes(self._slot_size)
             self._slots[slot], self._slot_used[slot] = data, 0
             self._counters.fresh_buffers += 1
         written = self._slot_used[slot]
