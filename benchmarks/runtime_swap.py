@@ -202,6 +202,7 @@ class BenchModel:
     min_budget_1: int  # min_stage_budget at prefetch 1, per weight copy
     min_budget_0: int  # the same at prefetch 0 (one operator's weights)
     large: bool = False
+    untiled_min_1: int | None = None  # tiled models: the untiled model's min_budget_1
 
 
 def _keras_models() -> dict[str, object]:
@@ -227,13 +228,30 @@ def _keras_models() -> dict[str, object]:
     return {"mobilenet_v2": mobilenet_v2, "mlp_72mb": mlp_72mb, "resnet50": resnet50}
 
 
+# Large models segmented with their fully-connected layers split (convert(tile_bytes=...)): the
+# original model they come from and the tile size. Stock runs that original file; one more budget,
+# the untiled model's prefetch-1 minimum, compares the two at the same memory.
+TILED = {"mlp_72mb_tiled": ("mlp_72mb", 4 << 20)}
+
+
+def _original_of(name: str) -> Path:
+    return MODELS_DIR / f"{TILED[name][0] if name in TILED else name}.tflite"
+
+
 def _build_large(name: str) -> None:
     """Build, convert (float32) and segment a large model into MODELS_DIR, if not cached."""
-    original, segmented = MODELS_DIR / f"{name}.tflite", MODELS_DIR / f"{name}.swap.tflite"
+    original, segmented = _original_of(name), MODELS_DIR / f"{name}.swap.tflite"
     if original.exists() and segmented.exists():
         return
     from tflm_swap.convert import convert
 
+    if name in TILED:
+        base, tile_bytes = TILED[name]
+        _build_large(base)
+        print(f"segmenting {name}: {base} with fully-connected tiles of {tile_bytes >> 20} MiB",
+              file=sys.stderr, flush=True)
+        convert(original, tile_bytes=tile_bytes).save(segmented)
+        return
     print(f"building {name} (once; cached in {MODELS_DIR})", file=sys.stderr, flush=True)
     result = convert(_keras_models()[name](), quantization="float32")
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
@@ -273,18 +291,25 @@ def prepare(name: str, original: Path, large: bool) -> BenchModel:
     twin = MODELS_DIR / f"{name}.twin.tflite"
     if not twin.exists() or twin.stat().st_mtime < segmented.stat().st_mtime:
         write_twin(segmented, twin)
-    plan = plan_model(Model.from_bytes(segmented.read_bytes(), read_external=False), prefetch_depths=())
+    def plan_of(path: Path):
+        return plan_model(Model.from_bytes(path.read_bytes(), read_external=False), prefetch_depths=())
+
+    plan = plan_of(segmented)
+    untiled = min_stage_budget(plan_of(MODELS_DIR / f"{TILED[name][0]}.swap.tflite"), 1) if name in TILED else None
     return BenchModel(name, original, segmented, twin, plan.external_bytes, min_stage_budget(plan, 1),
-                      min_stage_budget(plan, 0), large)
+                      min_stage_budget(plan, 0), large, untiled)
 
 
 def budgets(model: BenchModel, copies: int, prefetch: int) -> list[tuple[str, int | None, int]]:
-    """(label, budget, prefetch): whole model (one resident stage), 50 % and 25 % of the weights when
+    """(label, budget, prefetch): whole model (one resident stage), for a tiled model the untiled
+    model's prefetch-1 minimum, 50 % and 25 % of the weights when
     above the minimum, the minimum for `prefetch` (with the largest operators kept resident when
     that needs less than prefetch + 1 slots of the largest), and the minimum without prefetch."""
     total = model.weight_bytes * copies
     floor = (model.min_budget_1 if prefetch == 1 else model.min_budget_0 * (prefetch + 1)) * copies
     chosen: list[tuple[str, int | None, int]] = [("whole", None, prefetch)]
+    if model.untiled_min_1 and prefetch == 1:
+        chosen.append(("untiled min p1", model.untiled_min_1 * copies, prefetch))
     for label, fraction in (("50%", 0.5), ("25%", 0.25)):
         if int(total * fraction) > floor:
             chosen.append((label, int(total * fraction), prefetch))
@@ -528,11 +553,11 @@ def collect_models(args) -> list[BenchModel]:
     for path in sorted((Path(args.shared) / "models" / "mlperf_tiny").glob("*.tflite")):
         if wanted is None or path.stem in wanted:
             models.append(prepare(path.stem, path, large=False))
-    large = [] if args.quick else ["mobilenet_v2", "mlp_72mb"] + ([] if args.no_resnet else ["resnet50"])
-    for name in _keras_models():
+    large = [] if args.quick else ["mobilenet_v2", "mlp_72mb", *TILED] + ([] if args.no_resnet else ["resnet50"])
+    for name in [*_keras_models(), *TILED]:
         if (name in large and wanted is None) or (wanted is not None and name in wanted):
             _build_large(name)
-            models.append(prepare(name, MODELS_DIR / f"{name}.tflite", large=True))
+            models.append(prepare(name, _original_of(name), large=True))
     for m in models:
         m.large = m.weight_bytes >= LARGE
     return models

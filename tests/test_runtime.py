@@ -139,7 +139,8 @@ def test_resident_and_streamed_stages_mixed(segmented_files, monkeypatch):
             assert stats["peak_weight_bytes"] <= budget
             once = stats["resident_weight_bytes"]
             per_invoke = stats["streamed_bytes_per_invoke"]
-            ahead = next(s["weight_bytes"] for s in stats["stages"] if not s["resident"])
+            # read ahead for a next invoke: up to prefetch + 1 streamed stages, while a resident one runs
+            ahead = sum([s["weight_bytes"] for s in stats["stages"] if not s["resident"]][:2])
             assert once + 4 * per_invoke <= stats["flash_bytes_read"] <= once + 4 * per_invoke + ahead
             assert all(s["loads"] == 1 for s in stats["stages"] if s["resident"])
     assert mixed >= 2

@@ -6,7 +6,7 @@ TensorFlow is imported only when a Keras model or SavedModel has to be converted
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from .fileio import write_atomic
 from .manifest import Manifest, read_manifest
 from .model import Model
 from .segment import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE, segment_model, split
+from .tiling import TiledLayer, tile_fully_connected, verify_tiling
 
 QUANTIZATIONS = ("float32", "dynamic", "int8")
 REPRESENTATIVE_SAMPLES = 200
@@ -29,6 +30,7 @@ class SegmentedModel:
     original: bytes
     data: bytes
     manifest: Manifest
+    tiled: list[TiledLayer] = field(default_factory=list)  # layers split by `tile_bytes`
 
     def save(self, path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
         """Write the single-file segmented model atomically (never over one of `inputs`)."""
@@ -47,18 +49,28 @@ def convert(
     int8_io: bool = True,
     page_size: int = DEFAULT_PAGE_SIZE,
     min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
+    tile_bytes: int | None = None,
 ) -> SegmentedModel:
     """Convert (if needed) and segment a model.
 
     `model` is a Keras model, a SavedModel directory, a `.tflite` path, or `.tflite` bytes.
     `quantization` is 'float32', 'dynamic' or 'int8'; by default int8 when `representative_data` is
-    given, float32 otherwise. It applies only to Keras/SavedModel input.
+    given, float32 otherwise. It applies only to Keras/SavedModel input. With `tile_bytes`,
+    fully-connected layers with more weights are split into tiles of output rows holding at most
+    that many (`tiling.tile_fully_connected`), so that the runtime can stream them in smaller
+    pieces; `SegmentedModel.tiled` lists them. The tiled model is checked to give bit-identical
+    outputs on LiteRT here (`tiling.verify_tiling`).
     """
     tflite = to_tflite(model, representative_data=representative_data, quantization=quantization,
                        int8_io=int8_io)
     source = str(model) if isinstance(model, (str, Path)) else "<model>"
-    data = segment_model(Model.from_bytes(tflite, source=source), page_size, min_segment_bytes)
-    return SegmentedModel(original=tflite, data=data, manifest=read_manifest(data))
+    parsed, tiled = Model.from_bytes(tflite, source=source), []
+    if tile_bytes is not None:
+        parsed, tiled = tile_fully_connected(parsed, tile_bytes)
+        if tiled:
+            verify_tiling(tflite, bytes(parsed.raw), source)
+    data = segment_model(parsed, page_size, min_segment_bytes, source=tflite)
+    return SegmentedModel(original=tflite, data=data, manifest=read_manifest(data), tiled=tiled)
 
 
 def to_tflite(

@@ -44,6 +44,11 @@ _NUMPY_TYPES = {
 }
 
 
+def element_bits(tensor_type: int) -> int | None:
+    """Bits per element of a TFLite tensor type (None: no fixed size, e.g. STRING)."""
+    return _TYPE_BITS.get(tensor_type)
+
+
 def numpy_dtype(tensor_type: int) -> type:
     """The numpy type LiteRT uses for a TFLite tensor type."""
     if tensor_type not in _NUMPY_TYPES:

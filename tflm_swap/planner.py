@@ -400,6 +400,8 @@ XNNPACK_CACHED_COSTS = CostModel(per_mac=0.009e-9, per_weight_byte=0.021e-9, per
 # Operators below this many weight bytes are not kept resident on their own account (a stage each
 # would cost more than reading them).
 MIN_RESIDENT_BYTES = 1 << 20
+# Passes of _spread_streamed's search (each accepts one trade).
+SPREAD_PASSES = 8
 
 
 def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1,
@@ -426,7 +428,9 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1,
             f"RAM budget {budget} bytes is too small: one operator needs {largest} bytes of weights, and "
             f"with prefetch {prefetch} the runtime holds {prefetch + 1} streamed stage(s) at once (or keeps "
             f"the largest operators resident), so the minimum budget is {minimum} bytes (prefetch 0: "
-            f"{largest}). For smaller budgets, stream that operator's weights in tiles (the tflm_swap delegate)."
+            f"{largest}). For smaller budgets, split large fully-connected layers when converting "
+            "(tflm-swap convert --tile-fc SIZE, or convert(..., tile_bytes=SIZE)), or stream that "
+            "operator's weights in tiles (the tflm_swap delegate)."
         )
     cap = budget // (prefetch + 1)
     best = _balanced_cut(plan, cap) if cap >= largest else None
@@ -438,9 +442,11 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1,
             continue
         cost = _cost(plan, stages, prefetch, costs)
         if best_cost is None or cost < best_cost:
-            best, best_cost = stages, cost
+            best, best_cost, best_slot = stages, cost, slot
     if best is None:  # not reached: the minimum budget is met by one of the slot sizes tried
         raise BudgetError(f"no partition of the model fits {budget} bytes")
+    if any(s.resident for s in best):
+        best = _spread_streamed(plan, best, best_slot, budget, prefetch, costs)
     return best
 
 
@@ -511,8 +517,62 @@ def _pin_and_cut(plan: Plan, op_weights: list[int], reserve: int, slot: int) -> 
                 return None
             pinned.add(op)
             reserve -= w
-    if not pinned:
-        return None
+    return _cut_around(plan, op_weights, pinned, slot) if pinned else None
+
+
+def _spread_streamed(plan: Plan, stages: list[Stage], slot: int, budget: int, prefetch: int,
+                     costs: CostModel | None) -> list[Stage]:
+    """Trade resident operators for streamed ones of no more weight where the simulated invoke gets
+    shorter: mostly, streamed stages spread between resident ones, so that each read is hidden
+    behind resident compute (equal-sized operators, e.g. tiles of one layer, leave the choice
+    free; `_pin_and_cut` keeps the first ones). First improvement, a few passes."""
+    op_weights = [op.weight_bytes for op in plan.ops]
+    pinned = {op for s in stages if s.resident for op in range(s.first, s.last + 1) if op_weights[op]}
+    best, best_cost = stages, _cost(plan, stages, prefetch, costs)
+    even = _evenly_streamed(op_weights, pinned, slot)
+    candidate = _cut_around(plan, op_weights, even, slot)
+    if _cost(plan, candidate, prefetch, costs) < best_cost:
+        best, best_cost, pinned = candidate, _cost(plan, candidate, prefetch, costs), even
+    for _ in range(SPREAD_PASSES):
+        improved = False
+        for kept in sorted(pinned):
+            if op_weights[kept] > slot:  # cannot be streamed
+                continue
+            for other in range(plan.n_ops):
+                w = op_weights[other]
+                if other in pinned or not MIN_RESIDENT_BYTES <= w <= op_weights[kept]:
+                    continue
+                candidate = _cut_around(plan, op_weights, pinned - {kept} | {other}, slot)
+                if not _fits(candidate, budget, prefetch):
+                    continue
+                cost = _cost(plan, candidate, prefetch, costs)
+                if cost < best_cost:
+                    best, best_cost, improved = candidate, cost, True
+                    pinned = pinned - {kept} | {other}
+                    break
+            if improved:
+                break
+        if not improved:
+            break
+    return best
+
+
+def _evenly_streamed(op_weights: list[int], pinned: set[int], slot: int) -> set[int]:
+    """The same resident weight with the streamed operators of each size spread evenly among the
+    operators of that size (e.g. the tiles of one layer)."""
+    spread = set(pinned)
+    for w in {op_weights[op] for op in pinned if op_weights[op] <= slot}:
+        same = [op for op, v in enumerate(op_weights) if v == w]
+        streamed = len(same) - len(pinned.intersection(same))
+        if streamed:
+            picks = {same[int((j + 0.5) * len(same) / streamed)] for j in range(streamed)}
+            spread = spread - set(same) | (set(same) - picks)
+    return spread
+
+
+def _cut_around(plan: Plan, op_weights: list[int], pinned: set[int], slot: int) -> list[Stage]:
+    """Stages for a set of resident operators: runs of them form resident stages, the operators
+    between are streamed in stages of at most `slot`."""
     runs: list[list] = []  # [first, last, resident]; weightless operators join the run they are in
     for op in range(plan.n_ops):
         resident = op in pinned if op_weights[op] else None

@@ -85,8 +85,12 @@ def segment_model(
     model: Model,
     page_size: int = DEFAULT_PAGE_SIZE,
     min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
+    source: bytes | None = None,
 ) -> bytes:
-    """Return the segmented `.tflite` bytes for `model` (see module docstring)."""
+    """Return the segmented `.tflite` bytes for `model` (see module docstring).
+
+    The manifest records the SHA-256 and size of `source`, the file the model came from (default:
+    the model's own bytes; a re-segmented model keeps the hash it recorded)."""
     _check_options(page_size, min_segment_bytes)
     model.check_single_graph()
     segments, image = _build_image(model, layout_segments(model, min_segment_bytes), page_size)
@@ -98,8 +102,8 @@ def segment_model(
         graph_size=0,
         image_offset=page_size,
         image_size=len(image),
-        source_sha256=previous.source_sha256 if previous else hashlib.sha256(model.raw).hexdigest(),
-        source_size=previous.source_size if previous else len(model.raw),
+        source_sha256=previous.source_sha256 if previous else hashlib.sha256(source or model.raw).hexdigest(),
+        source_size=previous.source_size if previous else len(source or model.raw),
         segments=segments,
         schedule=_schedule(model, segments),
     )

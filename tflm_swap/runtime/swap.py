@@ -390,10 +390,12 @@ class SwapInterpreter:
         return _Template(stage, graph, base, placement, end, inputs, outputs)
 
     def _schedule(self, position: int) -> None:
-        """Make sure the stage at `position` and the `prefetch` streamed stages after it (wrapping
-        round to the next invoke's) are being prepared; a resident stage stays loaded."""
+        """Make sure the stage at `position` and the streamed stages after it (wrapping round to the
+        next invoke's) are being prepared: `prefetch` of them, or one more while a resident stage
+        runs, since it leaves its slot free; a resident stage stays loaded."""
         ahead = [i for i in self._streamed if i > position] + [i for i in self._streamed if i <= position]
-        for i in [position] + [i for i in ahead if i != position][: self.prefetch]:
+        depth = self.prefetch + (self.prefetch > 0 and self.stages[position].resident)
+        for i in [position] + [i for i in ahead if i != position][:depth]:
             if i not in self._pending:
                 slot = -1 if self.stages[i].resident else self._loads % len(self._slots)
                 self._pending[i] = self._executor.submit(self._load, i, slot)
