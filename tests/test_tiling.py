@@ -226,3 +226,26 @@ def test_two_stages_prefetched_while_a_resident_one_runs(tmp_path, monkeypatch):
             got = run_litert(swap, random_inputs(swap.get_input_details(), rng))
             assert got[0].tobytes() == expected[0].tobytes()
         assert swap.stats()["peak_weight_bytes"] <= 20 * 8192
+
+
+def test_input_read_by_a_resident_first_stage_and_a_later_one(tmp_path, monkeypatch):
+    """Every tile of a split first layer reads the model input: with the first stage resident (the
+    input goes straight into it) and a later stage reading it too, the later one gets it as well."""
+    reads_only(monkeypatch)
+    original, data = _tiled_mlp()
+    path = tmp_path / "mlp.swap.tflite"
+    path.write_bytes(data)
+    stock = _outputs(original, KERNELS["builtin"], n=6)
+    found = False
+    for tiles in range(6, 24):
+        with SwapInterpreter(path, ram_budget=tiles * 8192, prefetch=1, default_delegates=False) as swap:
+            swap.allocate_tensors()
+            model_input = swap.get_input_details()[0]["index"]
+            if not swap.stages[0].resident or model_input not in swap._later_inputs:
+                continue
+            found = True
+            rng = np.random.default_rng(1)
+            for expected in stock:
+                got = run_litert(swap, random_inputs(swap.get_input_details(), rng))
+                assert got[0].tobytes() == expected[0].tobytes()
+    assert found, "no budget gave a resident first stage with the input read again later"

@@ -184,6 +184,7 @@ class SwapInterpreter:
         self._counters = _Counters(stages=[_StageStats() for _ in self.stages])
         self._inputs: dict[int, np.ndarray | None] = {}  # None: held by the first stage's interpreter
         self._borrowed: dict[int, _Borrowed] = {}
+        self._later_inputs: set[int] = set()
         self._values: dict[int, np.ndarray] = {}
         self._arena_ends: dict[int, tuple[int, int]] = {}  # stage -> (tensor at arena start, at end)
         self._cache_paths: dict[int, Path] = {}  # stage -> its XNNPACK weight-cache file
@@ -195,6 +196,8 @@ class SwapInterpreter:
             return
         self._templates = [self._template(s) for s in self.stages]
         self._last_use = _last_uses(self._templates, set(self._model_inputs) | set(self._model_outputs))
+        # model inputs that a stage after the first reads too (e.g. every tile of a split first layer)
+        self._later_inputs = {t for template in self._templates[1:] for t in template.inputs} & set(self._model_inputs)
         self._model = self.plan = None  # ~0.5 MiB of parsed graph (MobileNetV2): templates replace it
         if not self.resident:
             _pin_mmap_threshold()
@@ -237,7 +240,7 @@ class SwapInterpreter:
             loaded.interpreter.set_tensor(loaded.input_index[stage_inputs.index(tensor_index)], value)
             loaded.fed.add(tensor_index)
             self._inputs[tensor_index] = None
-            if not self.stages[0].resident:  # released after each invoke: remember the value
+            if not self.stages[0].resident or tensor_index in self._later_inputs:  # remember the value
                 self._borrowed[tensor_index] = _Borrowed(value, crc32(np.ascontiguousarray(value)))
         else:
             self._inputs[tensor_index] = value.copy()
