@@ -33,6 +33,7 @@ def reads_only(monkeypatch) -> None:
     from tflm_swap import planner
 
     monkeypatch.setattr(planner, "MIN_RESIDENT_BYTES", 1024)
-    reads = planner.CostModel(per_mac=0.0, per_weight_byte=0.0, per_read_byte=1e-9, per_copy_byte=0.0, per_stage=0.0)
+    reads = planner.CostModel(per_mac=0.0, per_weight_byte=0.0, per_read_byte=1e-9, per_copy_byte=0.0,
+                              per_stage=0.0, per_stage_build=0.0)
     monkeypatch.setattr(planner, "BUILTIN_COSTS", reads)
     monkeypatch.setattr(planner, "XNNPACK_COSTS", reads)

@@ -176,7 +176,8 @@ def test_simulated_invoke_overlaps_reads_with_compute(mlperf_models):
     from tflm_swap.planner import CostModel, Stage, min_stage_budget, partition_stages, simulate_invoke
 
     plan = plan_model(Model.load(next(p for p in mlperf_models if p.name == "vww_96_int8.tflite")))
-    costs = CostModel(per_mac=1e-9, per_weight_byte=0.0, per_read_byte=1e-9, per_copy_byte=0.0, per_stage=0.0)
+    costs = CostModel(per_mac=1e-9, per_weight_byte=0.0, per_read_byte=1e-9, per_copy_byte=0.0,
+                      per_stage=0.0, per_stage_build=0.0)
     stages = partition_stages(plan, min_stage_budget(plan, 1), 1, costs)
     compute = sum(op.macs for op in plan.ops) * costs.per_mac
     reads = sum(s.weight_bytes for s in stages) * costs.per_read_byte
@@ -184,7 +185,8 @@ def test_simulated_invoke_overlaps_reads_with_compute(mlperf_models):
     assert compute * (1 - 1e-9) <= simulate_invoke(plan, stages, 1, costs) < compute + reads
     resident = [Stage(s.first, s.last, s.segments, s.weight_bytes, resident=True) for s in stages]
     assert simulate_invoke(plan, resident, 1, costs) == pytest.approx(compute)
-    free_reads = CostModel(per_mac=1e-9, per_weight_byte=0.0, per_read_byte=0.0, per_copy_byte=0.0, per_stage=0.0)
+    free_reads = CostModel(per_mac=1e-9, per_weight_byte=0.0, per_read_byte=0.0, per_copy_byte=0.0,
+                           per_stage=0.0, per_stage_build=0.0)
     assert simulate_invoke(plan, stages, 1, free_reads) == pytest.approx(compute)
 
 

@@ -196,7 +196,8 @@ def test_planner_spreads_streamed_tiles_between_resident_ones(monkeypatch):
     monkeypatch.setattr(planner, "MIN_RESIDENT_BYTES", 0)  # (8 KiB tiles: a small model for a test)
     _, data = _tiled_mlp()
     plan = plan_model(Model.from_bytes(data))
-    costs = CostModel(per_mac=0.0, per_weight_byte=1e-9, per_read_byte=2e-9, per_copy_byte=0.0, per_stage=0.0)
+    costs = CostModel(per_mac=0.0, per_weight_byte=1e-9, per_read_byte=2e-9, per_copy_byte=0.0,
+                      per_stage=0.0, per_stage_build=0.0)
     budget = 20 * 8192  # of 24 tiles: 18 resident, 2 slots, 6 streamed
     stages = partition_stages(plan, budget, 1, costs)
     assert planner.streamed_bytes(stages) == 6 * 8192

@@ -379,16 +379,18 @@ class CostModel:
 
     An operator computes for max(MACs x per_mac, weight bytes x per_weight_byte) (batch-1 fully
     connected layers are bound by memory, not arithmetic); preparing a streamed stage takes
-    per_read_byte per weight byte on the prefetch thread (read and CRC-check from the page cache,
-    and with XNNPACK, packing); each streamed stage costs per_stage to build and plan; each cut
-    copies its crossing activations twice. Only the ratios matter.
+    per_read_byte per weight byte and per_stage_build on the prefetch thread (read and CRC-check
+    from the page cache, build the stage's interpreter; with XNNPACK, packing); running a streamed
+    stage costs per_stage more on the invoking thread (plan its tensors, fault in its arena); each
+    cut copies its crossing activations twice. Only the ratios matter.
     """
 
     per_mac: float
     per_weight_byte: float
     per_read_byte: float
     per_copy_byte: float = 0.1e-9
-    per_stage: float = 0.4e-3
+    per_stage: float = 0.15e-3
+    per_stage_build: float = 0.25e-3
 
 
 # Measured on the 2-core x86 host: ResNet50 and MobileNetV2 (float) invokes for MACs, the 72 MB MLP
@@ -472,7 +474,7 @@ def simulate_invoke(plan: Plan, stages: Sequence[Stage], prefetch: int, costs: C
         compute = sum(max(o.macs * c.per_mac, o.weight_bytes * c.per_weight_byte) for o in ops)
         crossing = sum(b.size for b in plan.activation_blocks if b.first < s.first <= b.last)
         compute += 2 * crossing * c.per_copy_byte + (0.0 if s.resident else c.per_stage)
-        work.append((compute, None if s.resident else s.weight_bytes * c.per_read_byte))
+        work.append((compute, None if s.resident else s.weight_bytes * c.per_read_byte + c.per_stage_build))
     clock = reader = 0.0
     finished: list[float] = []  # end times of streamed stages, in order
     ends = []
