@@ -124,6 +124,26 @@ def test_small_or_shared_layers_stay_whole():
         tile_fully_connected(Model.from_bytes(original), 0)
 
 
+def test_shared_bias_stays_whole_and_a_single_tile_is_no_split():
+    import keras
+
+    model = keras.Sequential([keras.Input((64,))] + [keras.layers.Dense(64, bias_initializer="ones")
+                                                     for _ in range(3)])
+    original = Model.from_bytes(tflm_swap.to_tflite(model))
+    dense = [i for i in range(len(original.operators)) if original.opcode_name(i) == "FULLY_CONNECTED"]
+    biased = [i for i in dense if len(original.op_inputs(i)) == 3]  # (the converter drops some biases)
+    assert len(biased) >= 2
+    original.operators[biased[1]].inputs[2] = original.op_inputs(biased[0])[2]  # one bias, two readers
+    shared = bytes(original.pack())
+    tiled, layers = tile_fully_connected(Model.from_bytes(shared), 64 * 4 * 8)
+    assert [layer.op for layer in layers] == [i for i in dense if i not in biased[:2]]
+    _assert_same_on_every_kernel(shared, bytes(tiled.pack()))
+    # 64 rows in tiles of 56: the 8-row remainder is a tile of its own
+    assert {layer.tiles for layer in tile_fully_connected(Model.from_bytes(shared), 64 * 4 * 56)[1]} == {2}
+    # 130 rows of 300 floats in tiles of 128 rows: the 2 left join the first, so the layer stays whole
+    assert tile_fully_connected(Model.from_bytes(_dense_model("float32")), 128 * 300 * 4)[1] == []
+
+
 def test_verify_tiling_refuses_a_model_that_computes_differently():
     original = _dense_model("float32")
     tiled, _ = tile_fully_connected(Model.from_bytes(original), 8000)

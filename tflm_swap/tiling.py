@@ -49,7 +49,8 @@ def tile_fully_connected(model: Model, max_tile_bytes: int) -> tuple[Model, list
 
     Layers that cannot be split exactly are left whole: weights that are not a constant 2-D
     tensor, sparse or shuffled weights, sub-byte element types, per-channel quantization on
-    another axis than the output rows, weights shared with another operator.
+    another axis than the output rows, weights or bias shared with another operator, fewer than
+    two tiles' worth of rows.
     """
     if max_tile_bytes < 1:
         raise TflmSwapError(f"tile size {max_tile_bytes} must be at least 1 byte")
@@ -100,11 +101,20 @@ def _rows_per_tile(model: Model, index: int, max_tile_bytes: int, users: dict[in
         return None
     if element_bits(weights.type) not in (8, 16, 32, 64) or model.tensor_nbytes(op.inputs[1]) != size:
         return None  # sub-byte or packed elements: a row is not a whole number of bytes
-    if not _row_quantized(weights.quantization, rows) or (len(op.inputs) > 2 and op.inputs[2] >= 0
-                                                          and not _bias_splits(model, op.inputs[2], rows)):
+    if not _row_quantized(weights.quantization, rows):
         return None
-    per_tile = max_tile_bytes // (size // rows) // MIN_TILE_ROWS * MIN_TILE_ROWS
-    return max(MIN_TILE_ROWS, per_tile) if rows >= 2 * MIN_TILE_ROWS else None
+    if len(op.inputs) > 2 and op.inputs[2] >= 0 and not _bias_splits(model, op.inputs[2], rows, users):
+        return None
+    per_tile = max(MIN_TILE_ROWS, max_tile_bytes // (size // rows) // MIN_TILE_ROWS * MIN_TILE_ROWS)
+    return per_tile if len(_tile_starts(rows, per_tile)) > 1 else None
+
+
+def _tile_starts(rows: int, per_tile: int) -> list[int]:
+    """First row of each tile; a remainder shorter than MIN_TILE_ROWS joins the tile before it."""
+    starts = list(range(0, rows, per_tile))
+    if len(starts) > 1 and rows - starts[-1] < MIN_TILE_ROWS:
+        starts.pop()
+    return starts
 
 
 def _row_quantized(q: tfl.QuantizationParametersT | None, rows: int) -> bool:
@@ -114,11 +124,14 @@ def _row_quantized(q: tfl.QuantizationParametersT | None, rows: int) -> bool:
     return len(q.scale) == rows and q.quantizedDimension == 0
 
 
-def _bias_splits(model: Model, tensor: int, rows: int) -> bool:
+def _bias_splits(model: Model, tensor: int, rows: int, users: dict[int, int]) -> bool:
+    """A constant bias of one value per row, read by this operator only (converters share equal
+    constants, such as zero biases, between layers)."""
     bias = model.tensors[tensor]
     buffer = model.constant_buffer(tensor)
-    return (buffer is not None and bias.shape is not None and list(bias.shape) == [rows]
-            and model.buffer_size(buffer) % rows == 0 and _row_quantized(bias.quantization, rows))
+    return (buffer is not None and users.get(buffer, 0) == 1 and bias.shape is not None
+            and list(bias.shape) == [rows] and model.buffer_size(buffer) % rows == 0
+            and _row_quantized(bias.quantization, rows))
 
 
 def _split(model: Model, op: tfl.OperatorT, rows: int) -> tuple[list[tfl.OperatorT], list[tfl.OperatorT]]:
@@ -131,9 +144,7 @@ def _split(model: Model, op: tfl.OperatorT, rows: int) -> tuple[list[tfl.Operato
     sliced = [1] + ([2] if len(op.inputs) > 2 and op.inputs[2] >= 0 else [])
     originals = {k: (copy.deepcopy(model.tensors[op.inputs[k]]), model.buffers[model.tensors[op.inputs[k]].buffer])
                  for k in sliced}
-    starts = list(range(0, n, rows))
-    if n - starts[-1] < MIN_TILE_ROWS:  # a short remainder joins the tile before it
-        starts.pop()
+    starts = _tile_starts(n, rows)
     tiles, outputs = [], []
     for first, last in zip(starts, starts[1:] + [n]):
         tile = copy.deepcopy(op)
