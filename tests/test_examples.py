@@ -113,3 +113,13 @@ def test_cascade_digits_builds_a_smaller_router_and_a_bundle(examples, tmp_path)
     assert figures["router_weight_pct"] <= 10.0
     assert figures["used_pct"] < 100.0
     assert figures["cascade_top1"] > 0.5  # far above chance (0.1) even after a few epochs
+
+
+def test_dense_layers_in_tiles_runs_below_the_untiled_minimum(examples, tmp_path):
+    pytest.importorskip("keras", reason="the example builds a Keras model (pip install .[convert])")
+    main = examples("dense_layers_in_tiles").main
+    assert main(["--out", str(tmp_path), "--width", "128", "--tile-kib", "64", "--samples", "5"]) == 0
+    r = _result(tmp_path)
+    assert r["tiled_layers"] == 4 and r["tiled_min_budget"] < r["untiled_min_budget"] / 3
+    for run in r["runs"].values():
+        assert run["bit_identical"] and run["peak_weight_bytes"] <= run["ram_budget"]
