@@ -533,8 +533,8 @@ def _spread_streamed(plan: Plan, stages: list[Stage], slot: int, budget: int, pr
     best, best_cost = stages, _cost(plan, stages, prefetch, costs)
     even = _evenly_streamed(op_weights, pinned, slot)
     candidate = _cut_around(plan, op_weights, even, slot)
-    if _cost(plan, candidate, prefetch, costs) < best_cost:
-        best, best_cost, pinned = candidate, _cost(plan, candidate, prefetch, costs), even
+    if _fits(candidate, budget, prefetch) and (cost := _cost(plan, candidate, prefetch, costs)) < best_cost:
+        best, best_cost, pinned = candidate, cost, even
     for _ in range(SPREAD_PASSES):
         improved = False
         for kept in sorted(pinned):
