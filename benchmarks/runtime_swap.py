@@ -286,16 +286,15 @@ def prepare(name: str, original: Path, large: bool) -> BenchModel:
     """Segment (or build) a model, write its twin, and plan its minimum budget."""
     from tflm_swap import Model, plan_model
     from tflm_swap.planner import min_stage_budget
+    from tflm_swap.runtime import min_ram_budget
 
     segmented = MODELS_DIR / f"{name}.swap.tflite" if large else _segment(original)
     twin = MODELS_DIR / f"{name}.twin.tflite"
     if not twin.exists() or twin.stat().st_mtime < segmented.stat().st_mtime:
         write_twin(segmented, twin)
-    def plan_of(path: Path):
-        return plan_model(Model.from_bytes(path.read_bytes(), read_external=False), prefetch_depths=())
-
-    plan = plan_of(segmented)
-    untiled = min_stage_budget(plan_of(MODELS_DIR / f"{TILED[name][0]}.swap.tflite"), 1) if name in TILED else None
+    plan = plan_model(Model.from_bytes(segmented.read_bytes(), read_external=False), prefetch_depths=())
+    untiled = (min_ram_budget(MODELS_DIR / f"{TILED[name][0]}.swap.tflite", 1, default_delegates=False)
+               if name in TILED else None)
     return BenchModel(name, original, segmented, twin, plan.external_bytes, min_stage_budget(plan, 1),
                       min_stage_budget(plan, 0), large, untiled)
 

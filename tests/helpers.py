@@ -7,23 +7,26 @@ import numpy as np
 from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert
 
 
-def outputs_on_random_inputs(data: bytes, n: int = 20, seed: int = 0, reference_kernels: bool = False):
+def outputs_on_random_inputs(data: bytes, n: int = 20, seed: int = 0, reference_kernels: bool = False,
+                             default_delegates: bool = True):
     """Outputs of `n` inferences on seeded random inputs (same inputs for the same seed and model)."""
-    interpreter = litert_interpreter(data, reference_kernels=reference_kernels)
+    interpreter = litert_interpreter(data, reference_kernels=reference_kernels, default_delegates=default_delegates)
     interpreter.allocate_tensors()
     rng = np.random.default_rng(seed)
     details = interpreter.get_input_details()
     return [run_litert(interpreter, random_inputs(details, rng)) for _ in range(n)]
 
 
-def assert_bit_identical(a: bytes, b: bytes, n: int = 20, reference_kernels: bool = False) -> None:
+def assert_bit_identical(a: bytes, b: bytes, n: int = 20, reference_kernels: bool = False,
+                         default_delegates: bool = True) -> None:
     """Both models give exactly the same outputs (bytes, not tolerance) on `n` random inputs."""
-    ref = outputs_on_random_inputs(a, n, reference_kernels=reference_kernels)
-    got = outputs_on_random_inputs(b, n, reference_kernels=reference_kernels)
+    kernels = {"reference_kernels": reference_kernels, "default_delegates": default_delegates}
+    ref = outputs_on_random_inputs(a, n, **kernels)
+    got = outputs_on_random_inputs(b, n, **kernels)
     for i, (xs, ys) in enumerate(zip(ref, got)):
         for x, y in zip(xs, ys):
             assert x.dtype == y.dtype and x.shape == y.shape
-            assert x.tobytes() == y.tobytes(), f"inference {i}: outputs differ"
+            assert x.tobytes() == y.tobytes(), f"inference {i} with {kernels}: outputs differ"
 
 
 def reads_only(monkeypatch) -> None:

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 from conftest import require_model
-from helpers import assert_bit_identical, reads_only
+from helpers import assert_bit_identical, outputs_on_random_inputs, reads_only
 
 import tflm_swap
 from tflm_swap.cli import main
@@ -15,24 +15,19 @@ from tflm_swap.errors import TflmSwapError, UnsupportedModelError
 from tflm_swap.model import Model
 from tflm_swap.planner import plan_model
 from tflm_swap.runtime import SwapInterpreter, min_ram_budget
-from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert, tflm_interpreter
+from tflm_swap.runtime.backends import random_inputs, run_litert, tflm_interpreter
 from tflm_swap.tiling import tile_fully_connected, verify_tiling
 
 KERNELS = {"xnnpack": {}, "builtin": {"default_delegates": False}, "reference": {"reference_kernels": True}}
 
 
 def _outputs(data: bytes, kernels: dict, n: int = 8) -> list[list[np.ndarray]]:
-    interpreter = litert_interpreter(data, **kernels)
-    interpreter.allocate_tensors()
-    rng = np.random.default_rng(1)
-    return [run_litert(interpreter, random_inputs(interpreter.get_input_details(), rng)) for _ in range(n)]
+    return outputs_on_random_inputs(data, n, seed=1, **kernels)
 
 
 def _assert_same_on_every_kernel(original: bytes, tiled: bytes) -> None:
-    for name, kernels in KERNELS.items():
-        for xs, ys in zip(_outputs(original, kernels), _outputs(tiled, kernels)):
-            for x, y in zip(xs, ys):
-                assert x.shape == y.shape and x.tobytes() == y.tobytes(), f"{name} kernels: outputs differ"
+    for kernels in KERNELS.values():
+        assert_bit_identical(original, tiled, n=8, **kernels)
 
 
 def _fc_ops(model: Model) -> int:

@@ -258,6 +258,20 @@ class Model:
         return None
 
     # ----------------------------------------------------------------------------------- writing
+    def opcode_index(self, builtin: int, custom: str | None = None) -> int:
+        """Index of the operator code for builtin operator `builtin` (for CUSTOM, the custom op
+        named `custom`), appended to the model's operator codes when it has none."""
+        codes = self.fb.operatorCodes
+        for i, code in enumerate(codes):
+            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and (
+                    custom is None or _decode(code.customCode) == custom):
+                return i
+        code = tfl.OperatorCodeT()
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+        code.customCode = custom
+        codes.append(code)
+        return len(codes) - 1
+
     def pack(
         self,
         external: dict[int, ExternalBuffer] | None = None,

@@ -448,7 +448,7 @@ def partition_stages(plan: Plan, budget: int | None, prefetch: int = 1,
     if best is None:  # not reached: the minimum budget is met by one of the slot sizes tried
         raise BudgetError(f"no partition of the model fits {budget} bytes")
     if any(s.resident for s in best):
-        best = _spread_streamed(plan, best, best_slot, budget, prefetch, costs)
+        best = _spread_streamed(plan, op_weights, (best, best_cost), best_slot, budget, prefetch, costs)
     return best
 
 
@@ -522,41 +522,43 @@ def _pin_and_cut(plan: Plan, op_weights: list[int], reserve: int, slot: int) -> 
     return _cut_around(plan, op_weights, pinned, slot) if pinned else None
 
 
-def _spread_streamed(plan: Plan, stages: list[Stage], slot: int, budget: int, prefetch: int,
-                     costs: CostModel | None) -> list[Stage]:
+def _spread_streamed(plan: Plan, op_weights: list[int], chosen: tuple[list[Stage], tuple[float, int]], slot: int,
+                     budget: int, prefetch: int, costs: CostModel | None) -> list[Stage]:
     """Trade resident operators for streamed ones of no more weight where the simulated invoke gets
     shorter: mostly, streamed stages spread between resident ones, so that each read is hidden
     behind resident compute (equal-sized operators, e.g. tiles of one layer, leave the choice
-    free; `_pin_and_cut` keeps the first ones). First improvement, a few passes."""
-    op_weights = [op.weight_bytes for op in plan.ops]
-    pinned = {op for s in stages if s.resident for op in range(s.first, s.last + 1) if op_weights[op]}
-    best, best_cost = stages, _cost(plan, stages, prefetch, costs)
+    free; `_pin_and_cut` keeps the first ones). `chosen` is the partition and its cost to start
+    from. First improvement, a few passes."""
+    best, best_cost = chosen
+    pinned = {op for s in best if s.resident for op in range(s.first, s.last + 1) if op_weights[op]}
     even = _evenly_streamed(op_weights, pinned, slot)
     candidate = _cut_around(plan, op_weights, even, slot)
     if _fits(candidate, budget, prefetch) and (cost := _cost(plan, candidate, prefetch, costs)) < best_cost:
         best, best_cost, pinned = candidate, cost, even
     for _ in range(SPREAD_PASSES):
-        improved = False
-        for kept in sorted(pinned):
-            if op_weights[kept] > slot:  # cannot be streamed
-                continue
-            for other in range(plan.n_ops):
-                w = op_weights[other]
-                if other in pinned or not MIN_RESIDENT_BYTES <= w <= op_weights[kept]:
-                    continue
-                candidate = _cut_around(plan, op_weights, pinned - {kept} | {other}, slot)
-                if not _fits(candidate, budget, prefetch):
-                    continue
-                cost = _cost(plan, candidate, prefetch, costs)
-                if cost < best_cost:
-                    best, best_cost, improved = candidate, cost, True
-                    pinned = pinned - {kept} | {other}
-                    break
-            if improved:
-                break
-        if not improved:
+        trade = _better_trade(plan, op_weights, pinned, slot, budget, prefetch, costs, best_cost)
+        if trade is None:
             break
+        best, best_cost, pinned = trade
     return best
+
+
+def _better_trade(plan: Plan, op_weights: list[int], pinned: set[int], slot: int, budget: int, prefetch: int,
+                  costs: CostModel | None, to_beat: tuple[float, int]):
+    """The first trade of one resident operator for a streamed one of no more weight (at least
+    MIN_RESIDENT_BYTES) whose partition fits and costs less than `to_beat`: (stages, cost, pinned),
+    or None."""
+    for kept in sorted(pinned):
+        if op_weights[kept] > slot:  # cannot be streamed
+            continue
+        for other in range(plan.n_ops):
+            if other in pinned or not MIN_RESIDENT_BYTES <= op_weights[other] <= op_weights[kept]:
+                continue
+            traded = pinned - {kept} | {other}
+            candidate = _cut_around(plan, op_weights, traded, slot)
+            if _fits(candidate, budget, prefetch) and (cost := _cost(plan, candidate, prefetch, costs)) < to_beat:
+                return candidate, cost, traded
+    return None
 
 
 def _evenly_streamed(op_weights: list[int], pinned: set[int], slot: int) -> set[int]:

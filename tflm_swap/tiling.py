@@ -140,10 +140,9 @@ def _split(model: Model, op: tfl.OperatorT, rows: int) -> tuple[list[tfl.Operato
     The first tile takes over the original weights and bias tensors and buffers (cut to its rows),
     so that the graph holds no orphaned tensor or data."""
     n = int(model.tensors[op.inputs[1]].shape[0])
-    output = model.tensors[op.outputs[0]]
     sliced = [1] + ([2] if len(op.inputs) > 2 and op.inputs[2] >= 0 else [])
-    originals = {k: (copy.deepcopy(model.tensors[op.inputs[k]]), model.buffers[model.tensors[op.inputs[k]].buffer])
-                 for k in sliced}
+    originals = {k: (copy.deepcopy(model.tensors[t]), model.buffers[model.tensors[t].buffer], model.tensor_name(t))
+                 for k, t in ((k, op.inputs[k]) for k in sliced)}
     starts = _tile_starts(n, rows)
     tiles, outputs = [], []
     for first, last in zip(starts, starts[1:] + [n]):
@@ -158,7 +157,7 @@ def _split(model: Model, op: tfl.OperatorT, rows: int) -> tuple[list[tfl.Operato
             else:
                 tensor.buffer = _new_buffer(model, data)
                 tile.inputs[k] = _new_tensor(model, tensor)
-        tile.outputs = [_tile_output(model, output, first, last)]
+        tile.outputs = [_tile_output(model, op.outputs[0], first, last)]
         tiles.append(tile)
         outputs.append(tile.outputs[0])
     return tiles, _join(model, outputs, op.outputs[0])
@@ -176,7 +175,7 @@ def _join(model: Model, parts: list[int], output: int) -> list[tfl.OperatorT]:
                 parts.append(group[0])
                 continue
             width = sum(int(model.tensors[t].shape[-1]) for t in group)
-            joined = _tile_output(model, model.tensors[output], 0, width, f"joined_{len(model.tensors)}")
+            joined = _tile_output(model, output, 0, width, f"joined_{len(model.tensors)}")
             joins.append(_concatenation(model, group, joined))
             parts.append(joined)
     return joins + [_concatenation(model, parts, output)]
@@ -184,7 +183,7 @@ def _join(model: Model, parts: list[int], output: int) -> list[tfl.OperatorT]:
 
 def _concatenation(model: Model, inputs: list[int], output: int) -> tfl.OperatorT:
     join = tfl.OperatorT()
-    join.opcodeIndex = _opcode(model, _CONCATENATION)
+    join.opcodeIndex = model.opcode_index(_CONCATENATION)
     join.inputs, join.outputs = list(inputs), [output]
     join.builtinOptionsType = tfl.BuiltinOptions.ConcatenationOptions
     join.builtinOptions = tfl.ConcatenationOptionsT()
@@ -192,14 +191,15 @@ def _concatenation(model: Model, inputs: list[int], output: int) -> tfl.Operator
     return join
 
 
-def _row_slice(model: Model, source: tfl.TensorT, data: bytes, first: int, last: int,
+def _row_slice(model: Model, source: tfl.TensorT, data: bytes, name: str, first: int, last: int,
                rows: int) -> tuple[tfl.TensorT, bytes]:
-    """A tensor for rows first..last-1 of `source` (weights or bias) and those rows' bytes."""
+    """A tensor for rows first..last-1 of `source` (weights or bias, named `name`) and those rows'
+    bytes."""
     row_bytes = len(data) // rows
     tensor = copy.deepcopy(source)
     tensor.shape = [last - first] + list(source.shape[1:])
     tensor.shapeSignature = None
-    tensor.name = f"{_text(source.name)}/rows_{first}_{last}"
+    tensor.name = f"{name}/rows_{first}_{last}"
     q = tensor.quantization
     if q is not None and q.scale is not None and len(q.scale) > 1:
         q.scale = list(q.scale[first:last])
@@ -208,13 +208,14 @@ def _row_slice(model: Model, source: tfl.TensorT, data: bytes, first: int, last:
     return tensor, bytes(data[first * row_bytes: last * row_bytes])
 
 
-def _tile_output(model: Model, output: tfl.TensorT, first: int, last: int, label: str = "") -> int:
-    """A new activation like `output` with last - first elements on its last axis."""
+def _tile_output(model: Model, like: int, first: int, last: int, label: str = "") -> int:
+    """A new activation like tensor `like` with last - first elements on its last axis."""
+    output = model.tensors[like]
     tensor = copy.deepcopy(output)
     tensor.shape = list(output.shape[:-1]) + [last - first]
     if output.shapeSignature is not None:
         tensor.shapeSignature = list(output.shapeSignature[:-1]) + [last - first]
-    tensor.name = f"{_text(output.name)}/{label or f'rows_{first}_{last}'}"
+    tensor.name = f"{model.tensor_name(like)}/{label or f'rows_{first}_{last}'}"
     tensor.buffer = _new_buffer(model, b"")
     return _new_tensor(model, tensor)
 
@@ -228,20 +229,6 @@ def _new_buffer(model: Model, data: bytes) -> int:
 def _new_tensor(model: Model, tensor: tfl.TensorT) -> int:
     model.subgraph.tensors.append(tensor)
     return len(model.subgraph.tensors) - 1
-
-
-def _opcode(model: Model, builtin: int) -> int:
-    for i, code in enumerate(model.fb.operatorCodes):
-        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
-            return i
-    code = tfl.OperatorCodeT()
-    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
-    model.fb.operatorCodes.append(code)
-    return len(model.fb.operatorCodes) - 1
-
-
-def _text(name: bytes | str | None) -> str:
-    return name.decode() if isinstance(name, bytes) else (name or "")
 
 
 def verify_tiling(original: bytes, tiled: bytes, source: str = "<model>") -> None:

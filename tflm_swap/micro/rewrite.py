@@ -174,20 +174,6 @@ def _name(raw) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
 
 
-def _opcode(model: Model, name: str) -> int:
-    codes = model.fb.operatorCodes
-    for i, c in enumerate(codes):
-        if c.builtinCode == tfl.BuiltinOperator.CUSTOM and _name(c.customCode) == name:
-            return i
-    code = tfl.OperatorCodeT()
-    code.builtinCode = tfl.BuiltinOperator.CUSTOM
-    code.deprecatedBuiltinCode = min(int(tfl.BuiltinOperator.CUSTOM), 127)
-    code.customCode = name
-    code.version = 1
-    codes.append(code)
-    return len(codes) - 1
-
-
 def _custom(opcode: int, inputs: list[int], outputs: list[int], segment: int, flags: int) -> tfl.OperatorT:
     op = tfl.OperatorT()
     op.opcodeIndex = opcode
@@ -205,8 +191,8 @@ def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, fla
         by_op.setdefault(op, []).append((t, seg_of[b]))
     asynchronous = {op: max(items, key=lambda x: model.tensor_nbytes(x[0])) for op, items in by_op.items()} \
         if prefetch else {}
-    codes = {kind: _opcode(model, kind) for kind in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP)
-             if kind == LOAD_OP or prefetch}
+    codes = {kind: model.opcode_index(tfl.BuiltinOperator.CUSTOM, kind)
+             for kind in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP) if kind == LOAD_OP or prefetch}
     original = list(model.operators)
     ops: list[tuple[tfl.OperatorT, str, int, int, int | None]] = []  # op, kind, segment, tensor, reader
     for k, op in enumerate(original):
