@@ -75,7 +75,8 @@ def tile_fully_connected(model: Model, max_tile_bytes: int) -> tuple[Model, list
 
 
 def _weight_users(model: Model) -> dict[int, int]:
-    """How many operator inputs read each buffer."""
+    """How many operator inputs read each buffer (segment.weight_users counts operators: a buffer
+    read twice by one operator must not be cut either)."""
     users: dict[int, int] = {}
     for i in range(len(model.operators)):
         for t in model.op_inputs(i):
