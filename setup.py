@@ -14,6 +14,7 @@ DELEGATE_SOURCES = [
     "delegates/litert/tswap_reader.c",
     "delegates/litert/tswap_table.c",
     "delegates/litert/tswap_crc32_fast.c",
+    "delegates/litert/tswap_pager.c",
     "delegates/common/tswap_crc32.c",
 ]
 

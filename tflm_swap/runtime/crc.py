@@ -40,3 +40,10 @@ def crc32(data: bytes | bytearray | memoryview, value: int = 0) -> int:
     else:
         address = ctypes.addressof(ctypes.c_char.from_buffer(view))
     return _native(value, address, view.nbytes)
+
+
+def crc32_at(address: int, size: int, value: int = 0) -> int:
+    """zlib.crc32 of `size` bytes of (possibly read-only mapped) memory at `address`."""
+    if _native is not None:
+        return _native(value, address, size)
+    return zlib.crc32((ctypes.c_char * size).from_address(address), value)

@@ -119,9 +119,11 @@ class SwapInterpreter:
         reference_kernels: use TFLite's reference kernels (bit-exact with TFLite Micro for int8).
         default_delegates: False runs without XNNPACK. XNNPACK packs its own copy of a stage's
             weights, so with it each stage costs twice its weights against the budget.
-        xnnpack_cache_dir: with XNNPACK, run streamed stages on LiteRT's CompiledModel with a
-            packed-weight cache file per stage in this directory, so that a stage is packed once,
-            not at every load (see runtime.compiled). Needs the ai_edge_litert backend.
+        xnnpack_cache_dir: with XNNPACK, build every stage once, on LiteRT's CompiledModel, with
+            its packed weights in a file in this directory, and page those weights in (CRC-checked)
+            and out instead of rebuilding and repacking the stage at every load (see
+            runtime.compiled). A stage then costs its packed weights only against the budget, not
+            twice its weights. Needs the ai_edge_litert backend on Linux.
         stage_files: a directory `tflm-swap stages` wrote for this model: its stages (cut for the
             budget given there) then run from their files, or from their Edge TPU-compiled files
             once sealed (see runtime.stage_files), each load checked against the recorded size and
@@ -148,8 +150,9 @@ class SwapInterpreter:
         self._options = {"backend": backend, "num_threads": num_threads, "delegates": delegates,
                          "reference_kernels": reference_kernels, "default_delegates": default_delegates}
         self.ram_budget, self.prefetch = ram_budget, prefetch
-        self.weight_copies = _weight_copies(default_delegates, reference_kernels)
-        self._xnnpack_cache = self._cache(xnnpack_cache_dir, backend, delegates, stage_files)
+        copies = _weight_copies(default_delegates, reference_kernels)
+        self._xnnpack_cache = self._cache(xnnpack_cache_dir, backend, delegates, stage_files, copies)
+        self.weight_copies = 1 if self._xnnpack_cache is not None else copies  # paged: the packed copy only
         # XNNPACK packs its copy of the weights in allocate_tensors: do that on the prefetch thread.
         # The builtin kernels only plan the activation arena there (well under a millisecond), so a
         # streamed stage is allocated when it is taken, after the previous stage was released.
@@ -187,7 +190,8 @@ class SwapInterpreter:
         self._later_inputs: set[int] = set()
         self._values: dict[int, np.ndarray] = {}
         self._arena_ends: dict[int, tuple[int, int]] = {}  # stage -> (tensor at arena start, at end)
-        self._cache_paths: dict[int, Path] = {}  # stage -> its XNNPACK weight-cache file
+        self._compiled: dict[int, CompiledStage] = {}  # with xnnpack_cache_dir: every stage, built once
+        self._packed_crcs: dict[int, int] = {}  # stage -> CRC32 of its packed-weight file
 
     # ------------------------------------------------------------------------ Interpreter surface
     def allocate_tensors(self) -> None:
@@ -195,6 +199,8 @@ class SwapInterpreter:
         if self._templates:
             return
         self._templates = [self._template(s) for s in self.stages]
+        if self._xnnpack_cache is not None:
+            self._build_compiled()
         self._last_use = _last_uses(self._templates, set(self._model_inputs) | set(self._model_outputs))
         # model inputs that a stage after the first reads too (e.g. every tile of a split first layer)
         self._later_inputs = {t for template in self._templates[1:] for t in template.inputs} & set(self._model_inputs)
@@ -212,7 +218,7 @@ class SwapInterpreter:
         self._schedule(0)
         for i, stage in enumerate(self.stages):  # resident stages: read once, now
             if stage.resident and i not in self._pending:
-                self._pending[i] = self._executor.submit(self._load, i, -1)
+                self._pending[i] = self._page_in(i) if self._compiled else self._executor.submit(self._load, i, -1)
 
     def get_input_details(self) -> list[dict]:
         return [self._details(t) for t in self._model_inputs]
@@ -240,7 +246,8 @@ class SwapInterpreter:
             loaded.interpreter.set_tensor(loaded.input_index[stage_inputs.index(tensor_index)], value)
             loaded.fed.add(tensor_index)
             self._inputs[tensor_index] = None
-            if not self.stages[0].resident or tensor_index in self._later_inputs:  # remember the value
+            # remember the value (a CompiledStage cannot give its inputs back)
+            if not self.stages[0].resident or tensor_index in self._later_inputs or self._compiled:
                 self._borrowed[tensor_index] = _Borrowed(value, crc32(np.ascontiguousarray(value)))
         else:
             self._inputs[tensor_index] = value.copy()
@@ -353,6 +360,7 @@ class SwapInterpreter:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
         self._pending.clear()
+        self._compiled.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -373,8 +381,8 @@ class SwapInterpreter:
     def _partition(self) -> list[Stage]:
         budget = None if self.ram_budget is None else self.ram_budget // self.weight_copies
         try:
-            costs = planner.BUILTIN_COSTS if self.weight_copies == 1 else (
-                planner.XNNPACK_COSTS if self._xnnpack_cache is None else planner.XNNPACK_CACHED_COSTS)
+            costs = planner.XNNPACK_PAGED_COSTS if self._xnnpack_cache is not None else (
+                planner.BUILTIN_COSTS if self.weight_copies == 1 else planner.XNNPACK_COSTS)
             return partition_stages(self.plan, budget, self.prefetch, costs)
         except BudgetError as exc:
             if self.weight_copies == 1:
@@ -409,7 +417,7 @@ class SwapInterpreter:
         for i in [position] + [i for i in ahead if i != position][:depth]:
             if i not in self._pending:
                 slot = -1 if self.stages[i].resident else self._loads % len(self._slots)
-                self._pending[i] = self._executor.submit(self._load, i, slot)
+                self._pending[i] = self._page_in(i) if self._compiled else self._executor.submit(self._load, i, slot)
                 self._loads += not self.stages[i].resident
 
     def _first_stage(self) -> _Loaded | None:
@@ -471,6 +479,18 @@ class SwapInterpreter:
         resident = self.stages[i].resident
         t = self._templates[i]
         data, view = _writable_bytes(t.base + t.blob_size) if resident else self._buffer(slot, t.base + t.blob_size)
+        self._read_stage(t, view)
+        del view
+        interpreter = self._interpreter(i, data)
+        loaded = self._loaded(i, interpreter, data, _indices(interpreter.get_input_details()),
+                              _indices(interpreter.get_output_details()), t.blob_size)
+        self._count_load(i, t.stage.weight_bytes, t.blob_size, started)
+        if resident:
+            t.graph = b""  # loaded for good: its flatbuffer lives on in `data` only
+        return loaded
+
+    def _read_stage(self, t: _Template, view: memoryview) -> None:
+        """Write a stage's model into `view`: its graph, and its segments read and CRC-checked."""
         view[: len(t.graph)] = t.graph
         blob = view[t.base :]
         for sid, offset in t.placement.items():
@@ -484,14 +504,34 @@ class SwapInterpreter:
                 )
             if crc32(part) != seg.crc32:
                 check_segment(seg, part)  # raises SegmentIntegrityError with the segment's details
-        del blob, view, part
-        interpreter = self._interpreter(i, data)
-        loaded = self._loaded(i, interpreter, data, _indices(interpreter.get_input_details()),
-                              _indices(interpreter.get_output_details()), t.blob_size)
-        self._count_load(i, t.stage.weight_bytes, t.blob_size, started)
-        if resident:
-            t.graph = b""  # loaded for good: its flatbuffer lives on in `data` only
-        return loaded
+
+    def _build_compiled(self) -> None:
+        """Build every stage once on CompiledModel (xnnpack_cache_dir, see runtime.compiled): write
+        its model file unless a valid one exists, build it (XNNPACK packs it the first time), then
+        give its pages back until it is loaded."""
+        cache = self._xnnpack_cache
+        for i, t in enumerate(self._templates):
+            model_file, packed_file = cache.paths_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement])
+            if not cache.valid(model_file):
+                data, view = _writable_bytes(t.base + t.blob_size)
+                self._read_stage(t, view)
+                del view
+                cache.write(model_file, data)
+                del data
+            cache.valid(packed_file)  # a packed file that fails its record is deleted, so rebuilt
+            stage = CompiledStage(model_file, packed_file, self._options["num_threads"], cache.environment())
+            self._packed_crcs[i] = cache.record_packed(packed_file)
+            stage.page_out()
+            self._compiled[i] = stage
+            t.graph = b""  # the stage lives on in its files
+
+    def _page_in(self, i: int) -> _PageIn:
+        """Start loading a built stage: its packed weights are faulted in on a native thread."""
+        stage = self._compiled[i]
+        stage.start_page_in()
+        # held from now on (its pages are coming in); the time is added when the stage is taken
+        self._count_load(i, stage.packed_bytes, stage.packed_bytes, time.perf_counter())
+        return _PageIn(self, i, stage)
 
     def _load_file(self, i: int, started: float) -> _Loaded:
         """Load stage `i` from its stage file (see stage_files): one positioned read of the whole
@@ -544,24 +584,13 @@ class SwapInterpreter:
             c.stages[i].load_s += time.perf_counter() - started
 
     def _interpreter(self, i: int, data: bytes):
-        """The interpreter of stage `i` on its model bytes: LiteRT's, or for a streamed stage with an
-        XNNPACK cache, a CompiledStage (packing only the first time this stage is built)."""
-        if self._xnnpack_cache is None or self.stages[i].resident:
-            return litert_interpreter(data, **self._options)
-        path = self._cache_paths.get(i)
-        if path is None:  # named once per stage: the same bytes at every load
-            t = self._templates[i]
-            segment_crcs = [self.manifest.segments[s].crc32 for s in t.placement]
-            path = self._cache_paths[i] = self._xnnpack_cache.path_for(t.graph, segment_crcs)
-        self._xnnpack_cache.before_build(path)
-        stage = CompiledStage(data, path, self._options["num_threads"], self._xnnpack_cache.environment())
-        self._xnnpack_cache.after_build(path)
-        return stage
+        """The LiteRT interpreter of stage `i` on its model bytes."""
+        return litert_interpreter(data, **self._options)
 
-    def _cache(self, directory, backend: str, delegates, stage_files) -> XnnpackCache | None:
+    def _cache(self, directory, backend: str, delegates, stage_files, copies: int) -> XnnpackCache | None:
         if directory is None:
             return None
-        if self.weight_copies == 1 or delegates or backend not in ("auto", "ai_edge_litert") or stage_files:
+        if copies == 1 or delegates or backend not in ("auto", "ai_edge_litert") or stage_files:
             raise ValueError("xnnpack_cache_dir applies to XNNPACK on the ai_edge_litert backend: not with "
                              "default_delegates=False, reference_kernels, other delegates, another backend "
                              "or stage_files")
@@ -599,6 +628,8 @@ class SwapInterpreter:
     def _release(self, loaded: _Loaded) -> None:
         with self._lock:
             self._counters.resident_bytes -= loaded.weight_bytes * self.weight_copies
+        if isinstance(loaded.interpreter, CompiledStage):  # built for good: its pages go, it stays
+            loaded.interpreter.page_out()
         loaded.interpreter = None
         loaded.data = b""
 
@@ -608,17 +639,19 @@ class SwapInterpreter:
 
 
 def min_ram_budget(model_path: str | os.PathLike, prefetch: int = 1, default_delegates: bool = True,
-                   reference_kernels: bool = False) -> int:
+                   reference_kernels: bool = False, xnnpack_cache: bool = False) -> int:
     """The smallest `ram_budget` SwapInterpreter accepts for this segmented model with these
     options (reads only the graph). With XNNPACK (the default kernels) it counts its packed copy:
-    twice the weights-only minimum that `default_delegates=False` needs."""
+    twice the weights-only minimum that `default_delegates=False` needs, unless `xnnpack_cache`
+    (an `xnnpack_cache_dir` is given): then only the packed copy is held."""
     path = Path(model_path)
     fd = os.open(path, os.O_RDONLY)
     try:
         _, _, plan = _read_graph(fd, path)
     finally:
         os.close(fd)
-    return min_stage_budget(plan, prefetch) * _weight_copies(default_delegates, reference_kernels)
+    copies = 1 if xnnpack_cache else _weight_copies(default_delegates, reference_kernels)
+    return min_stage_budget(plan, prefetch) * copies
 
 
 def _weight_copies(default_delegates: bool, reference_kernels: bool) -> int:
@@ -691,6 +724,42 @@ class SwapSignatureRunner:
             self._interpreter.set_tensor(self._inputs[name], value)
         self._interpreter.invoke()
         return {name: self._interpreter.get_tensor(t) for name, t in self._outputs.items()}
+
+
+class _PageIn:
+    """A paged stage's load in progress (see runtime.compiled), with the part of Future's surface
+    SwapInterpreter uses: the result is the loaded stage, once its pages are in and checked."""
+
+    def __init__(self, owner: SwapInterpreter, i: int, stage: CompiledStage):
+        self._owner, self._i, self._stage = owner, i, stage
+        self._loaded: _Loaded | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._loaded is not None or self._error is not None or self._stage.page_in_done()
+
+    def exception(self) -> BaseException | None:
+        try:
+            self.result()
+        except BaseException as exc:
+            return exc
+        return None
+
+    def result(self) -> _Loaded:
+        if self._loaded is None and self._error is None:
+            owner, stage, i = self._owner, self._stage, self._i
+            try:
+                seconds = stage.finish_page_in(owner._packed_crcs[i])
+            except BaseException as exc:
+                self._error = exc
+            else:
+                self._loaded = _Loaded(stage, b"", _indices(stage.get_input_details()),
+                                       _indices(stage.get_output_details()), stage.packed_bytes, True, i)
+                with owner._lock:
+                    owner._counters.stages[i].load_s += seconds
+        if self._error is not None:
+            raise self._error
+        return self._loaded
 
 
 class _InlineExecutor:
