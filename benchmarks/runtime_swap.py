@@ -20,9 +20,10 @@ budget), then stock once more; a row reports the median of the children's median
 
 Both kinds use the same kernels: `xnnpack` (LiteRT's default; XNNPACK packs its own copy of the
 weights, which SwapInterpreter counts against the budget) or `builtin` (`default_delegates=False`).
-With `--xnnpack-cache`, XNNPACK swap children keep each streamed stage's packed weights in a cache
-file (`xnnpack_cache_dir`, in out/bench_models/xnnpack_cache/; made by the first child of a model,
-whose first invoke shows the packing).
+With `--xnnpack-cache`, XNNPACK swap children page their stages' packed weights
+(`xnnpack_cache_dir`, in out/bench_models/xnnpack_cache/): every stage is built once and only its
+packed copy counts against the budget, so budgets are those of one weight copy. The files are made
+by an unmeasured child per budget before the rounds; cold runs drop their pages too.
 
 Memory, from /proc/self/status. baseline = VmRSS after the imports, before the model is opened;
 peak = VmHWM after the last invoke; growth = peak - baseline.
@@ -134,8 +135,11 @@ def child(spec: dict) -> dict:
 
     baseline = _status()
     cold = spec["cache"] == "cold"
+    paged = sorted(Path(spec["xnnpack_cache"]).glob("stage-*")) if spec.get("xnnpack_cache") else []
     if cold:
         _drop_cache(spec["path"])
+        for path in paged:
+            _drop_cache(str(path))
     started = time.perf_counter()
     interpreter = _open_interpreter(spec)
     interpreter.allocate_tensors()
@@ -152,6 +156,8 @@ def child(spec: dict) -> dict:
     for _ in range(spec["invokes"]):
         if cold:
             _drop_cache(spec["path"])
+            for path in paged:  # what a paged stage gave back is read from storage again
+                _drop_cache(str(path))
         started = time.perf_counter()
         outputs = _run_once(interpreter, inputs)
         times.append(time.perf_counter() - started)
@@ -382,10 +388,15 @@ def sweep(models: list[BenchModel], kernels: list[str], caches: list[str], args)
 def _group(m: BenchModel, kern: str, cache: str, base: dict, args) -> list[Row]:
     """One model, kernels and cache state: the twin once, then `rounds` rounds of stock and every
     budget, and stock once more (alternating, so that load from other processes hits both alike)."""
-    copies = 2 if kern == "xnnpack" else 1
+    paged = _xnnpack_cache(m, kern, args)
+    copies = 2 if kern == "xnnpack" and paged is None else 1
     choices = budgets(m, copies, args.prefetch)
     stock_spec = base | {"kind": "stock", "path": str(m.original)}
     twin = _progress(m.name, kern, cache, "twin", base | {"kind": "stock", "path": str(m.twin), "kernels": "builtin"})
+    for label, budget, prefetch in choices if paged else ():  # build the paged stages' files, unmeasured
+        _progress(m.name, kern, cache, f"prepare {label}", base | {
+            "kind": "swap", "path": str(m.segmented), "budget": budget, "prefetch": prefetch,
+            "xnnpack_cache": paged, "warmup": 0, "invokes": 0})
     stocks: list[dict] = []
     swaps: dict[str, list[dict]] = {label: [] for label, _, _ in choices}
     for r in range(args.rounds):
@@ -393,7 +404,7 @@ def _group(m: BenchModel, kern: str, cache: str, base: dict, args) -> list[Row]:
         for label, budget, prefetch in choices:
             swaps[label].append(_progress(m.name, kern, cache, f"swap {label} (round {r + 1})", base | {
                 "kind": "swap", "path": str(m.segmented), "budget": budget, "prefetch": prefetch,
-                "xnnpack_cache": _xnnpack_cache(m, kern, args)}))
+                "xnnpack_cache": paged}))
     stocks.append(_progress(m.name, kern, cache, "stock (again)", stock_spec))
     group = []
     for label, budget, _ in choices:
