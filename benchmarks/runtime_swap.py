@@ -516,16 +516,18 @@ def summary(rows: list[Row]) -> list[str]:
     return out
 
 
-def plot(rows: list[Row], path: Path) -> None:
-    """Weights RSS and latency against the budget, per large model, builtin kernels, warm cache."""
+def plot(rows: list[Row], path: Path, paged: bool = False) -> bool:
+    """Weights RSS and latency against the budget, per large model, warm cache: builtin kernels,
+    or XNNPACK when the run has no builtin rows (paged: with --xnnpack-cache). Whether it wrote."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [r for r in rows if r.large and r.kernels == "builtin" and r.cache == "warm" and "error" not in r.checks]
+    kernels = "builtin" if any(r.kernels == "builtin" for r in rows) else "xnnpack"
+    chosen = [r for r in rows if r.large and r.kernels == kernels and r.cache == "warm" and "error" not in r.checks]
     if not chosen:
-        return
+        return False
     fig, (mem, lat) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name in dict.fromkeys(r.model for r in chosen):
         own = sorted((r for r in chosen if r.model == name and r.swap["stats"]["prefetch"]),
@@ -542,10 +544,12 @@ def plot(rows: list[Row], path: Path) -> None:
     for ax in (mem, lat):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("SwapInterpreter vs stock LiteRT, builtin kernels, warm file cache")
+    what = "builtin kernels" if kernels == "builtin" else "XNNPACK" + (", paged stages" if paged else "")
+    fig.suptitle(f"SwapInterpreter vs stock LiteRT, {what}, warm file cache")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def conditions() -> str:
@@ -605,11 +609,11 @@ def main() -> int:
     for line in summary(rows):
         print(line)
     path = Path(args.json or OUT / f"runtime_swap{'_quick' if args.quick else ''}.json")
-    plot(rows, path.with_suffix(".png"))
     path.parent.mkdir(parents=True, exist_ok=True)
+    plotted = plot(rows, path.with_suffix(".png"), paged=args.xnnpack_cache)
     path.write_text(json.dumps({"conditions": conditions(), "args": vars(args),
                                 "rows": [asdict(r) for r in rows]}, indent=1, default=str))
-    print(f"records: {path}, plot: {path.with_suffix('.png')}", file=sys.stderr)
+    print(f"records: {path}" + (f", plot: {path.with_suffix('.png')}" if plotted else ""), file=sys.stderr)
     return 0 if all(r.checks.get("identical") for r in rows) else 1
 
 

@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-xnnpack", action="store_true",
                    help="builtin kernels: no XNNPACK, whose packed copy doubles each stage's weights")
     r.add_argument("--xnnpack-cache", metavar="DIR",
-                   help="with XNNPACK: keep each streamed stage's packed weights in a cache file in DIR")
+                   help="with XNNPACK: build every stage once, its packed weights in files in DIR, and page "
+                        "them in and out (one weight copy against the budget, nothing repacked per invoke)")
     r.add_argument("--stage-files", metavar="DIR",
                    help="run each stage from the files `tflm-swap stages` wrote to DIR (compiled ones once sealed)")
     r.set_defaults(func=_cmd_run)

@@ -9,7 +9,11 @@ release the GIL, and so does LiteRT's invoke); a finished stage is released. Whe
 room beside the slots, the planner keeps some stages *resident*: read and checked once, kept with
 their interpreter. When the whole model fits, it is one resident stage.
 
-What the budget covers: weights (resident stages and slots; with XNNPACK, its packed copy too).
+With `xnnpack_cache_dir`, stages are instead built once and only the pages of XNNPACK's packed
+weights are loaded and released (runtime.compiled); the scheduling below is the same.
+
+What the budget covers: weights (resident stages and slots; with XNNPACK, its packed copy too,
+which is the only copy held when stages are paged).
 Not covered: activations, and SwapInterpreter's own fixed memory. Activations: one streamed
 stage's arena is live at a time -- with the builtin kernels a stage's tensors are allocated when it
 is taken (the first stage's when its inputs are set); with XNNPACK a prefetched stage is allocated
