@@ -608,6 +608,21 @@ def test_xnnpack_paged_stage_changed_in_use_is_refused(segmented_files, tmp_path
             swap.invoke()
 
 
+def test_xnnpack_paged_close_waits_for_page_ins(segmented_files, tmp_path):
+    """Closing (or dropping) a SwapInterpreter with page-ins still running waits for them before
+    the stages' mappings go: many open-invoke-close rounds, each leaving prefetched stages behind."""
+    model, path = segmented_files["vww_96_float.tflite"]
+    budget = _smallest_stage(model)
+    for _ in range(20):
+        swap = SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=tmp_path)
+        swap.allocate_tensors()
+        for d in swap.get_input_details():
+            swap.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        swap.invoke()
+        assert any(not swap.stages[i].resident for i in swap._pending)  # a page-in left running
+        swap.close()
+
+
 @pytest.mark.parametrize("name", ["vww_96_float.tflite", "ad01_int8.tflite"])
 def test_xnnpack_paged_stages_hold_only_packed_pages(segmented_files, tmp_path, name):
     """Paging, measured with smaps: a released stage holds no page of either file; a kept stage

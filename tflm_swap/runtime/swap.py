@@ -363,8 +363,11 @@ class SwapInterpreter:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+        for pending in self._pending.values():
+            if isinstance(pending, _PageIn):  # its native thread reads the stage's mapping: wait
+                pending.exception()
         self._pending.clear()
-        self._compiled.clear()
+        self._compiled.clear()  # unmaps the stages' files
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
