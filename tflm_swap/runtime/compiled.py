@@ -145,6 +145,10 @@ class CompiledStage:
         self._out = list(self._model.get_output_tensor_details(key).values())
         self._inputs = self._model.create_input_buffers(0)
         self._outputs = self._model.create_output_buffers(0)
+        # per output: (element count, dtype, shape), for reads; index lists for SwapInterpreter
+        self._reads = [(math.prod(int(n) for n in d["shape"]), np.dtype(d["dtype"]), [int(n) for n in d["shape"]])
+                       for d in self._out]
+        self.input_index, self.output_index = list(range(len(self._in))), list(range(len(self._out)))
 
     def start_page_in(self) -> None:
         """Start faulting the packed weights in (and computing their CRC32) in the background."""
@@ -188,9 +192,8 @@ class CompiledStage:
         self._model.run_by_index(0, self._inputs, self._outputs)
 
     def get_tensor(self, index: int) -> np.ndarray:
-        detail = self._out[index]
-        shape = [int(d) for d in detail["shape"]]
-        return self._outputs[index].read(math.prod(shape), np.dtype(detail["dtype"])).reshape(shape)
+        count, dtype, shape = self._reads[index]
+        return self._outputs[index].read(count, dtype).reshape(shape)
 
 
 class _Job:

@@ -760,8 +760,7 @@ class _PageIn:
             except BaseException as exc:
                 self._error = exc
             else:
-                self._loaded = _Loaded(stage, b"", _indices(stage.get_input_details()),
-                                       _indices(stage.get_output_details()), stage.packed_bytes, True, i)
+                self._loaded = _Loaded(stage, b"", stage.input_index, stage.output_index, stage.packed_bytes, True, i)
                 with owner._lock:
                     owner._counters.stages[i].load_s += seconds
         if self._error is not None:
