@@ -61,7 +61,7 @@ class XnnpackCache:
         if _madvise is None or not Path("/proc/self/maps").exists():
             raise TflmSwapError("xnnpack_cache_dir needs Linux (madvise and /proc/self/maps) to page "
                                 "stage weights in and out")
-        self.directory = Path(directory)
+        self.directory = Path(directory).expanduser()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._checked: dict[Path, int] = {}  # files checked (or written) by this process -> CRC32
         self._lock = threading.Lock()
