@@ -591,7 +591,7 @@ def test_xnnpack_paged_stages_build_once_and_stay_bit_identical(segmented_files,
 
 def test_xnnpack_paged_stage_changed_in_use_is_refused(segmented_files, tmp_path):
     """A packed-weight file changed on disk while its stage is in use fails the CRC check of the
-    next page-in: invoke raises before any output."""
+    next page-in: invoke raises before any output; once the file is put right, invokes work again."""
     model, path = segmented_files["vww_96_float.tflite"]
     budget = _smallest_stage(model)
     with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=tmp_path) as swap:
@@ -606,6 +606,10 @@ def test_xnnpack_paged_stage_changed_in_use_is_refused(segmented_files, tmp_path
             f.write(bytes([byte[0] ^ 0xFF]))
         with pytest.raises(SegmentIntegrityError, match="packed weights have CRC32"):
             swap.invoke()
+        with open(victim, "r+b") as f:  # put right: the next invoke loads the stage again
+            f.seek(victim.stat().st_size // 2)
+            f.write(byte)
+        _compare(model, swap, n=1)
 
 
 def test_xnnpack_paged_close_waits_for_page_ins(segmented_files, tmp_path):

@@ -202,9 +202,10 @@ class SwapInterpreter:
         """Build the stage templates and start preparing the first stages."""
         if self._templates:
             return
-        self._templates = [self._template(s) for s in self.stages]
+        templates = [self._template(s) for s in self.stages]
         if self._xnnpack_cache is not None:
-            self._build_compiled()
+            self._build_compiled(templates)
+        self._templates = templates  # allocated (a failed build leaves allocate_tensors to be called again)
         self._last_use = _last_uses(self._templates, set(self._model_inputs) | set(self._model_outputs))
         # model inputs that a stage after the first reads too (e.g. every tile of a split first layer)
         self._later_inputs = {t for template in self._templates[1:] for t in template.inputs} & set(self._model_inputs)
@@ -345,6 +346,7 @@ class SwapInterpreter:
             "ram_budget": self.ram_budget,
             "prefetch": self.prefetch,
             "weight_copies": self.weight_copies,
+            "paged": bool(self._compiled),  # xnnpack_cache_dir: stages built once, packed weights paged
             "resident": self.resident,
             "resident_weight_bytes": sum(s.weight_bytes for s in self.stages if s.resident),
             "streamed_bytes_per_invoke": planner.streamed_bytes(self.stages),
@@ -512,12 +514,12 @@ class SwapInterpreter:
             if crc32(part) != seg.crc32:
                 check_segment(seg, part)  # raises SegmentIntegrityError with the segment's details
 
-    def _build_compiled(self) -> None:
+    def _build_compiled(self, templates: list[_Template]) -> None:
         """Build every stage once on CompiledModel (xnnpack_cache_dir, see runtime.compiled): write
         its model file unless a valid one exists, build it (XNNPACK packs it the first time), then
         give its pages back until it is loaded."""
         cache = self._xnnpack_cache
-        for i, t in enumerate(self._templates):
+        for i, t in enumerate(templates):
             model_file, packed_file = cache.paths_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement])
             if not cache.valid(model_file):
                 data, view = _writable_bytes(t.base + t.blob_size)
@@ -759,6 +761,9 @@ class _PageIn:
                 seconds = stage.finish_page_in(owner._packed_crcs[i])
             except BaseException as exc:
                 self._error = exc
+                stage.page_out()  # not loaded after all: its pages go, and it is no longer held
+                with owner._lock:
+                    owner._counters.resident_bytes -= stage.packed_bytes
             else:
                 self._loaded = _Loaded(stage, b"", stage.input_index, stage.output_index, stage.packed_bytes, True, i)
                 with owner._lock:
