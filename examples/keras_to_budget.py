@@ -83,20 +83,23 @@ def quiet_converter():
 
 
 def compare_with_stock(original: bytes, swap_path: Path, x: np.ndarray, ram_budget: int | None,
-                       prefetch: int = 1) -> dict:
+                       prefetch: int = 1, xnnpack_cache_dir: Path | None = None) -> dict:
     """Run `x` (float samples, one invoke each) through the stock LiteRT interpreter on the original
     model and through `SwapInterpreter` on the segmented file; return outputs, timings and stats.
 
-    Both use LiteRT's builtin kernels without XNNPACK (`default_delegates=False`): XNNPACK would
-    pack a second copy of each stage's weights, doubling what the budget must hold. Compared with the
-    same kernels, the outputs are bit-identical."""
-    stock = litert_interpreter(original, default_delegates=False)
+    Both use LiteRT's builtin kernels without XNNPACK (`default_delegates=False`): unpaged, XNNPACK
+    would pack a second copy of each stage's weights at every load. With `xnnpack_cache_dir`, both
+    use XNNPACK and SwapInterpreter pages its stages' packed weights from files in that directory.
+    Compared with the same kernels, the outputs are bit-identical."""
+    xnnpack = xnnpack_cache_dir is not None
+    stock = litert_interpreter(original, default_delegates=xnnpack)
     stock.allocate_tensors()
     started = time.perf_counter()
     want = predict_tflite_with(stock, x)  # quantises x for int8 inputs, one invoke per sample
     stock_ms = (time.perf_counter() - started) * 1e3 / len(x)
 
-    with SwapInterpreter(swap_path, ram_budget=ram_budget, prefetch=prefetch, default_delegates=False) as swap:
+    with SwapInterpreter(swap_path, ram_budget=ram_budget, prefetch=prefetch, default_delegates=xnnpack,
+                         xnnpack_cache_dir=xnnpack_cache_dir) as swap:
         swap.allocate_tensors()  # same surface as LiteRT's Interpreter
         started = time.perf_counter()
         got = predict_tflite_with(swap, x)

@@ -7,7 +7,9 @@ What it shows:
    is caught and named;
 3. `SwapInterpreter` runs the segmented file at 50% of its weights and at the minimum budget the
    stage planner accepts; latency and outputs are compared with the stock LiteRT interpreter on the
-   original file (same builtin kernels, so outputs must be bit-identical), and `stats()` is printed.
+   original file (same builtin kernels, so outputs must be bit-identical), and `stats()` is printed;
+4. the same at the minimum budget with XNNPACK (LiteRT's default kernels), stages built once and
+   their packed weights paged from files (`xnnpack_cache_dir`), against stock LiteRT with XNNPACK.
 
 Default model: MLPerf Tiny's Visual Wake Words int8 from `../shared/models/mlperf_tiny/` beside the
 checkout; without it, the digits CNN of keras_to_budget.py is trained here (needs TensorFlow).
@@ -103,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"weights {format_bytes(whole)}; minimum budget {format_bytes(minimum)} without prefetch, "
           f"{format_bytes(with_prefetch)} with one stage prefetched\n")
     results = {}
-    for label, budget in (("50% of the weights", max(whole // 2, minimum)), ("minimum budget", minimum)):
+    paged = min_ram_budget(swap_path, 1, xnnpack_cache=True)  # XNNPACK, paged: its packed copy only
+    for label, budget, cache in (("50% of the weights", max(whole // 2, minimum), None),
+                                 ("minimum budget", minimum, None),
+                                 ("XNNPACK, paged stages, minimum budget", paged, out / "xnnpack_stages")):
         # prefetch a stage while the current one runs when the budget has room for the extra slot
-        prefetch = 1 if with_prefetch <= budget else 0
-        run = compare_with_stock(seg.original, swap_path, x, budget, prefetch)
+        prefetch = 1 if with_prefetch <= budget or cache else 0
+        run = compare_with_stock(seg.original, swap_path, x, budget, prefetch, xnnpack_cache_dir=cache)
         print_run(label, run)
         results[label] = {"ram_budget": budget, "prefetch": prefetch, "bit_identical": run["bit_identical"],
-                          "latency_ratio": run["swap_ms"] / run["stock_ms"],
+                          "latency_ratio": run["swap_ms"] / run["stock_ms"], "xnnpack_paged": cache is not None,
                           "peak_weight_bytes": run["stats"]["peak_weight_bytes"]}
     (out / "result.json").write_text(json.dumps({"model": str(path), "weights_bytes": whole, "runs": results},
                                                 indent=2))
