@@ -645,3 +645,9 @@ def test_xnnpack_paged_stages_hold_only_packed_pages(segmented_files, tmp_path, 
         streamed = [i for i, s in enumerate(swap.stages) if not s.resident and i not in swap._pending]
         assert streamed
         assert all(swap._compiled[i].mapped_rss() == (0, 0) for i in streamed)
+        # page_out checks each range is still the file's mapping before discarding its pages
+        stage = swap._compiled[streamed[0]]
+        assert stage._guarded
+        stage._files = {r: "/elsewhere" for r in stage._files}
+        with pytest.raises(TflmSwapError, match="no longer mapped"):
+            stage.page_out()

@@ -118,8 +118,8 @@ class XnnpackCache:
 
 class CompiledStage:
     """The part of LiteRT's `Interpreter` surface that SwapInterpreter uses, on a `CompiledModel`
-    (XNNPACK, with a weight-cache file), plus paging of its weights (`page_in`, `page_out`).
-    Tensor indices are input and output positions."""
+    (XNNPACK, with a weight-cache file), plus paging of its weights (`start_page_in`,
+    `finish_page_in`, `page_out`). Tensor indices are input and output positions."""
 
     def __init__(self, model_file: Path, packed_file: Path, num_threads: int | None, environment):
         from ai_edge_litert.compiled_model import CompiledModel
@@ -136,6 +136,9 @@ class CompiledStage:
         packed = [m for m in new if m[3] == str(packed_file.resolve())]
         self._raw = [(lo, hi) for lo, hi, _, path in new if path == str(model_file.resolve())]
         self._packed = [(lo, hi) for lo, hi, _, _ in packed]
+        self._files = {**{r: str(model_file.resolve()) for r in self._raw},
+                       **{r: str(packed_file.resolve()) for r in self._packed}}
+        self._guarded = _map_file(*self._packed[0]) == self._files[self._packed[0]] if packed else False
         self._pieces = _file_pieces(packed, self.packed_bytes)
         if self._pieces is None:
             raise TflmSwapError(f"XNNPACK's mappings of its weight cache {packed_file} do not cover the "
@@ -167,8 +170,14 @@ class CompiledStage:
         return seconds
 
     def page_out(self) -> None:
-        """Give the pages of the packed weights and of the stage model back (contents unchanged)."""
+        """Give the pages of the packed weights and of the stage model back (contents unchanged).
+
+        Each range is first checked to be still this file's mapping (/proc/self/map_files, ~4 us):
+        MADV_DONTNEED on memory mapped there since would discard its contents."""
         for lo, hi in self._packed + self._raw:
+            if self._guarded and _map_file(lo, hi) != self._files[(lo, hi)]:
+                raise TflmSwapError(f"{self._files[(lo, hi)]} is no longer mapped at {lo:#x}-{hi:#x} (LiteRT "
+                                    "remapped it): not giving its pages back")
             _madvise(lo, hi - lo, _MADV_DONTNEED)
 
     def mapped_rss(self) -> tuple[int, int]:
@@ -272,6 +281,14 @@ def _file_pieces(mappings: list[tuple[int, int, int, str]], size: int) -> list[t
         pieces.append((address, end - position))
         position = end
     return pieces
+
+
+def _map_file(lo: int, hi: int) -> str | None:
+    """The file mapped exactly at [lo, hi), or None (no such mapping, or no access to map_files)."""
+    try:
+        return os.readlink(f"/proc/self/map_files/{lo:x}-{hi:x}")
+    except OSError:
+        return None
 
 
 def _mapping_rss() -> dict[int, int]:
