@@ -1,7 +1,8 @@
 /* Background page-in for SwapInterpreter's paged XNNPACK stages (tflm_swap/runtime/compiled.py).
  *
  * A job reads mapped ranges (a stage's packed weights, file-backed; XNNPACK may map the file in
- * more than one piece), in order, with one running CRC32, on its own thread: the read faults the pages in, the CRC is compared by the caller before the stage runs.
+ * more than one piece), in order, with one running CRC32, on its own thread: the read faults the
+ * pages in, and the caller compares the CRC before the stage runs.
  * The job is native because LiteRT's CompiledModel.run_by_index keeps Python's GIL while a stage
  * runs: a Python prefetch thread could not start until the stage had finished. Started and
  * joined through ctypes (which releases the GIL while it waits). */
