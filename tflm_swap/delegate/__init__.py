@@ -95,6 +95,16 @@ def delegate_library() -> str:
     )
 
 
+@functools.cache
+def native_library() -> ctypes.CDLL | None:
+    """The delegate library loaded for its helper functions (CRC32, page-in jobs), or None when the
+    package was installed without its C extension (callers then fall back to Python)."""
+    try:
+        return ctypes.CDLL(delegate_library())
+    except (DelegateError, OSError):
+        return None
+
+
 # --------------------------------------------------------------------------------- tile table
 def default_table_path(model_path: str | Path) -> Path:
     """Where `delegate_options` writes the tile table by default: next to the model."""

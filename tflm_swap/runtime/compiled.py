@@ -35,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import math
 import os
-import sys
 import threading
 import time
 import zlib
@@ -46,19 +45,16 @@ import numpy as np
 from ..errors import SegmentIntegrityError, TflmSwapError
 from ..fileio import write_atomic
 from .crc import crc32, crc32_at
+from .pages import MADV_DONTNEED, madvise
 
 CHUNK = 8 << 20  # bytes read at a time when checking a file against its record
-_MADV_DONTNEED = 4
-_madvise = getattr(ctypes.CDLL(None, use_errno=True), "madvise", None) if sys.platform.startswith("linux") else None
-if _madvise is not None:
-    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 class XnnpackCache:
     """The directory of stage model files and packed-weight files, with their CRC records."""
 
     def __init__(self, directory: str | os.PathLike):
-        if _madvise is None or not Path("/proc/self/maps").exists():
+        if madvise is None or not Path("/proc/self/maps").exists():
             raise TflmSwapError("xnnpack_cache_dir needs Linux (madvise and /proc/self/maps) to page "
                                 "stage weights in and out")
         self.directory = Path(directory).expanduser()
@@ -104,7 +100,7 @@ class XnnpackCache:
         """Write a stage model file (atomically) and its record."""
         with self._lock:
             write_atomic(path, data)
-            self._checked[path] = crc = zlib.crc32(data)
+            self._checked[path] = crc = crc32(data)
             write_atomic(_record(path), f"{crc:08x}\n".encode())
 
     def record_packed(self, path: Path) -> int:
@@ -174,11 +170,11 @@ class CompiledStage:
 
         Each range is first checked to be still this file's mapping (/proc/self/map_files, ~4 us):
         MADV_DONTNEED on memory mapped there since would discard its contents."""
-        for lo, hi in self._packed + self._raw:
-            if self._guarded and _map_file(lo, hi) != self._files[(lo, hi)]:
-                raise TflmSwapError(f"{self._files[(lo, hi)]} is no longer mapped at {lo:#x}-{hi:#x} (LiteRT "
-                                    "remapped it): not giving its pages back")
-            _madvise(lo, hi - lo, _MADV_DONTNEED)
+        for (lo, hi), path in self._files.items():
+            if self._guarded and _map_file(lo, hi) != path:
+                raise TflmSwapError(f"{path} is no longer mapped at {lo:#x}-{hi:#x} (LiteRT remapped it): "
+                                    "not giving its pages back")
+            madvise(lo, hi - lo, MADV_DONTNEED)
 
     def mapped_rss(self) -> tuple[int, int]:
         """Bytes of (packed weights, stage model file) now resident in this process (from smaps)."""
@@ -236,16 +232,16 @@ class _Job:
 
 class _Pager:
     def __init__(self):
-        try:
-            from ..delegate import delegate_library
+        from ..delegate import native_library
 
-            library = ctypes.CDLL(delegate_library())
+        library = native_library()
+        if library is not None and hasattr(library, "tflm_swap_page_in_start"):
             library.tflm_swap_page_in_start.restype = ctypes.c_void_p
             library.tflm_swap_page_in_start.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
             library.tflm_swap_page_in_done.argtypes = [ctypes.c_void_p]
             library.tflm_swap_page_in_wait.restype = ctypes.c_uint32
             library.tflm_swap_page_in_wait.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
-        except Exception:  # no library (package installed without its C extension): page in at once
+        else:  # no library (package installed without its C extension): page in at once
             library = None
         self.library = library
 

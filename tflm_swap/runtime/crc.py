@@ -12,11 +12,10 @@ import zlib
 
 
 def _load():
-    try:
-        from ..delegate import delegate_library
+    from ..delegate import native_library
 
-        function = ctypes.CDLL(delegate_library()).tflm_swap_crc32
-    except Exception:  # no library (or no such symbol): fall back to zlib
+    function = getattr(native_library(), "tflm_swap_crc32", None)
+    if function is None:  # no library (or no such symbol): fall back to zlib
         return None
     function.restype = ctypes.c_uint32
     function.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]

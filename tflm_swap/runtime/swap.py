@@ -50,6 +50,7 @@ from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
 from .backends import litert_interpreter
 from .compiled import CompiledStage, XnnpackCache
 from .crc import crc32
+from .pages import HUGE_PAGE, MADV_DONTNEED, MADV_HUGEPAGE, PAGE, madvise
 from .stage_files import StageFile, read_stage_index
 
 
@@ -180,7 +181,7 @@ class SwapInterpreter:
         self._templates: list[_Template] = []
         self._last_use: list[list[int]] = []  # per stage: crossing tensors read for the last time there
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[int, Future | _PageIn] = {}
         self._slots: list[bytes | None] = []  # model bytes reused across loads (see _buffer)
         self._slot_used: list[int] = []
         self._slot_size = 0  # bytes of each slot: the largest streamed stage's model
@@ -223,7 +224,7 @@ class SwapInterpreter:
         self._schedule(0)
         for i, stage in enumerate(self.stages):  # resident stages: read once, now
             if stage.resident and i not in self._pending:
-                self._pending[i] = self._page_in(i) if self._compiled else self._executor.submit(self._load, i, -1)
+                self._pending[i] = self._start_load(i, -1)
 
     def get_input_details(self) -> list[dict]:
         return [self._details(t) for t in self._model_inputs]
@@ -426,8 +427,12 @@ class SwapInterpreter:
         for i in [position] + [i for i in ahead if i != position][:depth]:
             if i not in self._pending:
                 slot = -1 if self.stages[i].resident else self._loads % len(self._slots)
-                self._pending[i] = self._page_in(i) if self._compiled else self._executor.submit(self._load, i, slot)
+                self._pending[i] = self._start_load(i, slot)
                 self._loads += not self.stages[i].resident
+
+    def _start_load(self, i: int, slot: int) -> Future | _PageIn:
+        """Start loading stage `i` (into `slot`; -1: resident): paged, or read on the prefetch thread."""
+        return self._page_in(i) if self._compiled else self._executor.submit(self._load, i, slot)
 
     def _first_stage(self) -> _Loaded | None:
         """The first stage, loaded intact, for set_tensor to write into (None: keep a copy instead).
@@ -490,7 +495,7 @@ class SwapInterpreter:
         data, view = _writable_bytes(t.base + t.blob_size) if resident else self._buffer(slot, t.base + t.blob_size)
         self._read_stage(t, view)
         del view
-        interpreter = self._interpreter(i, data)
+        interpreter = litert_interpreter(data, **self._options)
         loaded = self._loaded(i, interpreter, data, _indices(interpreter.get_input_details()),
                               _indices(interpreter.get_output_details()), t.blob_size)
         self._count_load(i, t.stage.weight_bytes, t.blob_size, started)
@@ -563,7 +568,7 @@ class SwapInterpreter:
             raise SegmentIntegrityError(
                 f"stage {i}: {sf.path} has CRC32 {found:08x}; stages.json records {sf.crc32:08x} (the file "
                 "changed after it was exported or sealed: export, or seal, again)")
-        interpreter = self._interpreter(i, data)
+        interpreter = litert_interpreter(data, **self._options)
         ins = {_text(d["name"]): d["index"] for d in interpreter.get_input_details()}
         outs = {_text(d["name"]): d["index"] for d in interpreter.get_output_details()}
         missing = [n for n in sf.inputs if n not in ins] + [n for n in sf.outputs if n not in outs]
@@ -591,10 +596,6 @@ class SwapInterpreter:
             c.peak_weight_bytes = max(c.peak_weight_bytes, c.resident_bytes)
             c.stages[i].loads += 1
             c.stages[i].load_s += time.perf_counter() - started
-
-    def _interpreter(self, i: int, data: bytes):
-        """The LiteRT interpreter of stage `i` on its model bytes."""
-        return litert_interpreter(data, **self._options)
 
     def _cache(self, directory, backend: str, delegates, stage_files, copies: int) -> XnnpackCache | None:
         if directory is None:
@@ -829,14 +830,6 @@ _bytes_address.restype = ctypes.c_void_p
 _bytes_address.argtypes = [ctypes.py_object]
 
 
-_MADV_DONTNEED, _MADV_HUGEPAGE = 4, 14
-HUGE_PAGE = 2 << 20
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-_madvise = getattr(ctypes.CDLL(None, use_errno=True), "madvise", None) if sys.platform.startswith("linux") else None
-if _madvise is not None:
-    _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-
-
 def _writable_bytes(n: int) -> tuple[bytes, memoryview]:
     """A new, zeroed `bytes` object and a writable view of it, to be filled before it is shared.
 
@@ -857,7 +850,7 @@ def _zero(address: int, n: int) -> None:
     holds RAM for the bytes a load writes into it, not for its whole size. Falls back to memset.
     """
     low, high = -(-address // PAGE) * PAGE, (address + n) // PAGE * PAGE
-    if high - low < PAGE or _madvise is None or _madvise(low, high - low, _MADV_DONTNEED) != 0:
+    if high - low < PAGE or madvise is None or madvise(low, high - low, MADV_DONTNEED) != 0:
         ctypes.memset(address, 0, n)
         return
     ctypes.memset(address, 0, low - address)
@@ -942,5 +935,5 @@ def _advise_huge_pages(start: int, end: int) -> None:
     kernel uses huge pages for the 2 MiB-aligned blocks inside the mapping. A no-op where it cannot
     apply (no THP in the kernel, non-Linux). Only a hint: contents are unchanged."""
     low, high = start // PAGE * PAGE, -(-end // PAGE) * PAGE
-    if _madvise is not None and high - low >= HUGE_PAGE:
-        _madvise(low, high - low, _MADV_HUGEPAGE)
+    if madvise is not None and high - low >= HUGE_PAGE:
+        madvise(low, high - low, MADV_HUGEPAGE)
