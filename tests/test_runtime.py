@@ -15,6 +15,7 @@ from tflm_swap.errors import TflmSwapError
 from tflm_swap.planner import min_stage_budget, partition_stages
 from tflm_swap.runtime import SwapInterpreter, min_ram_budget
 from tflm_swap.runtime.backends import BackendUnavailableError, litert_interpreter, random_inputs, resolve_backend
+from tflm_swap.runtime.compiled import _Ranges
 from tflm_swap.segment import segment_model
 
 
@@ -645,9 +646,54 @@ def test_xnnpack_paged_stages_hold_only_packed_pages(segmented_files, tmp_path, 
         streamed = [i for i, s in enumerate(swap.stages) if not s.resident and i not in swap._pending]
         assert streamed
         assert all(swap._compiled[i].mapped_rss() == (0, 0) for i in streamed)
-        # page_out checks each range is still the file's mapping before discarding its pages
-        stage = swap._compiled[streamed[0]]
-        assert stage._guarded
-        stage._files = {r: "/elsewhere" for r in stage._files}
-        with pytest.raises(TflmSwapError, match="no longer mapped"):
-            stage.page_out()
+        # page_out checks each range is still the file's mapping before discarding its pages: a
+        # range that is not is left alone, and reported
+        i = streamed[0]
+        stage = swap._compiled[i]
+        assert all(stage._page_out.files)
+        stage.start_page_in()
+        stage.finish_page_in(swap._packed_crcs[i])
+        stage._page_out = _Ranges(stage._page_out.ranges, ["/elsewhere"] * len(stage._page_out))
+        stage.page_out()
+        assert stage.mapped_rss()[0] >= stage.packed_bytes // 2  # not given back
+        with pytest.raises(TflmSwapError, match="/elsewhere is no longer mapped"):
+            stage.flush_pages()
+        stage.flush_pages()  # reported once
+
+
+def test_xnnpack_paged_failed_invoke_keeps_the_last_outputs(tmp_path):
+    """Paged stages pass their output buffers on without copies; an invoke that fails part way must
+    still leave every output of the last good invoke as it was, including one an earlier stage
+    produced (its buffer has been written again by then)."""
+    keras = pytest.importorskip("keras", reason="needs Keras to build a two-output model")
+    import tflm_swap
+
+    keras.utils.set_random_seed(5)
+    x = keras.Input((64,))
+    early = keras.layers.Dense(64, name="early")(x)  # an output, and the input of the rest
+    deep = keras.layers.Dense(512, activation="relu")(early)
+    for _ in range(4):
+        deep = keras.layers.Dense(512, activation="relu")(deep)
+    late = keras.layers.Dense(16, name="late")(deep)
+    result = tflm_swap.convert(keras.Model(x, [early, late]))
+    original = Model.from_bytes(result.original)
+    path = result.save(tmp_path / "two.swap.tflite")
+    budget = min_ram_budget(path, 1, xnnpack_cache=True)
+    with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=tmp_path / "cache") as swap:
+        swap.allocate_tensors()
+        _compare(original, swap, n=2)
+        outputs = [d["index"] for d in swap.get_output_details()]
+        producer = {t: i for i, tpl in enumerate(swap._templates) for t in tpl.outputs}
+        last = len(swap.stages) - 1
+        assert not swap.stages[last].resident and min(producer[t] for t in outputs) < last
+        before = [swap.get_tensor(t) for t in outputs]
+        victim = swap._compiled[last].packed_file
+        good = victim.read_bytes()
+        with open(victim, "r+b") as f:  # in place: the stage's mapping sees it
+            f.seek(len(good) // 2)
+            f.write(bytes([good[len(good) // 2] ^ 0xFF]))
+        d = swap.get_input_details()[0]
+        swap.set_tensor(d["index"], np.full(d["shape"], 3.0, d["dtype"]))
+        with pytest.raises(SegmentIntegrityError, match="packed weights have CRC32"):
+            swap.invoke()
+        assert all(a.tobytes() == swap.get_tensor(t).tobytes() for a, t in zip(before, outputs))

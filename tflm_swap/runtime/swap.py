@@ -48,7 +48,7 @@ from ..planner import Stage, min_stage_budget, partition_stages, plan_model
 from ..segment import check_segment
 from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
 from .backends import litert_interpreter
-from .compiled import CompiledStage, XnnpackCache
+from .compiled import CompiledStage, StageOutput, XnnpackCache
 from .crc import crc32
 from .pages import HUGE_PAGE, MADV_DONTNEED, MADV_HUGEPAGE, PAGE, madvise
 from .stage_files import StageFile, read_stage_index
@@ -266,7 +266,7 @@ class SwapInterpreter:
         if missing:
             raise ValueError(f"inputs {missing} were not set")
         values = {t: v for t, v in self._inputs.items() if v is not None}
-        self._waited = False
+        self._waited, paged = False, bool(self._compiled)
         for i, template in enumerate(self._templates):
             self._schedule(i)
             loaded = self._take(i)
@@ -278,14 +278,17 @@ class SwapInterpreter:
                 elif t not in loaded.fed:  # a first stage loaded again: inputs set for an earlier one
                     loaded.interpreter.set_tensor(index, self._borrowed[t].value(t))
             loaded.interpreter.invoke()
+            # a copy made by LiteRT; a paged stage's output buffer itself, bound by the next stage
             for index, t in zip(loaded.output_index, template.outputs):
-                values[t] = loaded.interpreter.get_tensor(index)  # a copy, made by LiteRT
+                values[t] = loaded.interpreter.output(index) if paged else loaded.interpreter.get_tensor(index)
             for t in self._last_use[i]:  # activations no later stage reads: free them now
                 values.pop(t, None)
             self._counters.stages[i].compute_s += time.perf_counter() - started
             if not template.stage.resident:
                 self._release(loaded)
-        self._values = values
+        # outputs read out of paged stages' buffers now: a later invoke that fails part way must
+        # leave this one's outputs as they were
+        self._values = {t: v.copy() if isinstance(v, StageOutput) else v for t, v in values.items()}
         if self._streamed:
             # once per invoke, what the released stages freed goes back to the system: on the
             # prefetch thread, after every load this invoke queued (the next invoke's first stages
@@ -370,6 +373,11 @@ class SwapInterpreter:
             if isinstance(pending, _PageIn):  # its native thread reads the stage's mapping: wait
                 pending.exception()
         self._pending.clear()
+        if self._compiled:
+            try:  # queued page-outs name the stages' mappings: they run before the mappings go
+                CompiledStage.flush_pages()
+            except TflmSwapError:  # a range left alone (remapped by LiteRT): it is unmapped now anyway
+                pass
         self._compiled.clear()  # unmaps the stages' files
         if self._fd >= 0:
             os.close(self._fd)
