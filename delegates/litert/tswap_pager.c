@@ -1,19 +1,21 @@
 /* Paging for SwapInterpreter's paged XNNPACK stages (tflm_swap/runtime/compiled.py), off the
  * invoking thread.
  *
- * One worker thread per process runs jobs in the order they were queued:
  *  - page-in: read mapped ranges (a stage's packed weights, file-backed; XNNPACK may map the file
- *    in more than one piece), in order, with one running CRC32. The read faults the pages in; the
- *    caller waits for the job and compares the CRC before the stage runs.
+ *    in more than one piece), in order, with one running CRC32, on a thread of its own (page-ins
+ *    run side by side: where loads are the bottleneck, two cores fault pages in). The read faults
+ *    the pages in; the caller waits for the job and compares the CRC before the stage runs.
  *  - page-out: MADV_DONTNEED on a released stage's ranges, each first checked (through
  *    /proc/self/map_files) to be still the mapping of the file it was, since DONTNEED would discard
  *    whatever else were mapped there. A range that fails the check is left alone and reported by
- *    tflm_swap_pager_error.
- * Queue order is what keeps memory bounded: a page-out queued before a page-in is done first.
+ *    tflm_swap_pager_error. Page-outs run in order on one worker thread (a page-out costs ~35 us
+ *    per MiB of page-table teardown, which the invoking thread then does not wait for), or at once
+ *    on the calling thread when it asks.
+ * A page-in starts only once every page-out queued before it has run: that order is what keeps the
+ * pages held within the budget.
  * Native because LiteRT's CompiledModel.run_by_index keeps Python's GIL while a stage runs, so a
- * Python thread could not start a page-in until the stage had finished; and because a page-out
- * costs ~35 us per MiB (page-table teardown), which the invoking thread no longer waits for.
- * Called through ctypes, which releases the GIL while a call waits. */
+ * Python thread could not start a page-in until the stage had finished. Called through ctypes,
+ * which releases the GIL while a call waits. */
 #define _DEFAULT_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -29,25 +31,27 @@
 #define TSWAP_EXPORT __attribute__((visibility("default")))
 
 typedef struct tswap_page_job {
-  struct tswap_page_job* next;
-  int page_out; /* else page-in */
+  struct tswap_page_job* next; /* page-outs: the queue; page-ins: the jobs in flight */
+  struct tswap_page_job* prev; /* page-ins in flight */
   int pieces;
   const void** data;
   size_t* len;
-  char** paths; /* page-out: the file each range must still map */
-  uint32_t crc;
-  uint64_t elapsed_ns;
-  int done;
-  int detached; /* page-out: nobody waits; the worker frees it */
+  char** paths;        /* page-out: the file each range must still map */
+  uint64_t after;      /* page-in: the worker's page-outs queued before it, to wait for */
+  uint32_t crc;        /* page-in */
+  uint64_t elapsed_ns; /* page-in */
+  int done;            /* page-in */
+  int threaded;        /* page-in: runs on `thread` */
+  pthread_t thread;
   char failure[512]; /* page-out: the first range that failed its check */
 } tswap_page_job;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t queued = PTHREAD_COND_INITIALIZER; /* a job was queued */
-static pthread_cond_t finished = PTHREAD_COND_INITIALIZER; /* a job finished */
-static tswap_page_job *head, *tail, *current; /* the queue, and the job the worker runs */
-static int running; /* jobs queued or running */
-static pid_t worker_pid; /* the process that started the worker (a fork has none) */
+static pthread_cond_t changed = PTHREAD_COND_INITIALIZER; /* a job was queued, or one finished */
+static tswap_page_job *head, *tail;      /* page-outs waiting for the worker */
+static tswap_page_job* in_flight;        /* page-ins started and not yet waited for */
+static uint64_t outs_queued, outs_done;  /* page-outs queued for the worker so far, and done by it */
+static pid_t worker_pid;                 /* the process that started the worker (a fork has none) */
 static char error[512]; /* the first page-out check that failed since the last tflm_swap_pager_error */
 
 static uint64_t now_ns(void) {
@@ -98,84 +102,84 @@ static void page_out(tswap_page_job* job) {
   }
 }
 
-/* With the lock held: keep the first failure until tflm_swap_pager_error reports it. */
-static void record_failure(const tswap_page_job* job) {
+/* With the lock held: a page-out has run; keep its failure until tflm_swap_pager_error reports it. */
+static void page_out_done(tswap_page_job* job) {
   if (error[0] == '\0' && job->failure[0] != '\0') memcpy(error, job->failure, sizeof error);
+  free_job(job);
 }
 
-static void* worker(void* unused) {
+static void* page_out_worker(void* unused) {
   (void)unused;
   pthread_mutex_lock(&lock);
   for (;;) {
-    while (head == NULL) pthread_cond_wait(&queued, &lock);
-    tswap_page_job* job = head;
+    while (head == NULL) pthread_cond_wait(&changed, &lock);
+    tswap_page_job* job = head; /* stays queued (and counted) until it has run */
+    pthread_mutex_unlock(&lock);
+    page_out(job);
+    pthread_mutex_lock(&lock);
     head = job->next;
     if (head == NULL) tail = NULL;
-    current = job;
-    pthread_mutex_unlock(&lock);
-    if (job->page_out)
-      page_out(job);
-    else
-      page_in(job);
-    pthread_mutex_lock(&lock);
-    record_failure(job);
-    current = NULL;
-    --running;
-    if (job->detached)
-      free_job(job);
-    else
-      job->done = 1;
-    pthread_cond_broadcast(&finished);
+    page_out_done(job);
+    ++outs_done; /* in queue order: a page-in waiting for the first N waits for exactly those */
+    pthread_cond_broadcast(&changed);
   }
   return NULL;
 }
 
-/* fork(): the child has no worker, so it finishes what the parent's had queued, and starts its own
- * at its next job; the lock is held across the fork, so the child's copy is consistent. */
+static void* page_in_thread(void* arg) {
+  tswap_page_job* job = arg;
+  pthread_mutex_lock(&lock);
+  while (outs_done < job->after) pthread_cond_wait(&changed, &lock);
+  pthread_mutex_unlock(&lock);
+  page_in(job);
+  pthread_mutex_lock(&lock);
+  job->done = 1;
+  pthread_cond_broadcast(&changed);
+  pthread_mutex_unlock(&lock);
+  return NULL;
+}
+
+/* fork(): the child has none of the parent's threads, so it finishes what they had to do, and
+ * starts its own worker at its next page-out; the lock is held across the fork, so the child's
+ * copy of the state is consistent. */
 static void fork_prepare(void) { pthread_mutex_lock(&lock); }
 static void fork_parent(void) { pthread_mutex_unlock(&lock); }
 static void fork_child(void) {
-  tswap_page_job* job = current != NULL ? current : head;
-  while (job != NULL) {
-    tswap_page_job* next = job == current ? head : job->next;
-    if (job->page_out)
-      page_out(job);
-    else
-      page_in(job);
-    record_failure(job);
-    if (job->detached)
-      free_job(job);
-    else
-      job->done = 1;
-    job = next;
+  while (head != NULL) {
+    tswap_page_job* job = head;
+    page_out(job);
+    head = job->next;
+    page_out_done(job);
+    ++outs_done;
   }
-  head = tail = current = NULL;
-  running = 0;
+  tail = NULL;
+  for (tswap_page_job* job = in_flight; job != NULL; job = job->next) {
+    if (!job->done) page_in(job);
+    job->done = 1;
+    job->threaded = 0;
+  }
   worker_pid = 0;
   pthread_mutex_unlock(&lock);
 }
 
 static void register_fork_handlers(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
 
-/* Queue `job`, starting the worker if this process has none; 0 when no thread could be started
- * (the caller then runs the job itself). */
-static int enqueue(tswap_page_job* job) {
-  static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, register_fork_handlers);
-  pthread_mutex_lock(&lock);
+static void once(void) {
+  static pthread_once_t registered = PTHREAD_ONCE_INIT;
+  pthread_once(&registered, register_fork_handlers);
+}
+
+/* With the lock held: queue a page-out, starting the worker if this process has none; 0 when no
+ * thread could be started (the caller then runs the job itself). */
+static int queue_page_out(tswap_page_job* job) {
   if (worker_pid != getpid()) { /* first use, or a forked child: the parent's worker is not here */
     pthread_t thread;
     pthread_attr_t attr;
-    head = tail = NULL;
-    running = 0;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int started = pthread_create(&thread, &attr, worker, NULL) == 0;
+    int started = pthread_create(&thread, &attr, page_out_worker, NULL) == 0;
     pthread_attr_destroy(&attr);
-    if (!started) {
-      pthread_mutex_unlock(&lock);
-      return 0;
-    }
+    if (!started) return 0;
     worker_pid = getpid();
   }
   if (tail != NULL)
@@ -183,9 +187,8 @@ static int enqueue(tswap_page_job* job) {
   else
     head = job;
   tail = job;
-  ++running;
-  pthread_cond_signal(&queued);
-  pthread_mutex_unlock(&lock);
+  ++outs_queued;
+  pthread_cond_broadcast(&changed);
   return 1;
 }
 
@@ -207,14 +210,22 @@ static tswap_page_job* new_job(const void* const* data, const size_t* len, int p
   return job;
 }
 
-/* Queue a page-in of `pieces` ranges (`data[i]`, `len[i]` bytes; copied), with one CRC32; NULL when
- * out of memory. Without a worker thread the job runs here. */
+/* Start a page-in of `pieces` ranges (`data[i]`, `len[i]` bytes; copied), with one CRC32, on a new
+ * thread, once the page-outs asked for so far have run (those done here already have: pages are
+ * asked for from one thread, the invoking one); NULL when out of memory. Without a thread the job
+ * runs here. */
 TSWAP_EXPORT void* tflm_swap_page_in_start(const void* const* data, const size_t* len, int pieces) {
   tswap_page_job* job = new_job(data, len, pieces);
-  if (job != NULL && !enqueue(job)) {
-    page_in(job);
-    job->done = 1;
-  }
+  if (job == NULL) return NULL;
+  once();
+  pthread_mutex_lock(&lock);
+  job->after = outs_queued;
+  job->next = in_flight;
+  if (in_flight != NULL) in_flight->prev = job;
+  in_flight = job;
+  pthread_mutex_unlock(&lock);
+  job->threaded = pthread_create(&job->thread, NULL, page_in_thread, job) == 0;
+  if (!job->threaded) page_in_thread(job);
   return job;
 }
 
@@ -231,7 +242,15 @@ TSWAP_EXPORT int tflm_swap_page_in_done(void* handle) {
 TSWAP_EXPORT uint32_t tflm_swap_page_in_wait(void* handle, uint64_t* elapsed_ns) {
   tswap_page_job* job = handle;
   pthread_mutex_lock(&lock);
-  while (!job->done) pthread_cond_wait(&finished, &lock);
+  int threaded = job->threaded;
+  pthread_mutex_unlock(&lock);
+  if (threaded) pthread_join(job->thread, NULL);
+  pthread_mutex_lock(&lock);
+  if (job->prev != NULL)
+    job->prev->next = job->next;
+  else
+    in_flight = job->next;
+  if (job->next != NULL) job->next->prev = job->prev;
   pthread_mutex_unlock(&lock);
   uint32_t crc = job->crc;
   if (elapsed_ns != NULL) *elapsed_ns = job->elapsed_ns;
@@ -239,14 +258,14 @@ TSWAP_EXPORT uint32_t tflm_swap_page_in_wait(void* handle, uint64_t* elapsed_ns)
   return crc;
 }
 
-/* Queue a page-out of `pieces` ranges, each checked to be still the mapping of `paths[i]` (NULL:
- * not checked; all copied). Returns 0, or -1 when out of memory (nothing queued). Without a worker
- * thread it runs here. */
+/* Give back `pieces` ranges, each checked to be still the mapping of `paths[i]` (NULL: not
+ * checked; all copied): queued for the worker, or, with `here`, at once on the calling thread (the
+ * caller is about to wait for a page-in anyway, so both run at once). Page-ins started later wait
+ * for it either way. Returns 0, or -1 when out of memory (nothing done). */
 TSWAP_EXPORT int tflm_swap_page_out(const void* const* data, const size_t* len, const char* const* paths,
-                                    int pieces) {
+                                    int pieces, int here) {
   tswap_page_job* job = new_job(data, len, pieces);
   if (job == NULL) return -1;
-  job->page_out = 1;
   job->paths = calloc((size_t)(pieces > 0 ? pieces : 1), sizeof(char*));
   if (job->paths == NULL) {
     free_job(job);
@@ -260,21 +279,24 @@ TSWAP_EXPORT int tflm_swap_page_out(const void* const* data, const size_t* len, 
       return -1;
     }
   }
-  job->detached = 1;
-  if (!enqueue(job)) {
-    page_out(job);
-    pthread_mutex_lock(&lock);
-    record_failure(job);
+  once();
+  pthread_mutex_lock(&lock);
+  if (!here && queue_page_out(job)) {
     pthread_mutex_unlock(&lock);
-    free_job(job);
+    return 0;
   }
+  pthread_mutex_unlock(&lock);
+  page_out(job);
+  pthread_mutex_lock(&lock);
+  page_out_done(job);
+  pthread_mutex_unlock(&lock);
   return 0;
 }
 
-/* Wait until every queued job has finished. */
+/* Wait until every page-out asked for so far has run (page-ins are waited for one by one). */
 TSWAP_EXPORT void tflm_swap_pager_flush(void) {
   pthread_mutex_lock(&lock);
-  while (worker_pid == getpid() && running > 0) pthread_cond_wait(&finished, &lock);
+  while (outs_done < outs_queued) pthread_cond_wait(&changed, &lock);
   pthread_mutex_unlock(&lock);
 }
 

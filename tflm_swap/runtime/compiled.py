@@ -178,14 +178,16 @@ class CompiledStage:
                 "file changed while in use); delete it to have it rebuilt")
         return seconds
 
-    def page_out(self) -> None:
-        """Queue giving back the pages of the packed weights and of the stage model (contents
-        unchanged): MADV_DONTNEED, on the native pager, before any page-in queued later.
+    def page_out(self, here: bool = False) -> None:
+        """Give back the pages of the packed weights and of the stage model (contents unchanged):
+        MADV_DONTNEED, queued on the native pager (so done before any page-in queued later), or,
+        `here`, at once on this thread, beside a page-in the pager is running (for a caller that
+        would otherwise wait for it: on the 72 MiB MLP, 6.5 -> ~5.3 ms an invoke).
 
         Each range is first checked to be still this file's mapping (/proc/self/map_files, ~4 us):
         MADV_DONTNEED on memory mapped there since would discard its contents. A range that fails
         is left alone, and the next `finish_page_in` (or `flush_pages`) raises."""
-        _PAGER.page_out(self._page_out)
+        _PAGER.page_out(self._page_out, here)
 
     @staticmethod
     def flush_pages() -> None:
@@ -299,7 +301,7 @@ class _Pager:
             library.tflm_swap_page_in_done.argtypes = [vp]
             library.tflm_swap_page_in_wait.restype = ctypes.c_uint32
             library.tflm_swap_page_in_wait.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64)]
-            library.tflm_swap_page_out.argtypes = [ctypes.POINTER(vp), sp, ctypes.POINTER(ctypes.c_char_p), n]
+            library.tflm_swap_page_out.argtypes = [ctypes.POINTER(vp), sp, ctypes.POINTER(ctypes.c_char_p), n, n]
             library.tflm_swap_pager_error.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         else:  # no library (package installed without its C extension): page at once
             library = None
@@ -308,15 +310,16 @@ class _Pager:
     def page_in(self, pieces: _Ranges) -> _Job:
         return _Job(self.library, pieces)
 
-    def page_out(self, ranges: _Ranges) -> None:
-        """Give the ranges' pages back, once every job queued before has run."""
+    def page_out(self, ranges: _Ranges, here: bool = False) -> None:
+        """Give the ranges' pages back: once every job queued before has run, or, `here`, now on
+        the calling thread."""
         if self.library is None:
             for (lo, size), path in zip(ranges.ranges, ranges.files):
                 if path is not None and _map_file(lo, lo + size) != path:
                     raise TflmSwapError(f"{path} is no longer mapped at {lo:#x}-{lo + size:#x} (LiteRT "
                                         "remapped it): not giving its pages back")
                 madvise(lo, size, MADV_DONTNEED)
-        elif self.library.tflm_swap_page_out(ranges.addresses, ranges.sizes, ranges.paths, len(ranges)) != 0:
+        elif self.library.tflm_swap_page_out(ranges.addresses, ranges.sizes, ranges.paths, len(ranges), here) != 0:
             raise MemoryError("cannot queue a page-out")
 
     def flush(self, check: bool = True) -> None:

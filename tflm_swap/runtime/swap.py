@@ -285,7 +285,7 @@ class SwapInterpreter:
                 values.pop(t, None)
             self._counters.stages[i].compute_s += time.perf_counter() - started
             if not template.stage.resident:
-                self._release(loaded)
+                self._release(loaded, next_stage=(i + 1) % len(self._templates))
         # outputs read out of paged stages' buffers now: a later invoke that fails part way must
         # leave this one's outputs as they were
         self._values = {t: v.copy() if isinstance(v, StageOutput) else v for t, v in values.items()}
@@ -643,11 +643,14 @@ class SwapInterpreter:
         self._slot_used[slot] = max(written, used)
         return data, _view(data)
 
-    def _release(self, loaded: _Loaded) -> None:
+    def _release(self, loaded: _Loaded, next_stage: int | None = None) -> None:
         with self._lock:
             self._counters.resident_bytes -= loaded.weight_bytes * self.weight_copies
         if isinstance(loaded.interpreter, CompiledStage):  # built for good: its pages go, it stays
-            loaded.interpreter.page_out()
+            # on the pager, unless the next stage is still paging in: this thread would wait for
+            # it anyway, so it gives the pages back itself meanwhile
+            coming = self._pending.get(next_stage)
+            loaded.interpreter.page_out(here=coming is not None and not coming.done())
         loaded.interpreter = None
         loaded.data = b""
 
