@@ -697,3 +697,43 @@ def test_xnnpack_paged_failed_invoke_keeps_the_last_outputs(tmp_path):
         with pytest.raises(SegmentIntegrityError, match="packed weights have CRC32"):
             swap.invoke()
         assert all(a.tobytes() == swap.get_tensor(t).tobytes() for a, t in zip(before, outputs))
+
+
+def test_pager_page_in_starts_after_the_page_outs_queued_before_it(tmp_path):
+    """The native pager keeps the pages held within the budget by order: a page-in starts only once
+    every page-out queued before it has run (page-outs run on a worker thread, page-ins on threads
+    of their own). Here the page-out is made slow (one range per page: tens of milliseconds) and
+    the page-in tiny: when the page-in is done, the page-out must be done too."""
+    import mmap
+
+    from tflm_swap.runtime.compiled import _PAGER
+
+    if _PAGER.library is None:
+        pytest.skip("needs the package's C library (the pager)")
+    big, small = tmp_path / "big", tmp_path / "small"
+    big.write_bytes(np.random.default_rng(0).bytes(32 << 20))
+    small.write_bytes(b"x" * 4096)
+    with open(big, "rb") as fb, open(small, "rb") as fs:
+        mb, ms = mmap.mmap(fb.fileno(), 0, prot=mmap.PROT_READ), mmap.mmap(fs.fileno(), 0, prot=mmap.PROT_READ)
+    a, b = np.frombuffer(mb, np.uint8), np.frombuffer(ms, np.uint8)  # the mappings go with them
+    page = mmap.PAGESIZE
+    out = _Ranges([(a.ctypes.data + i, page) for i in range(0, a.size, page)], [None] * (a.size // page))
+    into = _Ranges([(b.ctypes.data, b.size)])
+    for _ in range(3):
+        assert int(a[::page].sum()) >= 0  # fault every page of `big` in
+        assert _pages_present(a.ctypes.data, a.size) == a.size // page
+        _PAGER.page_out(out)
+        _PAGER.page_in(into).wait()
+        assert _pages_present(a.ctypes.data, a.size) == 0
+    _PAGER.flush()
+
+
+def _pages_present(address: int, size: int) -> int:
+    """Pages of [address, address + size) mapped in this process now (/proc/self/pagemap, bit 63)."""
+    import mmap
+
+    first, count = address // mmap.PAGESIZE, size // mmap.PAGESIZE
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(first * 8)
+        entries = np.frombuffer(f.read(count * 8), np.uint64)
+    return int(np.count_nonzero(entries >> np.uint64(63)))

@@ -278,7 +278,7 @@ class _Ranges:
         n = len(ranges)
         self.addresses = (ctypes.c_void_p * n)(*[a for a, _ in ranges])
         self.sizes = (ctypes.c_size_t * n)(*[s for _, s in ranges])
-        self.paths = (ctypes.c_char_p * n)(*[os.fsencode(p) for p in paths]) if paths is not None else None
+        self.paths = None if paths is None else (ctypes.c_char_p * n)(*[p and os.fsencode(p) for p in paths])
         self.ranges, self.files = ranges, paths
 
     def __len__(self) -> int:
