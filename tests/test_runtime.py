@@ -737,3 +737,65 @@ def _pages_present(address: int, size: int) -> int:
         f.seek(first * 8)
         entries = np.frombuffer(f.read(count * 8), np.uint64)
     return int(np.count_nonzero(entries >> np.uint64(63)))
+
+
+def test_xnnpack_paged_stages_read_back_in_huge_pages(tmp_path, monkeypatch):
+    """XNNPACK writes its packed file in small pieces, so the page cache holds it in 4 KiB pages and
+    a page-in faults them in 16 at a time. A paged stage drops such a file from the cache; read back
+    through its MADV_HUGEPAGE mapping, it comes in 2 MiB pages (FilePmdMapped in smaps). Where the
+    system keeps small pages all the same, the cache directory says so, and later stages do not
+    drop their files again."""
+    keras = pytest.importorskip("keras", reason="needs Keras to build a model with 4 MiB layers")
+    import tflm_swap
+    from tflm_swap.runtime import compiled
+
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(4096, activation="relu"),
+                              keras.layers.Dense(256, activation="relu"), keras.layers.Dense(10)])
+    result = tflm_swap.convert(model)
+    original = Model.from_bytes(result.original)
+    path = result.save(tmp_path / "wide.swap.tflite")
+    budget = min_ram_budget(path, 1, xnnpack_cache=True)
+    cache = tmp_path / "cache"
+    with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=cache) as swap:
+        swap.allocate_tensors()
+        _compare(original, swap, n=2)
+        i, stage = max(swap._compiled.items(), key=lambda item: item[1].packed_bytes)
+        assert stage.packed_bytes >= 4 << 20
+        held = stage.refresh_page_cache()  # the verdict the build reached, asked again
+        assert held is not None and held == (not (cache / compiled.NO_HUGE_PAGES).exists())
+        assert held == _system_caches_files_in_huge_pages(tmp_path / "probe")
+        if held:
+            stage.start_page_in()
+            stage.finish_page_in(swap._packed_crcs[i])
+            chunk = next(lo + -lo % (2 << 20) for lo, hi in stage._packed if lo + -lo % (2 << 20) + (2 << 20) <= hi)
+            assert compiled._mapping_field(chunk, "FilePmdMapped:") >= 2 << 20
+            stage.page_out()
+            stage.flush_pages()
+    # a system that keeps small pages: said once, then no file is dropped from the cache again
+    monkeypatch.setattr(compiled, "_mapping_field", lambda address, field: 0)
+    dropped = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda *args: dropped.append(args))
+    for expect_marker in (False, True):
+        assert (cache / compiled.NO_HUGE_PAGES).exists() == (expect_marker or not held)
+        with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=cache) as swap:
+            swap.allocate_tensors()
+            _compare(original, swap, n=1)
+        assert (cache / compiled.NO_HUGE_PAGES).exists()
+        assert len(dropped) == (1 if held else 0)  # the first stage tried, and said so
+
+
+def _system_caches_files_in_huge_pages(probe) -> bool:
+    """Whether a file written in one piece is mapped in 2 MiB pages here (the kernel and filesystem
+    keep large folios in the page cache, and transparent huge pages are not off)."""
+    import mmap
+
+    from tflm_swap.runtime.compiled import _mapping_field
+
+    probe.write_bytes(np.random.default_rng(0).bytes(8 << 20))
+    with open(probe, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    a = np.frombuffer(m, np.uint8)
+    chunk = -a.ctypes.data % (2 << 20)
+    int(a[chunk :: mmap.PAGESIZE].sum())
+    return _mapping_field(a.ctypes.data + chunk, "FilePmdMapped:") > 0

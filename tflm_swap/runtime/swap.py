@@ -544,6 +544,8 @@ class SwapInterpreter:
             stage = CompiledStage(model_file, packed_file, self._options["num_threads"], cache.environment())
             self._packed_crcs[i] = cache.record_packed(packed_file)
             stage.page_out()
+            if cache.huge_page_cache and stage.refresh_page_cache() is False:
+                cache.record_no_huge_page_cache()
             self._compiled[i] = stage
             t.graph = b""  # the stage lives on in its files
 
