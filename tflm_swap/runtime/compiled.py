@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import mmap
 import os
 import threading
 import time
@@ -52,7 +53,6 @@ from ..fileio import write_atomic
 from .crc import crc32, crc32_at
 from .pages import HUGE_PAGE, MADV_DONTNEED, MADV_HUGEPAGE, madvise
 
-CHUNK = 8 << 20  # bytes read at a time when checking a file against its record
 NO_HUGE_PAGES = "no-huge-page-cache"  # in the cache directory: see XnnpackCache.huge_page_cache
 
 
@@ -231,13 +231,23 @@ class CompiledStage:
         _PAGER.flush(check=False)
         if _held_in_huge_pages(chunk):
             return True
+        self.drop_page_cache()
+        return _held_in_huge_pages(chunk)
+
+    def drop_page_cache(self) -> None:
+        """Drop the packed file from the page cache (call with the stage paged out), so that its
+        next page-in reads it back through the MADV_HUGEPAGE mapping, in large pages: for a file
+        XNNPACK has just written in small pieces, or one found in small pages (refresh_page_cache).
+        Also for files below 2 MiB, which map in 4 KiB pages either way: from large pages in the
+        cache a page-in faults them in faster (1.25 MiB: 68 -> 43 us per MiB) and a release gives
+        them back faster (44 -> 16 us per MiB)."""
+        _PAGER.flush(check=False)
         fd = os.open(self.packed_file, os.O_RDONLY)
         try:
             os.fsync(fd)  # pages XNNPACK has just written must be on storage to be dropped
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-        return _held_in_huge_pages(chunk)
 
     def mapped_rss(self) -> tuple[int, int]:
         """Bytes of (packed weights, stage model file) resident in this process (from smaps), once
@@ -461,8 +471,17 @@ def _record(path: Path) -> Path:
 
 
 def _file_crc(path: Path) -> int:
-    value = 0
+    """The CRC32 of a file, read through a MADV_HUGEPAGE mapping: a file not in the page cache is
+    read into it in large pages (as a page-in wants it, see CompiledStage.refresh_page_cache), not
+    in the 4 KiB pages that read() would leave there."""
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            value = crc32(chunk, value)
-    return value
+        if os.fstat(f.fileno()).st_size == 0:
+            return 0
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+            view = np.frombuffer(mapped, np.uint8)
+            address = view.ctypes.data
+            if madvise is not None:
+                madvise(address, view.size, MADV_HUGEPAGE)
+            crc = crc32_at(address, view.size)
+            del view
+    return crc

@@ -540,11 +540,15 @@ class SwapInterpreter:
                 del view
                 cache.write(model_file, data)
                 del data
-            cache.valid(packed_file)  # a packed file that fails its record is deleted, so rebuilt
+            packed = cache.valid(packed_file)  # one that fails its record is deleted, so rebuilt
             stage = CompiledStage(model_file, packed_file, self._options["num_threads"], cache.environment())
             self._packed_crcs[i] = cache.record_packed(packed_file)
             stage.page_out()
-            if cache.huge_page_cache and stage.refresh_page_cache() is False:
+            # the page cache should hold the packed file in large pages (see refresh_page_cache):
+            # XNNPACK has just written it in small pieces, or it is checked
+            if not packed:
+                stage.drop_page_cache()
+            elif cache.huge_page_cache and stage.refresh_page_cache() is False:
                 cache.record_no_huge_page_cache()
             self._compiled[i] = stage
             t.graph = b""  # the stage lives on in its files
