@@ -14,13 +14,15 @@ then lives as long as the SwapInterpreter, and only the *pages* of its weights c
   file's mapping, which both faults its pages back in and checks them against the CRC recorded
   when the file was written, before the stage runs.
 
-Both run on one native worker thread of the package's C library (delegates/litert/tswap_pager.c),
-in the order they were asked for, so a release is done before any later load starts. Native,
-because `CompiledModel.run_by_index` keeps Python's GIL while a stage runs: a Python prefetch thread
-could not start until the stage had finished (MobileNetV2, 8 stages: 1.32x stock that way, as good
-as no prefetch); and off the invoking thread, because a release costs ~35 us per MiB of page-table
-teardown (MobileNetV2: 0.45 ms an invoke). Stages pass their output buffers to the next stage
-without copying them (`StageOutput`).
+Both run off the invoking thread, in the package's C library (delegates/litert/tswap_pager.c): a
+page-in on a thread of its own, once the releases asked for before it have run (so the pages held
+stay within the budget); a release on a worker thread, or on the invoking thread when that thread
+would wait for the next stage's page-in anyway. Native, because `CompiledModel.run_by_index` keeps
+Python's GIL while a stage runs: a Python prefetch thread could not start until the stage had
+finished (MobileNetV2, 8 stages: 1.32x stock that way, as good as no prefetch). Stages pass their
+output buffers to the next stage without copying them (`StageOutput`). The packed files are mapped
+with MADV_HUGEPAGE and kept in the page cache in large pages (`refresh_page_cache`): from 4 KiB
+pages, faulting them in costs as much as their CRC.
 
 Nothing is rebuilt and nothing repacked per invoke, and XNNPACK reads only the packed copy while it
 runs (measured with smaps on MobileNetV2, ResNet50 and the MLPerf Tiny models: after page_out, a
@@ -299,7 +301,7 @@ class StageOutput:
 
 
 class _Job:
-    """A page-in queued on the native pager (or done at once, without the C library)."""
+    """A page-in running on the native pager (or done at once, without the C library)."""
 
     def __init__(self, library, pieces: _Ranges):
         self._library = library
@@ -341,9 +343,9 @@ class _Ranges:
 
 
 class _Pager:
-    """The package's native pager (delegates/litert/tswap_pager.c): one worker thread that runs
-    page-ins and page-outs in the order they were asked for, off the invoking thread. Without the
-    C library, both are done at once on the calling thread."""
+    """The package's native pager (delegates/litert/tswap_pager.c): page-ins on threads of their
+    own, each started once the page-outs asked for before it have run; page-outs on a worker thread
+    (or at once, when asked). Without the C library, both are done at once on the calling thread."""
 
     def __init__(self):
         from ..delegate import native_library
