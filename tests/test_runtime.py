@@ -799,3 +799,28 @@ def _system_caches_files_in_huge_pages(probe) -> bool:
     chunk = -a.ctypes.data % (2 << 20)
     int(a[chunk :: mmap.PAGESIZE].sum())
     return _mapping_field(a.ctypes.data + chunk, "FilePmdMapped:") > 0
+
+
+def test_xnnpack_paged_stages_work_in_a_forked_child(segmented_files, tmp_path):
+    """fork() with page-ins and releases still running: the child has none of the pager's threads,
+    so it finishes their jobs itself and starts its own; its invokes give the parent's outputs."""
+    model, path = segmented_files["vww_96_float.tflite"]
+    with SwapInterpreter(path, ram_budget=_smallest_stage(model), xnnpack_cache_dir=tmp_path) as swap:
+        swap.allocate_tensors()
+        d, o = swap.get_input_details()[0], swap.get_output_details()[0]
+        x = np.random.default_rng(0).standard_normal(d["shape"]).astype(d["dtype"])
+        swap.set_tensor(d["index"], x)
+        swap.invoke()
+        want = swap.get_tensor(o["index"]).tobytes()
+        for _ in range(10):
+            swap.invoke()  # leaves the next invoke's page-ins (and its releases) running
+            pid = os.fork()
+            if pid == 0:  # the child: a hang becomes a failure after 30 s
+                import faulthandler
+
+                faulthandler.dump_traceback_later(30, exit=True)
+                swap.invoke()
+                os._exit(0 if swap.get_tensor(o["index"]).tobytes() == want else 3)
+            assert os.waitpid(pid, 0)[1] == 0
+        swap.invoke()
+        assert swap.get_tensor(o["index"]).tobytes() == want

@@ -2,9 +2,10 @@
  * invoking thread.
  *
  *  - page-in: read mapped ranges (a stage's packed weights, file-backed; XNNPACK may map the file
- *    in more than one piece), in order, with one running CRC32, on a thread of its own (page-ins
- *    run side by side: where loads are the bottleneck, two cores fault pages in). The read faults
- *    the pages in; the caller waits for the job and compares the CRC before the stage runs.
+ *    in more than one piece), in order, with one running CRC32, on one of PAGE_IN_THREADS threads
+ *    (page-ins run side by side: where loads are the bottleneck, two cores fault pages in; kept
+ *    from job to job, since starting a thread costs ~20 us). The read faults the pages in; the
+ *    caller waits for the job and compares the CRC before the stage runs.
  *  - page-out: MADV_DONTNEED on a released stage's ranges, each first checked (through
  *    /proc/self/map_files) to be still the mapping of the file it was, since DONTNEED would discard
  *    whatever else were mapped there. A range that fails the check is left alone and reported by
@@ -29,10 +30,12 @@
 #include "tswap_crc32_fast.h"
 
 #define TSWAP_EXPORT __attribute__((visibility("default")))
+#define PAGE_IN_THREADS 2
 
 typedef struct tswap_page_job {
-  struct tswap_page_job* next; /* page-outs: the queue; page-ins: the jobs in flight */
-  struct tswap_page_job* prev; /* page-ins in flight */
+  struct tswap_page_job* next;   /* page-outs: the queue; page-ins: the jobs in flight */
+  struct tswap_page_job* prev;   /* page-ins in flight */
+  struct tswap_page_job* queued; /* page-ins: the queue */
   int pieces;
   const void** data;
   size_t* len;
@@ -41,8 +44,6 @@ typedef struct tswap_page_job {
   uint32_t crc;        /* page-in */
   uint64_t elapsed_ns; /* page-in */
   int done;            /* page-in */
-  int threaded;        /* page-in: runs on `thread` */
-  pthread_t thread;
   char failure[512]; /* page-out: the first range that failed its check */
 } tswap_page_job;
 
@@ -50,8 +51,10 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed = PTHREAD_COND_INITIALIZER; /* a job was queued, or one finished */
 static tswap_page_job *head, *tail;      /* page-outs waiting for the worker */
 static tswap_page_job* in_flight;        /* page-ins started and not yet waited for */
+static tswap_page_job *in_head, *in_tail; /* page-ins waiting for a page-in thread */
 static uint64_t outs_queued, outs_done;  /* page-outs queued for the worker so far, and done by it */
 static pid_t worker_pid;                 /* the process that started the worker (a fork has none) */
+static pid_t page_in_pid;                /* the process that started the page-in threads */
 static char error[512]; /* the first page-out check that failed since the last tflm_swap_pager_error */
 
 static uint64_t now_ns(void) {
@@ -126,21 +129,48 @@ static void* page_out_worker(void* unused) {
   return NULL;
 }
 
-static void* page_in_thread(void* arg) {
-  tswap_page_job* job = arg;
-  pthread_mutex_lock(&lock);
-  while (outs_done < job->after) pthread_cond_wait(&changed, &lock);
-  pthread_mutex_unlock(&lock);
-  page_in(job);
-  pthread_mutex_lock(&lock);
+/* With the lock held: a page-in has run. */
+static void page_in_done(tswap_page_job* job) {
   job->done = 1;
   pthread_cond_broadcast(&changed);
-  pthread_mutex_unlock(&lock);
+}
+
+static void* page_in_worker(void* unused) {
+  (void)unused;
+  pthread_mutex_lock(&lock);
+  for (;;) {
+    while (in_head == NULL) pthread_cond_wait(&changed, &lock);
+    tswap_page_job* job = in_head;
+    in_head = job->queued;
+    if (in_head == NULL) in_tail = NULL;
+    while (outs_done < job->after) pthread_cond_wait(&changed, &lock);
+    pthread_mutex_unlock(&lock);
+    page_in(job);
+    pthread_mutex_lock(&lock);
+    page_in_done(job);
+  }
   return NULL;
 }
 
+/* With the lock held: start this process's page-in threads unless it has them; 0 when none could
+ * be started (the caller then runs its page-in itself). */
+static int start_page_in_threads(void) {
+  if (page_in_pid == getpid()) return 1;
+  int started = 0;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  for (int i = 0; i < PAGE_IN_THREADS; ++i) {
+    pthread_t thread;
+    started += pthread_create(&thread, &attr, page_in_worker, NULL) == 0;
+  }
+  pthread_attr_destroy(&attr);
+  if (started > 0) page_in_pid = getpid();
+  return started > 0;
+}
+
 /* fork(): the child has none of the parent's threads, so it finishes what they had to do, and
- * starts its own worker at its next page-out; the lock is held across the fork, so the child's
+ * starts its own threads when it next pages; the lock is held across the fork, so the child's
  * copy of the state is consistent. */
 static void fork_prepare(void) { pthread_mutex_lock(&lock); }
 static void fork_parent(void) { pthread_mutex_unlock(&lock); }
@@ -156,10 +186,13 @@ static void fork_child(void) {
   for (tswap_page_job* job = in_flight; job != NULL; job = job->next) {
     if (!job->done) page_in(job);
     job->done = 1;
-    job->threaded = 0;
   }
-  worker_pid = 0;
-  pthread_mutex_unlock(&lock);
+  in_head = in_tail = NULL;
+  worker_pid = page_in_pid = 0;
+  /* fresh, not unlocked: the copies may record the parent's threads as waiting on them, which a
+   * signal in the child would wait for forever */
+  pthread_mutex_init(&lock, NULL);
+  pthread_cond_init(&changed, NULL);
 }
 
 static void register_fork_handlers(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
@@ -210,10 +243,10 @@ static tswap_page_job* new_job(const void* const* data, const size_t* len, int p
   return job;
 }
 
-/* Start a page-in of `pieces` ranges (`data[i]`, `len[i]` bytes; copied), with one CRC32, on a new
- * thread, once the page-outs asked for so far have run (those done here already have: pages are
- * asked for from one thread, the invoking one); NULL when out of memory. Without a thread the job
- * runs here. */
+/* Start a page-in of `pieces` ranges (`data[i]`, `len[i]` bytes; copied), with one CRC32, on a
+ * page-in thread, once the page-outs asked for so far have run (those done here already have:
+ * pages are asked for from one thread, the invoking one); NULL when out of memory. Without page-in
+ * threads the job runs here. */
 TSWAP_EXPORT void* tflm_swap_page_in_start(const void* const* data, const size_t* len, int pieces) {
   tswap_page_job* job = new_job(data, len, pieces);
   if (job == NULL) return NULL;
@@ -223,9 +256,22 @@ TSWAP_EXPORT void* tflm_swap_page_in_start(const void* const* data, const size_t
   job->next = in_flight;
   if (in_flight != NULL) in_flight->prev = job;
   in_flight = job;
+  if (start_page_in_threads()) {
+    if (in_tail != NULL)
+      in_tail->queued = job;
+    else
+      in_head = job;
+    in_tail = job;
+    pthread_cond_broadcast(&changed);
+    pthread_mutex_unlock(&lock);
+    return job;
+  }
+  while (outs_done < job->after) pthread_cond_wait(&changed, &lock);
   pthread_mutex_unlock(&lock);
-  job->threaded = pthread_create(&job->thread, NULL, page_in_thread, job) == 0;
-  if (!job->threaded) page_in_thread(job);
+  page_in(job);
+  pthread_mutex_lock(&lock);
+  page_in_done(job);
+  pthread_mutex_unlock(&lock);
   return job;
 }
 
@@ -242,10 +288,7 @@ TSWAP_EXPORT int tflm_swap_page_in_done(void* handle) {
 TSWAP_EXPORT uint32_t tflm_swap_page_in_wait(void* handle, uint64_t* elapsed_ns) {
   tswap_page_job* job = handle;
   pthread_mutex_lock(&lock);
-  int threaded = job->threaded;
-  pthread_mutex_unlock(&lock);
-  if (threaded) pthread_join(job->thread, NULL);
-  pthread_mutex_lock(&lock);
+  while (!job->done) pthread_cond_wait(&changed, &lock);
   if (job->prev != NULL)
     job->prev->next = job->next;
   else
