@@ -111,6 +111,15 @@ static void page_out_done(tswap_page_job* job) {
   free_job(job);
 }
 
+/* With the lock held: the queue's first page-out has run. */
+static void dequeue_page_out(void) {
+  tswap_page_job* job = head;
+  head = job->next;
+  if (head == NULL) tail = NULL;
+  page_out_done(job);
+  ++outs_done; /* in queue order: a page-in waiting for the first N waits for exactly those */
+}
+
 static void* page_out_worker(void* unused) {
   (void)unused;
   pthread_mutex_lock(&lock);
@@ -120,17 +129,19 @@ static void* page_out_worker(void* unused) {
     pthread_mutex_unlock(&lock);
     page_out(job);
     pthread_mutex_lock(&lock);
-    head = job->next;
-    if (head == NULL) tail = NULL;
-    page_out_done(job);
-    ++outs_done; /* in queue order: a page-in waiting for the first N waits for exactly those */
+    dequeue_page_out();
     pthread_cond_broadcast(&changed);
   }
   return NULL;
 }
 
-/* With the lock held: a page-in has run. */
-static void page_in_done(tswap_page_job* job) {
+/* With the lock held (and again on return): run a page-in once the page-outs queued before it
+ * have run. */
+static void run_page_in(tswap_page_job* job) {
+  while (outs_done < job->after) pthread_cond_wait(&changed, &lock);
+  pthread_mutex_unlock(&lock);
+  page_in(job);
+  pthread_mutex_lock(&lock);
   job->done = 1;
   pthread_cond_broadcast(&changed);
 }
@@ -143,11 +154,7 @@ static void* page_in_worker(void* unused) {
     tswap_page_job* job = in_head;
     in_head = job->queued;
     if (in_head == NULL) in_tail = NULL;
-    while (outs_done < job->after) pthread_cond_wait(&changed, &lock);
-    pthread_mutex_unlock(&lock);
-    page_in(job);
-    pthread_mutex_lock(&lock);
-    page_in_done(job);
+    run_page_in(job);
   }
   return NULL;
 }
@@ -176,13 +183,9 @@ static void fork_prepare(void) { pthread_mutex_lock(&lock); }
 static void fork_parent(void) { pthread_mutex_unlock(&lock); }
 static void fork_child(void) {
   while (head != NULL) {
-    tswap_page_job* job = head;
-    page_out(job);
-    head = job->next;
-    page_out_done(job);
-    ++outs_done;
+    page_out(head);
+    dequeue_page_out();
   }
-  tail = NULL;
   for (tswap_page_job* job = in_flight; job != NULL; job = job->next) {
     if (!job->done) page_in(job);
     job->done = 1;
@@ -266,11 +269,7 @@ TSWAP_EXPORT void* tflm_swap_page_in_start(const void* const* data, const size_t
     pthread_mutex_unlock(&lock);
     return job;
   }
-  while (outs_done < job->after) pthread_cond_wait(&changed, &lock);
-  pthread_mutex_unlock(&lock);
-  page_in(job);
-  pthread_mutex_lock(&lock);
-  page_in_done(job);
+  run_page_in(job);
   pthread_mutex_unlock(&lock);
   return job;
 }

@@ -121,15 +121,15 @@ class XnnpackCache:
         """Write a stage model file (atomically) and its record."""
         with self._lock:
             write_atomic(path, data)
-            self._checked[path] = crc = crc32(data)
-            write_atomic(_record(path), f"{crc:08x}\n".encode())
+            self._checked[path] = crc32(data)
+            _write_record(path, self._checked[path])
 
     def record_packed(self, path: Path) -> int:
         """The CRC32 of a packed-weight file: recorded now if XNNPACK just wrote it."""
         with self._lock:
             if path not in self._checked:
-                self._checked[path] = crc = _file_crc(path)
-                write_atomic(_record(path), f"{crc:08x}\n".encode())
+                self._checked[path] = _file_crc(path)
+                _write_record(path, self._checked[path])
             return self._checked[path]
 
 
@@ -256,7 +256,7 @@ class CompiledStage:
         """Bytes of (packed weights, stage model file) resident in this process (from smaps), once
         the page-ins and page-outs queued so far have run (a failed page-out check stays pending)."""
         _PAGER.flush(check=False)
-        rss = _mapping_rss()
+        rss = {lo: n for lo, (_, n) in _smaps("Rss:").items()}
         return (sum(rss.get(lo, 0) for lo, _ in self._packed), sum(rss.get(lo, 0) for lo, _ in self._raw))
 
     def allocate_tensors(self) -> None:
@@ -308,7 +308,7 @@ class _Job:
         self._library = library
         if library is None:
             started, crc = time.perf_counter(), 0
-            for address, size in zip(pieces.addresses, pieces.sizes):
+            for address, size in pieces.ranges:
                 crc = crc32_at(address, size, crc)
             self._result = (crc, time.perf_counter() - started)
         else:
@@ -433,17 +433,17 @@ def _map_file(lo: int, hi: int) -> str | None:
         return None
 
 
-def _mapping_rss() -> dict[int, int]:
-    """Mapping start -> resident bytes, from /proc/self/smaps."""
-    rss, start = {}, None
+def _smaps(field: str) -> dict[int, tuple[int, int]]:
+    """Mapping start -> (end, bytes in `field`, an smaps line such as "Rss:"), from /proc/self/smaps."""
+    found, span = {}, None
     with open("/proc/self/smaps") as f:
         for line in f:
             head = line.split(maxsplit=1)[0]
             if "-" in head and not head.endswith(":"):
-                start = int(head.split("-")[0], 16)
-            elif head == "Rss:":
-                rss[start] = int(line.split()[1]) * 1024
-    return rss
+                span = tuple(int(x, 16) for x in head.split("-"))
+            elif head == field:
+                found[span[0]] = (span[1], int(line.split()[1]) * 1024)
+    return found
 
 
 def _held_in_huge_pages(chunk: int) -> bool:
@@ -457,20 +457,15 @@ def _held_in_huge_pages(chunk: int) -> bool:
 
 def _mapping_field(address: int, field: str) -> int:
     """Bytes in `field` (an smaps line such as "FilePmdMapped:") of the mapping holding `address`."""
-    inside = False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):
-                lo, hi = (int(x, 16) for x in head.split("-"))
-                inside = lo <= address < hi
-            elif inside and head == field:
-                return int(line.split()[1]) * 1024
-    return 0
+    return next((n for lo, (hi, n) in _smaps(field).items() if lo <= address < hi), 0)
 
 
 def _record(path: Path) -> Path:
     return path.with_name(path.name + ".crc32")
+
+
+def _write_record(path: Path, crc: int) -> None:
+    write_atomic(_record(path), f"{crc:08x}\n".encode())
 
 
 def _file_crc(path: Path) -> int:

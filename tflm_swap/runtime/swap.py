@@ -775,15 +775,14 @@ class _PageIn:
     def result(self) -> _Loaded:
         if self._loaded is None and self._error is None:
             owner, stage, i = self._owner, self._stage, self._i
+            loaded = _Loaded(stage, b"", stage.input_index, stage.output_index, stage.packed_bytes, True, i)
             try:
                 seconds = stage.finish_page_in(owner._packed_crcs[i])
             except BaseException as exc:
                 self._error = exc
-                stage.page_out()  # not loaded after all: its pages go, and it is no longer held
-                with owner._lock:
-                    owner._counters.resident_bytes -= stage.packed_bytes
+                owner._release(loaded)  # not loaded after all: its pages go, and it is no longer held
             else:
-                self._loaded = _Loaded(stage, b"", stage.input_index, stage.output_index, stage.packed_bytes, True, i)
+                self._loaded = loaded
                 with owner._lock:
                     owner._counters.stages[i].load_s += seconds
         if self._error is not None:
