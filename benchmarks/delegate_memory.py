@@ -95,7 +95,7 @@ def build_models(out: Path) -> dict[str, Path]:
             print(f"[models] {name}: cached {path} ({path.stat().st_size / MIB:.0f} MiB)", flush=True)
             continue
         from tflm_swap import Model, segment_model
-        from tflm_swap.delegate import models as m
+        from tflm_swap.converters import synthetic as m
 
         print(f"[models] building {name} ...", flush=True)
         t = time.perf_counter()
@@ -111,7 +111,7 @@ def build_models(out: Path) -> dict[str, Path]:
 
 
 def weight_bytes(path: Path) -> int:
-    from tflm_swap.delegate import _read_graph
+    from tflm_swap.delegate.tile_table import _read_graph
 
     return _read_graph(path)[1].external_bytes
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from tflm_swap.fileio import write_atomic
+from tflm_swap.interpreters import random_inputs
 from tflm_swap.micro import predict_arena, rewrite_for_tflm, run_host_tflm
 from tflm_swap.micro.host import io_specs
-from tflm_swap.runtime.backends import random_inputs
 
 
 def _inputs(data: bytes, n: int) -> list[list[np.ndarray]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tflm_swap import Model, plan_model, segment_model, verify
-from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert, tflm_arena
+from tflm_swap.interpreters import litert_interpreter, random_inputs, run_litert, tflm_arena
 
 
 def bit_identical(a: bytes, b: bytes, n: int = 20) -> bool:

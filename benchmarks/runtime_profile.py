@@ -20,17 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from tflm_swap.interpreters import litert_interpreter, random_inputs, run_litert
 from tflm_swap.runtime import SwapInterpreter
-from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert
 from tflm_swap.runtime.crc import NATIVE, crc32
-from tflm_swap.runtime.swap import _pin_mmap_threshold, _view, _writable_bytes
+from tflm_swap.runtime.process_memory import bytes_view, pin_mmap_threshold, writable_bytes
 
 
 def profile_loads(swap: SwapInterpreter, fresh: bool, repeats: int) -> dict[str, float]:
     """Seconds per phase, summed over all stages, averaged over `repeats` passes."""
     templates = [swap._templates[i] for i in swap._streamed]  # resident stages are read once, not per invoke
     size = max(t.base + t.blob_size for t in templates)
-    slot, _ = _writable_bytes(size)
+    slot, _ = writable_bytes(size)
     totals: dict[str, float] = {}
 
     def tick(phase: str, started: float) -> float:
@@ -43,8 +43,8 @@ def profile_loads(swap: SwapInterpreter, fresh: bool, repeats: int) -> dict[str,
             clock = time.perf_counter()
             if fresh:
                 slot = None
-                slot, _ = _writable_bytes(size)
-            view = _view(slot)
+                slot, _ = writable_bytes(size)
+            view = bytes_view(slot)
             clock = tick("buffer (fresh: allocate + zero)" if fresh else "buffer (reused slot)", clock)
             view[: len(t.graph)] = t.graph
             blob = view[t.base:]
@@ -93,7 +93,7 @@ def main() -> int:
     swap = SwapInterpreter(args.segmented, ram_budget=int(args.budget_mib * 2**20), prefetch=args.prefetch,
                            default_delegates=not builtin)
     swap.allocate_tensors()
-    _pin_mmap_threshold()
+    pin_mmap_threshold()
     weights = sum(swap._templates[i].stage.weight_bytes for i in swap._streamed)
     print(f"{Path(args.segmented).name}, {args.kernels}, budget {args.budget_mib} MiB: {len(swap.stages)} stages "
           f"({len(swap.stages) - len(swap._streamed)} resident), {weights / 2**20:.1f} MiB of weights read per invoke")

@@ -109,8 +109,8 @@ def _drop_cache(path: str) -> None:
 
 def _open_interpreter(spec: dict):
     """The interpreter a child measures: stock LiteRT on a file, or SwapInterpreter."""
+    from tflm_swap.interpreters import litert_interpreter
     from tflm_swap.runtime import SwapInterpreter
-    from tflm_swap.runtime.backends import litert_interpreter
 
     builtin = spec["kernels"] == "builtin"
     if spec["kind"] == "swap":
@@ -131,7 +131,7 @@ def child(spec: dict) -> dict:
     import ai_edge_litert.interpreter  # noqa: F401 - imported before the baseline in every child
     import numpy as np
 
-    from tflm_swap.runtime.backends import random_inputs
+    from tflm_swap.interpreters import random_inputs
 
     baseline = _status()
     cold = spec["cache"] == "cold"
@@ -249,7 +249,7 @@ def _build_large(name: str) -> None:
     original, segmented = _original_of(name), MODELS_DIR / f"{name}.swap.tflite"
     if original.exists() and segmented.exists():
         return
-    from tflm_swap.convert import convert
+    from tflm_swap.converters.convert import convert
 
     if name in TILED:
         base, tile_bytes = TILED[name]
@@ -278,7 +278,7 @@ def _segment(original: Path) -> Path:
 def write_twin(segmented: Path, twin: Path) -> None:
     """The aliased-weights twin: the whole graph, every external buffer at offset 0 of one blob."""
     from tflm_swap import Model, read_manifest
-    from tflm_swap.submodel import extract_template
+    from tflm_swap.converters.submodel import extract_template
 
     raw = segmented.read_bytes()
     model = Model.from_bytes(raw, read_external=False)

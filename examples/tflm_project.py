@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from tflm_swap import Model
+from tflm_swap.interpreters import BackendUnavailableError, random_inputs, tflm_arena
 from tflm_swap.micro import ExampleRun, TflmProject, export_project, run_example, run_host_tflm
 from tflm_swap.micro.host import io_specs
-from tflm_swap.micro.native import NativeToolError
+from tflm_swap.micro.toolchain import NativeToolError
 from tflm_swap.report import format_bytes
-from tflm_swap.runtime.backends import BackendUnavailableError, random_inputs, tflm_arena
 
 
 def reference_output(data: bytes, x: np.ndarray) -> np.ndarray:

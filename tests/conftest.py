@@ -1,15 +1,37 @@
 """Shared fixtures: where the shared models live (the repository's sibling directory `shared/`).
 
 Tests that need `../shared` skip when it is missing, unless TFLM_SWAP_REQUIRE_SHARED=1 (set by CI),
-in which case they fail.
+in which case they fail. Tests that need an optional extra (Keras/TensorFlow, scikit-learn,
+tflite-micro, xmos-ai-tools) skip with a reason when it is not installed; to check that they do,
+run with those packages hidden: `TFLM_SWAP_HIDE_MODULES=keras,tensorflow,tflite_micro python -m pytest`.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+
+class _HiddenModules(importlib.abc.MetaPathFinder):
+    """Makes the listed top-level packages fail to import, as if they were not installed."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden by TFLM_SWAP_HIDE_MODULES)",
+                                      name=fullname)
+        return None
+
+
+_HIDDEN = {name.strip() for name in os.environ.get("TFLM_SWAP_HIDE_MODULES", "").split(",") if name.strip()}
+if _HIDDEN:
+    sys.meta_path.insert(0, _HiddenModules(_HIDDEN))
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 MLPERF_DIR = SHARED_DIR / "models" / "mlperf_tiny"

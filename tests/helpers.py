@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert
+from tflm_swap.interpreters import litert_interpreter, random_inputs, run_litert
 
 
 def outputs_on_random_inputs(data: bytes, n: int = 20, seed: int = 0, reference_kernels: bool = False,
@@ -33,7 +33,7 @@ def reads_only(monkeypatch) -> None:
     """Make the stage planner cost partitions by bytes read alone, so that MLPerf Tiny's small layers
     are kept resident when the budget allows (by default a stage switch costs more than reading
     them, and no stage is kept resident)."""
-    from tflm_swap import planner
+    from tflm_swap.planner import stages as planner
 
     monkeypatch.setattr(planner, "MIN_RESIDENT_BYTES", 1024)
     reads = planner.CostModel(per_mac=0.0, per_weight_byte=0.0, per_read_byte=1e-9, per_copy_byte=0.0,

@@ -28,7 +28,7 @@ from tflm_swap import (
     UnsupportedModelError,
 )
 from tflm_swap.fileio import write_atomic
-from tflm_swap.manifest import FORMAT_VERSION, HEADER_SIZE, MAGIC, MANIFEST_NAME, find_metadata
+from tflm_swap.format.manifest import FORMAT_VERSION, HEADER_SIZE, MAGIC, MANIFEST_NAME, find_metadata
 
 SEED = 20240601
 SMALL_MODELS = ("kws_ref_model", "pretrainedResnet_quant")

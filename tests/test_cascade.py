@@ -224,7 +224,7 @@ def test_bundle_save_is_atomic_file(bundle, tmp_path):
 
 # ------------------------------------------------------------------------------------- runtime
 def _member_outputs_litert(data: bytes, x: np.ndarray) -> np.ndarray:
-    from tflm_swap.runtime.backends import litert_interpreter, run_litert
+    from tflm_swap.interpreters import litert_interpreter, run_litert
 
     interpreter = litert_interpreter(data, reference_kernels=True)
     interpreter.allocate_tensors()
@@ -235,8 +235,8 @@ def _member_outputs_litert(data: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def _member_outputs_tflm(data: bytes, x: np.ndarray) -> np.ndarray:
-    from tflm_swap.model import Model
-    from tflm_swap.runtime.backends import tflm_interpreter
+    from tflm_swap.format.model import Model
+    from tflm_swap.interpreters import tflm_interpreter
 
     interpreter = tflm_interpreter(bytes(Model.from_bytes(data).without_external()))
     q = interpreter.get_input_details(0)["quantization_parameters"]

@@ -58,7 +58,7 @@ def test_keras_models_convert_and_stay_bit_identical(build, quantization):
 
 
 def _input_details(data):
-    from tflm_swap.runtime.backends import litert_interpreter
+    from tflm_swap.interpreters import litert_interpreter
 
     return litert_interpreter(data).get_input_details()
 
@@ -106,7 +106,7 @@ def test_tflite_path_needs_no_tensorflow(mlperf_models):
     code = textwrap.dedent(f"""
         import sys
         import tflm_swap
-        from tflm_swap.runtime.backends import litert_interpreter
+        from tflm_swap.interpreters import litert_interpreter
         r = tflm_swap.convert({str(path)!r})
         tflm_swap.plan_model(tflm_swap.Model.from_bytes(r.data))
         litert_interpreter(r.data).allocate_tensors()

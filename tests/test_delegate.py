@@ -17,6 +17,7 @@ from ai_edge_litert.interpreter import load_delegate
 
 import tflm_swap
 from tflm_swap import Model, SegmentIntegrityError, read_manifest, segment_model
+from tflm_swap.converters import synthetic as m
 from tflm_swap.delegate import (
     DelegateError,
     build_tile_table,
@@ -27,8 +28,7 @@ from tflm_swap.delegate import (
     detect_rounding,
     read_tile_table,
 )
-from tflm_swap.delegate import models as m
-from tflm_swap.runtime.backends import litert_interpreter, random_inputs, run_litert
+from tflm_swap.interpreters import litert_interpreter, random_inputs, run_litert
 
 
 def write_model(tmp_path: Path, name: str, shape, layers, dtype="float32", per_channel=True, seed=0) -> Path:
@@ -186,7 +186,7 @@ def test_unclaimed_ops_stay_with_the_interpreter(tmp_path):
 @pytest.mark.parametrize("op", ["FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D"])
 def test_rounding_mode_matters_and_is_detected(tmp_path, op):
     """Per operator, the installed LiteRT's reference kernels requantise one way; the other mode differs."""
-    from tflm_swap.delegate import _ROUNDING_PROBES
+    from tflm_swap.delegate.rounding import _ROUNDING_PROBES
 
     mode = detect_rounding()[op]
     other = "double" if mode == "single" else "single"
@@ -264,7 +264,7 @@ def test_table_of_another_model_is_refused(tmp_path, small_model):
 )
 def test_inconsistent_table_records_are_refused(tmp_path, small_model, change):
     """A well-formed (CRC-valid) table whose records point outside the segments is refused by the C reader."""
-    from tflm_swap.delegate import _encode_table
+    from tflm_swap.delegate.tile_table import _encode_table
 
     header, records = read_tile_table(default_table_path(small_model))
     first = records[0]

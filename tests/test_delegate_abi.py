@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 
 from tflm_swap import Model, segment_model
-from tflm_swap.delegate import _ROUNDING_PROBES, delegate_library, delegate_options
-from tflm_swap.delegate import models as m
+from tflm_swap.converters import synthetic as m
+from tflm_swap.delegate import delegate_library, delegate_options
+from tflm_swap.delegate.rounding import _ROUNDING_PROBES
+
+pytestmark = pytest.mark.native  # builds or runs native code: left out of `-m "not native"`
 
 REPO = Path(__file__).resolve().parents[1]
 LITERT_SRC = REPO / "delegates" / "litert"

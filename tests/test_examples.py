@@ -84,7 +84,7 @@ def test_run_existing_tflite_falls_back_to_digits_without_shared(examples, tmp_p
 
 
 def _host_toolchain() -> bool:
-    from tflm_swap.micro.native import NativeToolError, compiler, host_tflm
+    from tflm_swap.micro.toolchain import NativeToolError, compiler, host_tflm
 
     try:
         compiler("gcc"), compiler("g++"), host_tflm()

@@ -10,6 +10,8 @@ import pytest
 from conftest import require_model
 from golden_artifacts import MODELS, bundle_artifact, model_artifacts
 
+pytestmark = pytest.mark.native  # builds or runs native code: left out of `-m "not native"`
+
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_artifacts.json").read_text())
 
 

@@ -14,6 +14,8 @@ from test_micro_native import native_or_skip
 
 from tflm_swap.cli import main as cli_main
 from tflm_swap.errors import MalformedModelError, TflmSwapError, UnsupportedModelError
+from tflm_swap.format.model import Model
+from tflm_swap.interpreters import ensure_tflm_compatible, random_inputs, tflm_interpreter
 from tflm_swap.micro import (
     LOAD_OP,
     LOAD_START_OP,
@@ -26,9 +28,7 @@ from tflm_swap.micro import (
     run_host_tflm,
 )
 from tflm_swap.micro.host import io_specs
-from tflm_swap.micro.native import build_host_runner
-from tflm_swap.model import Model
-from tflm_swap.runtime.backends import ensure_tflm_compatible, random_inputs, tflm_interpreter
+from tflm_swap.micro.toolchain import build_host_runner
 
 MLPERF = ["kws_ref_model", "vww_96_int8", "pretrainedResnet_quant", "ad01_int8"]
 # LiteRT's reference FULLY_CONNECTED differs from TFLM's by up to 3 LSB on ad01 (the official
@@ -72,6 +72,7 @@ def test_rewrite_graph_structure():
 
 
 @pytest.mark.parametrize("name", MLPERF)
+@pytest.mark.native
 def test_host_tflm_bit_identical_and_arena_predicted(runner, name):
     data = require_model(name).read_bytes()
     micro = rewrite_for_tflm(data)
@@ -87,6 +88,7 @@ def test_host_tflm_bit_identical_and_arena_predicted(runner, name):
 
 
 @pytest.mark.parametrize("name", ["kws_ref_model", "pretrainedResnet_quant"])
+@pytest.mark.native
 def test_host_tflm_prefetch_start_wait(runner, name):
     data = require_model(name).read_bytes()
     micro = rewrite_for_tflm(data, prefetch=True, verify_crc=True)
@@ -109,6 +111,7 @@ def test_host_tflm_prefetch_start_wait(runner, name):
     assert len(graph.operators) == micro.source_ops + len(micro.loads)
 
 
+@pytest.mark.native
 def test_corrupt_or_foreign_image_fails_clearly(runner):
     kws = require_model("kws_ref_model").read_bytes()
     micro = rewrite_for_tflm(kws, verify_crc=True)
@@ -157,6 +160,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name,options", [("kws_ref_model", {}), ("ad01_int8", {"prefetch": True, "verify_crc": True})])
+@pytest.mark.native
 def test_generated_example_matches_litert_reference(runner, tmp_path, name, options):
     import tflm_swap
 
@@ -212,6 +216,7 @@ def test_tensor_also_read_in_a_non_loadable_slot_stays_inline():
     assert Model.from_bytes(edited.graph).constant_buffer(first) is not None
 
 
+@pytest.mark.native
 def test_bad_load_op_options_are_refused_in_prepare(runner):
     data = require_model("kws_ref_model").read_bytes()
     micro = rewrite_for_tflm(data)
@@ -224,9 +229,10 @@ def test_bad_load_op_options_are_refused_in_prepare(runner):
             run_host_tflm(bytes(graph.pack()), micro.image, x)
 
 
+@pytest.mark.native
 def test_cli_predicts_the_arena_without_the_host_tflm(runner, tmp_path, monkeypatch, capsys):
     import tflm_swap.micro.host as host
-    from tflm_swap.micro.native import NativeToolError
+    from tflm_swap.micro.toolchain import NativeToolError
 
     def unavailable(*args, **kwargs):
         raise NativeToolError("xmos-ai-tools is not installed (simulated)")
@@ -329,6 +335,7 @@ def test_run_example_parses_every_output_type(tmp_path):
         _parse_example(stdout.replace("flash_bytes_read", "flash"), specs, tmp_path / "exe")
 
 
+@pytest.mark.native
 def test_run_example_refuses_a_wrong_input_and_reports_a_failing_example(runner, tmp_path):
     import tflm_swap
 

@@ -10,7 +10,9 @@ import pytest
 
 from tflm_swap.errors import SegmentIntegrityError
 from tflm_swap.micro import build_image, parse_image
-from tflm_swap.micro.native import NativeToolError, build_fuzzer, build_unit_tests
+from tflm_swap.micro.toolchain import NativeToolError, build_fuzzer, build_unit_tests
+
+pytestmark = pytest.mark.native  # builds or runs native code: left out of `-m "not native"`
 
 
 def native_or_skip(builder):
@@ -72,7 +74,7 @@ def test_python_image_round_trip_and_rejections():
 def test_c_core_compiles_freestanding_for_cortex_m4(tmp_path):
     """The core builds for a 32-bit MCU (Cortex-M4, freestanding) with -Wconversion -Werror and
     needs no data or bss; string.h is declared by a shim since no ARM libc is installed here."""
-    from tflm_swap.micro.native import compiler, native_sources
+    from tflm_swap.micro.toolchain import compiler, native_sources
 
     clang = native_or_skip(lambda: compiler("clang"))
     (tmp_path / "string.h").write_text("#include <stddef.h>\nvoid* memcpy(void*, const void*, size_t);\n"

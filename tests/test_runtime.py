@@ -11,12 +11,12 @@ import pytest
 from helpers import reads_only
 
 from tflm_swap import BudgetError, ManifestError, Model, SegmentIntegrityError, plan_model, read_manifest
+from tflm_swap.converters.segment import segment_model
 from tflm_swap.errors import TflmSwapError
+from tflm_swap.interpreters import BackendUnavailableError, litert_interpreter, random_inputs, resolve_backend
 from tflm_swap.planner import min_stage_budget, partition_stages
 from tflm_swap.runtime import SwapInterpreter, min_ram_budget
-from tflm_swap.runtime.backends import BackendUnavailableError, litert_interpreter, random_inputs, resolve_backend
 from tflm_swap.runtime.compiled import _Ranges
-from tflm_swap.segment import segment_model
 
 
 @pytest.fixture(scope="module")
@@ -260,22 +260,22 @@ def _resident_pages(address: int, n: int) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page residency is Linux-specific")
 def test_stage_buffers_hold_ram_only_for_the_bytes_written():
-    from tflm_swap.runtime.swap import PAGE, _bytes_address, _writable_bytes, _zero
+    from tflm_swap.runtime.process_memory import PAGE, bytes_address, writable_bytes, zero_pages
 
     n = 64 * PAGE
-    data, view = _writable_bytes(n)  # zeroed without being made resident
-    address = _bytes_address(data)
+    data, view = writable_bytes(n)  # zeroed without being made resident
+    address = bytes_address(data)
     assert _resident_pages(address, n) <= 2 and data.count(0) == n
     view[:] = b"\x07" * n
     assert _resident_pages(address, n) == 64 + (address % PAGE > 0)
-    _zero(address + 100, n - 100)  # whole pages inside are given back; the rest reads as zeros
+    zero_pages(address + 100, n - 100)  # whole pages inside are given back; the rest reads as zeros
     assert _resident_pages(address, n) <= 2
     assert data[:100] == b"\x07" * 100 and data.count(0) == n - 100
 
 
 def _slow_stages(monkeypatch, seconds: float) -> None:
     """Give every stage `seconds` more of work on the invoking thread before it runs."""
-    import tflm_swap.runtime.swap as swap_module
+    import tflm_swap.runtime.interpreter as swap_module
 
     allocate = swap_module.SwapInterpreter._allocate
 
@@ -290,18 +290,18 @@ def _streamed_sizes(swap: SwapInterpreter) -> list[int]:
 
 
 def _pages_past(swap: SwapInterpreter, slot: int, used: int) -> int:
-    from tflm_swap.runtime.swap import PAGE, _bytes_address
+    from tflm_swap.runtime.process_memory import PAGE, bytes_address
 
     data = swap._slots[slot]
-    start = -(-(_bytes_address(data) + used) // PAGE) * PAGE  # the first whole page past `used`
-    return _resident_pages(start, _bytes_address(data) + len(data) - start)
+    start = -(-(bytes_address(data) + used) // PAGE) * PAGE  # the first whole page past `used`
+    return _resident_pages(start, bytes_address(data) + len(data) - start)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page residency is Linux-specific")
 def test_slots_give_back_pages_unless_prefetched_loads_are_waited_for(segmented_files, monkeypatch):
     """A slot that held a larger stage keeps no pages past the stage now in it, unless an invoke
     waited for a prefetched load: then faulting them in again would cost time, and slots keep them."""
-    import tflm_swap.runtime.swap as swap_module
+    import tflm_swap.runtime.interpreter as swap_module
 
     model, path = segmented_files["vww_96_int8.tflite"]
     _slow_stages(monkeypatch, 0.02)  # compute far longer than any load of this model: loads hidden
@@ -331,8 +331,8 @@ def test_slots_give_back_pages_unless_prefetched_loads_are_waited_for(segmented_
         time.sleep(0.02)
         return pread(*args)
     monkeypatch.setattr(os, "preadv", slow_pread)  # loads far longer than compute: waited for
-    zero, zeroed = swap_module._zero, []
-    monkeypatch.setattr(swap_module, "_zero", lambda address, n: (zeroed.append(n), zero(address, n)))
+    zero, zeroed = swap_module.zero_pages, []
+    monkeypatch.setattr(swap_module, "zero_pages", lambda address, n: (zeroed.append(n), zero(address, n)))
     with SwapInterpreter(path, ram_budget=2 * _smallest_stage(model), prefetch=1) as swap:
         swap.allocate_tensors()
         _compare(model, swap, n=1)  # the first invoke finds that loads are waited for
@@ -340,7 +340,7 @@ def test_slots_give_back_pages_unless_prefetched_loads_are_waited_for(segmented_
         zeroed.clear()
         fresh = swap.stats()["fresh_buffers"]
         _compare(model, swap, n=4)
-        assert not swap._give_back  # every _zero call since: a fresh buffer, none a give-back
+        assert not swap._give_back  # every zero_pages call since: a fresh buffer, none a give-back
         assert len(zeroed) == swap.stats()["fresh_buffers"] - fresh
 
 
@@ -406,7 +406,7 @@ def test_without_xnnpack_one_copy_counts(segmented_files):
         assert len(swap.stages) > 1
         xs = random_inputs(stock.get_input_details(), np.random.default_rng(0))
         stock.allocate_tensors()
-        from tflm_swap.runtime.backends import run_litert
+        from tflm_swap.interpreters import run_litert
 
         assert all(a.tobytes() == b.tobytes() for a, b in zip(run_litert(stock, xs), run_litert(swap, xs)))
         assert swap.stats()["weight_copies"] == 1 and swap.stats()["peak_weight_bytes"] <= budget
@@ -538,11 +538,11 @@ def test_native_crc32_equals_zlib():
     import zlib
 
     from tflm_swap.runtime.crc import crc32
-    from tflm_swap.runtime.swap import _writable_bytes
+    from tflm_swap.runtime.process_memory import writable_bytes
 
     rng = np.random.default_rng(0)
     payload = rng.integers(0, 256, 3 * 2**20 + 77, dtype=np.uint8).tobytes()
-    data, view = _writable_bytes(len(payload))
+    data, view = writable_bytes(len(payload))
     view[:] = payload
     for lo, hi in ((0, len(payload)), (1, 4097), (13, 13), (5, 200), (64, len(payload) - 3)):
         assert crc32(view[lo:hi]) == zlib.crc32(payload[lo:hi]), (lo, hi)

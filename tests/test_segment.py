@@ -10,8 +10,8 @@ from helpers import assert_bit_identical, outputs_on_random_inputs
 
 import tflm_swap
 from tflm_swap import Manifest, Model, UnsupportedModelError, read_manifest, segment_model
-from tflm_swap.manifest import MANIFEST_NAME
-from tflm_swap.runtime.backends import tflm_interpreter
+from tflm_swap.format.manifest import MANIFEST_NAME
+from tflm_swap.interpreters import tflm_interpreter
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ from helpers import assert_bit_identical, outputs_on_random_inputs, reads_only
 
 import tflm_swap
 from tflm_swap.cli import main
+from tflm_swap.converters.tiling import tile_fully_connected, verify_tiling
 from tflm_swap.errors import TflmSwapError, UnsupportedModelError
-from tflm_swap.model import Model
+from tflm_swap.format.model import Model
+from tflm_swap.interpreters import random_inputs, run_litert, tflm_interpreter
 from tflm_swap.planner import plan_model
 from tflm_swap.runtime import SwapInterpreter, min_ram_budget
-from tflm_swap.runtime.backends import random_inputs, run_litert, tflm_interpreter
-from tflm_swap.tiling import tile_fully_connected, verify_tiling
 
 KERNELS = {"xnnpack": {}, "builtin": {"default_delegates": False}, "reference": {"reference_kernels": True}}
 
@@ -205,8 +205,8 @@ def test_planner_spreads_streamed_tiles_between_resident_ones(monkeypatch):
     """Equal tiles leave free which ones stay resident: streaming tiles between resident ones hides
     their reads behind resident compute, which streaming the last ones cannot (reading a tile costs
     here twice as much as computing with it)."""
-    from tflm_swap import planner
     from tflm_swap.planner import CostModel, partition_stages, simulate_invoke
+    from tflm_swap.planner import stages as planner
 
     monkeypatch.setattr(planner, "MIN_RESIDENT_BYTES", 0)  # (8 KiB tiles: a small model for a test)
     _, data = _tiled_mlp()

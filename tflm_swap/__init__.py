@@ -14,7 +14,9 @@ Public API::
     tflm_swap.cascade                  router + slimmed specialists loaded on demand (build, CascadeInterpreter)
 """
 
-from .convert import SegmentedModel, convert, to_tflite
+from .converters.convert import SegmentedModel, convert
+from .converters.keras import to_tflite
+from .converters.segment import segment_model
 from .delegate import delegate_library, delegate_options
 from .errors import (
     BudgetError,
@@ -24,10 +26,10 @@ from .errors import (
     TflmSwapError,
     UnsupportedModelError,
 )
-from .manifest import Manifest, read_manifest
-from .model import Model
+from .format.manifest import Manifest, read_manifest
+from .format.model import Model
+from .format.segments import join, split, verify
 from .planner import Plan, estimate_latency, plan_model
-from .segment import join, segment_model, split, verify
 
 __version__ = "0.1.0"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import BudgetError, TflmSwapError
 from .fileio import write_atomic
-from .segment import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE
+from .format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE
 
 DEFAULT_BANDWIDTH = "40MB/s"  # a typical QSPI NOR read rate; pass your part's figure
 
@@ -143,7 +143,7 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load_plan(args):
-    from .model import Model
+    from .format.model import Model
     from .planner import plan_model
 
     depths = [int(k) for k in args.prefetch.split(",") if k.strip()]
@@ -155,7 +155,7 @@ def _load_plan(args):
 def _cmd_convert(args) -> int:
     import numpy as np
 
-    from .convert import convert
+    from .converters.convert import convert
     from .report import parse_size
 
     data = np.load(args.representative_data) if args.representative_data else None
@@ -245,14 +245,14 @@ def _cmd_plan(args) -> int:
 
 
 def _cmd_manifest(args) -> int:
-    from .manifest import read_manifest
+    from .format.manifest import read_manifest
 
     print(json.dumps(read_manifest(Path(args.model).read_bytes()).to_dict(), indent=2))
     return 0
 
 
 def _cmd_verify(args) -> int:
-    from .segment import verify
+    from .format.segments import verify
 
     m = verify(Path(args.model).read_bytes())
     print(f"{args.model}: OK — {len(m.segments)} segments, all page-aligned ({m.page_size} B), CRC32 match")
@@ -260,7 +260,7 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_split(args) -> int:
-    from .segment import split
+    from .format.segments import split
 
     graph, image = split(Path(args.model).read_bytes())
     write_atomic(args.graph, graph, (args.model,))
@@ -270,7 +270,7 @@ def _cmd_split(args) -> int:
 
 
 def _cmd_join(args) -> int:
-    from .segment import join
+    from .format.segments import join
 
     data = join(Path(args.graph).read_bytes(), Path(args.image).read_bytes())
     write_atomic(args.output, data, (args.graph, args.image))
@@ -284,9 +284,9 @@ def _cmd_run(args) -> int:
 
     import numpy as np
 
+    from .interpreters import litert_interpreter, random_inputs, run_litert
     from .report import format_bytes, parse_size
-    from .runtime.backends import litert_interpreter, random_inputs, run_litert
-    from .runtime.swap import SwapInterpreter
+    from .runtime.interpreter import SwapInterpreter
 
     budget = parse_size(args.ram_budget) if args.ram_budget else None
     options = {"backend": args.backend, "reference_kernels": args.reference_kernels,
@@ -327,7 +327,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_stages(args) -> int:
-    from .model import Model
+    from .format.model import Model
     from .planner import partition_stages, plan_model
     from .report import parse_size
     from .runtime.stage_files import export_stage_dir

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import convert
+from .converters.convert import convert
 from .fileio import write_atomic
-from .model import Model
+from .format.model import Model
+from .format.segments import split, verify
+from .interpreters import litert_interpreter, run_litert
 from .planner import min_stage_budget, plan_model
 from .report import format_bytes, operator_table, plot_plan, strategy_table, summary
-from .runtime.backends import litert_interpreter, run_litert
-from .segment import split, verify
 
 DEMO_BUDGET = 48 * 1024
 
@@ -167,7 +167,7 @@ def _cascade(model, x_train, y_train, x_test, y_test, out: Path, epochs: int, se
 def _swap_check(path: Path, data: bytes, x: np.ndarray) -> tuple[str, bool]:
     """Run the segmented model on SwapInterpreter at its minimum budget (one operator's weights,
     twice for XNNPACK's packed copy; no prefetch) and compare with stock LiteRT on the same inputs."""
-    from .runtime.swap import SwapInterpreter
+    from .runtime.interpreter import SwapInterpreter
 
     plan = plan_model(Model.from_bytes(data))
     budget = min_stage_budget(plan, prefetch=0) * 2
@@ -183,7 +183,7 @@ def _swap_check(path: Path, data: bytes, x: np.ndarray) -> tuple[str, bool]:
 
 def _tflm_check(model_bytes: bytes, plan) -> str:
     try:
-        from .runtime.backends import tflm_arena
+        from .interpreters import tflm_arena
 
         arena = tflm_arena(model_bytes)
     except Exception as exc:  # tflite-micro not installed or failed: report, do not hide

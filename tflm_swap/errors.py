@@ -23,3 +23,7 @@ class SegmentIntegrityError(TflmSwapError):
 
 class BudgetError(TflmSwapError):
     """A RAM budget is too small for the model under every strategy."""
+
+
+class DelegateError(TflmSwapError):
+    """The package's native library is missing, or the delegate's options are invalid."""

@@ -12,9 +12,9 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from .model import Model
-from .runtime.backends import litert_interpreter, random_inputs
-from .submodel import extract
+from .converters.submodel import extract
+from .format.model import Model
+from .interpreters import litert_interpreter, random_inputs
 
 
 def measure_op_times(

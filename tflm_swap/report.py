@@ -1,45 +1,16 @@
-"""Human-readable output: byte sizes, tables of a plan, and the memory-over-operators plot."""
+"""Human-readable output: tables of a plan and the memory-over-operators plot (byte sizes: `units`)."""
 
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
-from .errors import TflmSwapError
 from .fileio import write_atomic
 from .planner import LatencyEstimate, Plan
+from .units import format_bytes, parse_rate, parse_size
 
-_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kib": 1024, "kb": 1000,
-    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
-    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
-}
-
-
-def parse_size(text: str | int) -> int:
-    """Parse '256KiB', '256k' (binary), '1MB' (decimal), '4096' into bytes."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in _UNITS:
-        raise TflmSwapError(f"cannot read size {text!r}: use e.g. 4096, 256KiB, 256k, 1MiB or 1MB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def parse_rate(text: str) -> float:
-    """Parse a bandwidth such as '40MB/s' or '32MiB/s' into bytes per second."""
-    return float(parse_size(text.strip().removesuffix("/s")))
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
+__all__ = ["format_bytes", "latency_lines", "operator_table", "parse_rate", "parse_size", "plot_plan",
+           "strategy_table", "summary"]
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tswap_crc32_fast.h"
+#include "../runtime/tswap_crc32_fast.h"
 
 static uint64_t now_ns(void) {
   struct timespec ts;

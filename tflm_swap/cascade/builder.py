@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..convert import convert
+from ..converters.convert import convert
 from ..errors import TflmSwapError
 from .bundle import FALLBACK_POLICIES, CascadeBundle
 from .groups import METHODS, choose_groups, class_signatures, cluster_classes, group_labels, specialist_fraction

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from ..errors import TflmSwapError
 from ..fileio import write_atomic
-from ..manifest import read_manifest
-from ..model import Model
+from ..format.manifest import read_manifest
+from ..format.model import Model
 from .groups import check_partition
 from .stats import model_stats
 

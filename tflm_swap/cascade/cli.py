@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TflmSwapError
-from ..report import format_bytes, parse_size
+from ..units import format_bytes, parse_size
 
 
 def register(sub) -> None:

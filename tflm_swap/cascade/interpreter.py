@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BudgetError, TflmSwapError
-from ..model import Model
+from ..format.model import Model
 from .bundle import FALLBACK_POLICIES, CascadeBundle, MemberInfo
 
 CACHE_POLICIES = ("lru", "lfu")
@@ -55,7 +55,7 @@ class _LiteRTRunner:
     """One member on LiteRT through SwapInterpreter (whole model as one resident stage)."""
 
     def __init__(self, path: Path, options: dict):
-        from ..runtime.swap import SwapInterpreter
+        from ..runtime.interpreter import SwapInterpreter
 
         self.interpreter = SwapInterpreter(path, ram_budget=None, prefetch=0, **options)
         self.interpreter.allocate_tensors()
@@ -75,7 +75,7 @@ class _TflmRunner:
     """One member on the official TFLite Micro Python interpreter (plain inline model bytes)."""
 
     def __init__(self, data: bytes):
-        from ..runtime.backends import tflm_interpreter
+        from ..interpreters import tflm_interpreter
 
         self.interpreter = tflm_interpreter(bytes(Model.from_bytes(data).without_external()))
         self.input = _tflm_details(self.interpreter.get_input_details(0))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report import format_bytes
-from ..runtime.backends import litert_interpreter
+from ..interpreters import litert_interpreter
+from ..units import format_bytes
 from .bundle import CascadeBundle
 from .groups import group_labels
 from .interpreter import CascadeInterpreter, _dequantize, _quantize

@@ -1,4 +1,6 @@
-"""TFLite Micro target: per-operator weight loading from external flash, with generated C/C++.
+"""TFLite Micro target: per-operator weight loading from external flash, with generated C/C++
+(docs/TFLM.md). The graph rewrite and the image writer are converters (`tflm_swap.converters.tflm`,
+`.flash_image`), re-exported here.
 
     rewrite_for_tflm(data, ...)            graph with load operators + flash image (MicroModel)
     generate_project(micro, out, prefix)   C/C++ sources + image + example main.cc
@@ -8,12 +10,13 @@
     run_example(project, x)                build the project's main.cc on the host, run it -> ExampleRun
 """
 
+from ..converters.flash_image import build_image
+from ..converters.tflm import LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, MicroModel, rewrite_for_tflm
+from ..format.flash_image import ImageSegment, parse_image
 from .codegen import generate_project
 from .host import HostRun, run_host_tflm
-from .image import ImageSegment, build_image, parse_image
 from .predict import ArenaPrediction, predict_arena
 from .project import ExampleRun, TflmProject, export_project, run_example
-from .rewrite import LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, MicroModel, rewrite_for_tflm
 
 __all__ = [
     "LOAD_OP", "LOAD_START_OP", "LOAD_WAIT_OP", "ArenaPrediction", "ExampleRun", "HostRun", "ImageSegment",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .image import DEFAULT_ALIGNMENT
+from ..format.flash_image import DEFAULT_ALIGNMENT
 from .project import export_project
 
 

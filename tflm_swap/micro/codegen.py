@@ -17,11 +17,11 @@ import string
 import zlib
 from pathlib import Path
 
+from ..converters.tflm import LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, MicroModel
 from ..errors import TflmSwapError, UnsupportedModelError
 from ..fileio import refuse_inputs, write_atomic
-from ..model import Model
-from .native import CORE_FILES, HOST_FILES, TFLM_FILES, native_sources
-from .rewrite import LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, MicroModel
+from ..format.model import Model
+from .toolchain import CORE_FILES, HOST_FILES, TFLM_FILES, native_sources
 
 _RESOLVER_NAMES = {
     "CONV_2D": "Conv2D", "DEPTHWISE_CONV_2D": "DepthwiseConv2D", "AVERAGE_POOL_2D": "AveragePool2D",

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TflmSwapError
-from ..model import Model, numpy_dtype
-from .native import build_host_runner
+from ..format.model import Model, numpy_dtype
+from .toolchain import build_host_runner
 
 
 @dataclass

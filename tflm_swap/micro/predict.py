@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import Model
+from ..converters.tflm import MicroModel
+from ..format.model import Model
+from ..format.segments import DEFAULT_MIN_SEGMENT_BYTES
 from ..planner import activation_blocks, greedy_arena, plan_model
-from ..segment import DEFAULT_MIN_SEGMENT_BYTES
-from .rewrite import MicroModel
 
 TAIL_PER_LOAD_OP = 120  # bytes of TFLM persistent arena per inserted operator (64-bit host)
 

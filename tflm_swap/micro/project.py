@@ -18,14 +18,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..convert import SegmentedModel, to_tflite
+from ..converters.convert import SegmentedModel
+from ..converters.keras import to_tflite
+from ..converters.tflm import MicroModel, rewrite_for_tflm
 from ..errors import TflmSwapError
-from ..segment import DEFAULT_MIN_SEGMENT_BYTES
+from ..format.flash_image import DEFAULT_ALIGNMENT
+from ..format.segments import DEFAULT_MIN_SEGMENT_BYTES
 from .codegen import check_options, generate_project
-from .image import DEFAULT_ALIGNMENT
-from .native import NativeToolError, build_example
 from .predict import predict_arena
-from .rewrite import MicroModel, rewrite_for_tflm
+from .toolchain import NativeToolError, build_example
 
 PREDICTION_MARGIN = 1024  # bytes: TFLM builds differ by a few hundred bytes of persistent data
 
@@ -133,8 +134,8 @@ def measured_arena(micro: MicroModel, source: bytes) -> ArenaSize:
         return ArenaSize(run_host_tflm(micro.graph, micro.image, [zeros]).arena_total, True)
     except NativeToolError as exc:
         try:
-            from ..model import Model
-            from ..runtime.backends import tflm_arena
+            from ..format.model import Model
+            from ..interpreters import tflm_arena
 
             plain = bytes(Model.from_bytes(source).without_external())  # TFLM cannot read Buffer.offset
             predicted = predict_arena(micro, source, stock_tail=tflm_arena(plain).tail).total

@@ -14,7 +14,7 @@ then lives as long as the SwapInterpreter, and only the *pages* of its weights c
   file's mapping, which both faults its pages back in and checks them against the CRC recorded
   when the file was written, before the stage runs.
 
-Both run off the invoking thread, in the package's C library (delegates/litert/tswap_pager.c): a
+Both run off the invoking thread, in the package's C library (delegates/runtime/tswap_pager.c): a
 page-in on a thread of its own, once the releases asked for before it have run (so the pages held
 stay within the budget); a release on a worker thread, or on the invoking thread when that thread
 would wait for the next stage's page-in anyway. Native, because `CompiledModel.run_by_index` keeps
@@ -53,7 +53,7 @@ import numpy as np
 from ..errors import SegmentIntegrityError, TflmSwapError
 from ..fileio import write_atomic
 from .crc import crc32, crc32_at
-from .pages import HUGE_PAGE, MADV_DONTNEED, MADV_HUGEPAGE, madvise
+from .process_memory import HUGE_PAGE, MADV_DONTNEED, MADV_HUGEPAGE, madvise
 
 NO_HUGE_PAGES = "no-huge-page-cache"  # in the cache directory: see XnnpackCache.huge_page_cache
 
@@ -344,12 +344,12 @@ class _Ranges:
 
 
 class _Pager:
-    """The package's native pager (delegates/litert/tswap_pager.c): page-ins on threads of their
+    """The package's native pager (delegates/runtime/tswap_pager.c): page-ins on threads of their
     own, each started once the page-outs asked for before it have run; page-outs on a worker thread
     (or at once, when asked). Without the C library, both are done at once on the calling thread."""
 
     def __init__(self):
-        from ..delegate import native_library
+        from ..native import native_library
 
         library = native_library()
         if library is not None and hasattr(library, "tflm_swap_page_out"):

@@ -12,7 +12,7 @@ import zlib
 
 
 def _load():
-    from ..delegate import native_library
+    from ..native import native_library
 
     function = getattr(native_library(), "tflm_swap_crc32", None)
     if function is None:  # no library (or no such symbol): fall back to zlib

@@ -17,11 +17,11 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..converters.submodel import extract, stage_io
 from ..errors import ManifestError
 from ..fileio import write_atomic
-from ..model import Model
+from ..format.model import Model
 from ..planner import Plan, Stage, stage_of
-from ..submodel import extract, stage_io
 
 INDEX = "stages.json"
 COMPILED_SUFFIX = "_edgetpu"  # edgetpu_compiler names its output stage_NN_edgetpu.tflite

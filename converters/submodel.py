@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 
-from .errors import TflmSwapError
-from .model import ExternalBuffer, Model
-from .schema import tfl
+from tflm_swap.errors import TflmSwapError
+from tflm_swap.format.model import ExternalBuffer, Model
+
+from .graph import add_buffer, add_operator, add_tensor, empty_model
 
 TEMPLATE_ALIGNMENT = 64  # where a template's weight blob starts (XNNPACK-friendly)
 
@@ -76,41 +77,33 @@ def _submodel(
            for t in model.op_inputs(i) + model.op_outputs(i) + model.op_intermediates(i)]
     )
     new_index = {t: i for i, t in enumerate(used)}
-    buffers, buffer_index = [b""], {}
-    tensors = []
+    sub = empty_model(f"tflm_swap sub-model: operators {first}..{last}", model.fb.version,
+                      source=f"{model.source}[{first}:{last}]")
+    sub.fb.operatorCodes = model.fb.operatorCodes  # shared, not copied: the codes are not edited
+    buffer_index: dict[int, int] = {}
     for t in used:
         tensor = copy.copy(model.tensors[t])
         if model.constant_buffer(t) is not None:
             if tensor.buffer not in buffer_index:
-                buffer_index[tensor.buffer] = len(buffers)
-                buffers.append(b"" if tensor.buffer in deferred else model.buffers[tensor.buffer])
+                data = b"" if tensor.buffer in deferred else model.buffers[tensor.buffer]
+                buffer_index[tensor.buffer] = add_buffer(sub, data)
             tensor.buffer = buffer_index[tensor.buffer]
         else:
             tensor.buffer = 0
-        tensors.append(tensor)
+        add_tensor(sub, tensor)
 
     def remap(indices) -> list[int]:
         return [new_index[int(t)] if t >= 0 else -1 for t in (indices if indices is not None else [])]
 
-    subgraph = tfl.SubGraphT()
-    subgraph.tensors = tensors
+    subgraph = sub.subgraph
     subgraph.inputs, subgraph.outputs = remap(inputs), remap(outputs)
-    subgraph.operators = []
     for op in ops:
         new_op = copy.copy(op)
         new_op.inputs, new_op.outputs = remap(op.inputs), remap(op.outputs)
         new_op.intermediates = remap(op.intermediates) if op.intermediates is not None else None
-        subgraph.operators.append(new_op)
+        add_operator(sub, new_op)
     subgraph.name = f"ops_{first}_{last}"
-
-    fb = tfl.ModelT()
-    fb.version = model.fb.version
-    fb.operatorCodes = model.fb.operatorCodes
-    fb.subgraphs = [subgraph]
-    fb.description = f"tflm_swap sub-model: operators {first}..{last}"
-    fb.buffers = [tfl.BufferT() for _ in buffers]
-    placed = {buffer_index[b]: ExternalBuffer(0, 0) for b in deferred if b in buffer_index}
-    sub = Model(fb, buffers, b"", f"{model.source}[{first}:{last}]", deferred=placed)
+    sub.deferred = {buffer_index[b]: ExternalBuffer(0, 0) for b in deferred if b in buffer_index}
     return sub, buffer_index
 
 

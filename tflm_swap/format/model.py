@@ -16,8 +16,8 @@ from pathlib import Path
 import flatbuffers
 import numpy as np
 
-from .errors import MalformedModelError, TflmSwapError, UnsupportedModelError
-from .schema import BUILTIN_NAMES, FILE_IDENTIFIER, TENSOR_TYPE_NAMES, tfl
+from ..errors import MalformedModelError, TflmSwapError, UnsupportedModelError
+from .schema import BUILTIN_NAMES, FILE_IDENTIFIER, TENSOR_TYPE_NAMES, text, tfl
 
 DATA_ALIGNMENT = 16  # TFLite's `force_align: 16` on Buffer.data
 _NO_EXTERNAL_OFFSET = 1  # TFLite treats Buffer.offset <= 1 as "no external data"
@@ -253,25 +253,11 @@ class Model:
     def metadata(self, name: str) -> bytes | None:
         """Bytes of the named metadata entry, or None."""
         for m in self.fb.metadata or []:
-            if _decode(m.name) == name:
+            if text(m.name) == name:
                 return self.buffers[m.buffer]
         return None
 
     # ----------------------------------------------------------------------------------- writing
-    def opcode_index(self, builtin: int, custom: str | None = None) -> int:
-        """Index of the operator code for builtin operator `builtin` (for CUSTOM, the custom op
-        named `custom`), appended to the model's operator codes when it has none."""
-        codes = self.fb.operatorCodes
-        for i, code in enumerate(codes):
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and (
-                    custom is None or _decode(code.customCode) == custom):
-                return i
-        code = tfl.OperatorCodeT()
-        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
-        code.customCode = custom
-        codes.append(code)
-        return len(codes) - 1
-
     def pack(
         self,
         external: dict[int, ExternalBuffer] | None = None,
@@ -295,7 +281,7 @@ class Model:
         ]
         fb.metadata = [copy.copy(m) for m in self.fb.metadata or []]
         for name, payload in (metadata or {}).items():
-            entry = next((m for m in fb.metadata if _decode(m.name) == name), None)
+            entry = next((m for m in fb.metadata if text(m.name) == name), None)
             if entry is None:  # a new entry gets a new buffer; a replaced one keeps its slot
                 entry = tfl.MetadataT()
                 entry.name, entry.buffer = name, len(fb.buffers)
@@ -385,11 +371,5 @@ def _check_indices(indices, limit: int, what: str, optional: bool = False) -> No
         raise MalformedModelError(f"{what} refer to tensor {t}, but the subgraph has {limit} tensors")
 
 
-def _decode(name: bytes | str | None) -> str:
-    if name is None:
-        return ""
-    return name.decode(errors="replace") if isinstance(name, bytes) else name
-
-
 def _name_of(tensor: tfl.TensorT) -> str:
-    return _decode(tensor.name)
+    return text(tensor.name)

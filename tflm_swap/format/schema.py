@@ -38,3 +38,10 @@ BUILTIN_NAMES: dict[int, str] = {
 TENSOR_TYPE_NAMES: dict[int, str] = {
     value: name for name, value in vars(tfl.TensorType).items() if not name.startswith("_")
 }
+
+
+def text(value: bytes | str | None) -> str:
+    """A flatbuffer string as `str` (the object API gives bytes; None is ""; bad UTF-8 replaced)."""
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

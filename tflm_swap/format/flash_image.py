@@ -8,7 +8,8 @@ Byte layout (little-endian), read by `delegates/micro/tswap_micro.c`::
    12  segment_count      28 header_crc32 (CRC32 of bytes 0..27)
    32  segment_count x {offset, size, crc32, reserved=0}, then the segments in order, zero padded
 
-CRC32 is zlib's. One segment holds the bytes of one constant tensor buffer.
+CRC32 is zlib's. One segment holds the bytes of one constant tensor buffer. Written by
+`tflm_swap.converters.flash_image.build_image`.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from ..errors import SegmentIntegrityError, TflmSwapError
+from ..errors import SegmentIntegrityError
 
 MAGIC = b"TSWI"
 VERSION = 1
 HEADER_BYTES = 32
 ENTRY_BYTES = 16
 DEFAULT_ALIGNMENT = 16
-_HEADER = struct.Struct("<4sIIIII")  # magic, version, header_size, count, image_size, alignment
-_ENTRY = struct.Struct("<IIII")
+HEADER = struct.Struct("<4sIIIII")  # magic, version, header_size, count, image_size, alignment
+ENTRY = struct.Struct("<IIII")
 
 
 @dataclass(frozen=True)
@@ -38,39 +39,11 @@ class ImageSegment:
     crc32: int
 
 
-def _align(value: int, to: int) -> int:
-    return -(-value // to) * to
-
-
-def build_image(payloads: list[bytes], alignment: int = DEFAULT_ALIGNMENT) -> tuple[bytes, list[ImageSegment]]:
-    """Lay out `payloads` as an image; returns (image bytes, segment table)."""
-    if alignment < 4 or alignment & (alignment - 1):
-        raise TflmSwapError(f"image alignment {alignment} must be a power of two >= 4")
-    header_size = HEADER_BYTES + ENTRY_BYTES * len(payloads)
-    segments, cursor = [], header_size
-    for i, data in enumerate(payloads):
-        offset = _align(cursor, alignment)
-        segments.append(ImageSegment(i, offset, len(data), zlib.crc32(data)))
-        cursor = offset + len(data)
-    image_size = max(cursor, header_size)
-    if image_size >= 2**32:
-        raise TflmSwapError(f"image of {image_size} bytes exceeds the 4 GiB a 32-bit flash address reaches")
-    table = b"".join(_ENTRY.pack(s.offset, s.size, s.crc32, 0) for s in segments)
-    head = _HEADER.pack(MAGIC, VERSION, header_size, len(payloads), image_size, alignment)
-    head += struct.pack("<I", zlib.crc32(table))
-    head += struct.pack("<I", zlib.crc32(head))
-    image = bytearray(image_size)
-    image[:header_size] = head + table
-    for s, data in zip(segments, payloads):
-        image[s.offset : s.offset + s.size] = data
-    return bytes(image), segments
-
-
 def parse_image(image: bytes, check_payloads: bool = True) -> list[ImageSegment]:
     """Validate an image as the C core does and return its segment table."""
     if len(image) < HEADER_BYTES:
         raise SegmentIntegrityError(f"image of {len(image)} bytes is shorter than its {HEADER_BYTES}-byte header")
-    magic, version, header_size, count, image_size, alignment = _HEADER.unpack_from(image)
+    magic, version, header_size, count, image_size, alignment = HEADER.unpack_from(image)
     table_crc, header_crc = struct.unpack_from("<II", image, 24)
     if magic != MAGIC:
         raise SegmentIntegrityError(f"not a tflm_swap TFLM image (magic {magic!r}, expected {MAGIC!r})")
@@ -88,7 +61,7 @@ def parse_image(image: bytes, check_payloads: bool = True) -> list[ImageSegment]
         raise SegmentIntegrityError("image segment table CRC mismatch")
     segments, end = [], header_size
     for i in range(count):
-        offset, size, crc, reserved = _ENTRY.unpack_from(table, i * ENTRY_BYTES)
+        offset, size, crc, reserved = ENTRY.unpack_from(table, i * ENTRY_BYTES)
         if reserved or offset % alignment or offset < end or offset + size > image_size:
             raise SegmentIntegrityError(f"segment {i} (offset {offset}, size {size}) is misplaced")
         if check_payloads and zlib.crc32(image[offset : offset + size]) != crc:

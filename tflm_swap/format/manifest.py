@@ -13,7 +13,7 @@ import struct
 import zlib
 from dataclasses import asdict, dataclass, field
 
-from .errors import MalformedModelError, ManifestError, SegmentIntegrityError
+from ..errors import MalformedModelError, ManifestError, SegmentIntegrityError
 from .schema import tfl
 
 MANIFEST_NAME = "tflm_swap"

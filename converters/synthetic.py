@@ -10,12 +10,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import flatbuffers
 import numpy as np
 
-from ..errors import TflmSwapError
-from ..model import Model
-from ..schema import FILE_IDENTIFIER, tfl
+from tflm_swap.errors import TflmSwapError
+from tflm_swap.format.model import Model
+from tflm_swap.format.schema import tfl
+
+from .graph import (
+    add_buffer,
+    add_operator,
+    add_tensor,
+    empty_model,
+    make_operator,
+    make_quantization,
+    make_tensor,
+    opcode_index,
+)
 
 ACTIVATIONS = {"NONE": 0, "RELU": 1, "RELU_N1_TO_1": 2, "RELU6": 3}
 
@@ -60,25 +70,12 @@ class _Builder:
         self.int8 = dtype == "int8"
         self.per_channel = per_channel
         self.rng = np.random.default_rng(seed)
-        self.buffers: list[bytes] = [b""]
-        self.tensors: list[tfl.TensorT] = []
-        self.operators: list[tfl.OperatorT] = []
-        self.codes: list[int] = []
+        self.model = empty_model("tflm_swap delegate test model", version=3)
 
     def tensor(self, name: str, shape, ttype: int, data: bytes | None = None, quant=None) -> int:
-        t = tfl.TensorT()
-        t.name, t.shape, t.type = name, list(shape), ttype
-        t.buffer = 0
-        if data is not None:
-            self.buffers.append(data)
-            t.buffer = len(self.buffers) - 1
-        if quant is not None:
-            q = tfl.QuantizationParametersT()
-            q.scale, q.zeroPoint = [float(s) for s in quant[0]], [int(z) for z in quant[1]]
-            q.quantizedDimension = quant[2]
-            t.quantization = q
-        self.tensors.append(t)
-        return len(self.tensors) - 1
+        buffer = add_buffer(self.model, data) if data is not None else 0
+        q = make_quantization(*quant) if quant is not None else None
+        return add_tensor(self.model, make_tensor(name, shape, ttype, buffer, q))
 
     def activation(self, name: str, shape, scale: float, zero_point: int) -> int:
         if self.int8:
@@ -86,13 +83,10 @@ class _Builder:
         return self.tensor(name, shape, tfl.TensorType.FLOAT32)
 
     def op(self, code: int, inputs, outputs, options_type=0, options=None) -> None:
-        if code not in self.codes:
-            self.codes.append(code)
-        o = tfl.OperatorT()
-        o.opcodeIndex = self.codes.index(code)
-        o.inputs, o.outputs = list(inputs), list(outputs)
-        o.builtinOptionsType, o.builtinOptions = options_type, options
-        self.operators.append(o)
+        versions = {tfl.BuiltinOperator.FULLY_CONNECTED: 4, tfl.BuiltinOperator.CONV_2D: 3,
+                    tfl.BuiltinOperator.DEPTHWISE_CONV_2D: 3, tfl.BuiltinOperator.RELU: 2}
+        opcode = opcode_index(self.model, code, version=versions.get(code, 1) if self.int8 else 1)
+        add_operator(self.model, make_operator(opcode, inputs, outputs, options_type, options))
 
     def weights(self, name: str, shape, channels: int, axis: int, in_scale: float):
         """Weight and bias tensors data; returns (filter tensor, bias maker, per-channel scales)."""
@@ -125,27 +119,8 @@ def build_model(input_shape, layers: list[Layer], dtype: str = "float32", per_ch
     inputs = [x]
     for i, layer in enumerate(layers):
         x, shape, scale, zp = _add_layer(b, i, layer, x, shape, scale, zp)
-    sg = tfl.SubGraphT()
-    sg.tensors, sg.operators, sg.inputs, sg.outputs, sg.name = b.tensors, b.operators, inputs, [x], "main"
-    model = tfl.ModelT()
-    model.version, model.description, model.subgraphs = 3, "tflm_swap delegate test model", [sg]
-    model.operatorCodes = [_opcode(c, b.int8) for c in b.codes]
-    model.buffers = [tfl.BufferT() for _ in b.buffers]
-    for buf, data in zip(model.buffers, b.buffers):
-        buf.data = np.frombuffer(data, dtype=np.uint8) if data else None
-    fbb = flatbuffers.Builder(1024 + sum(len(d) for d in b.buffers))
-    fbb.Finish(model.Pack(fbb), file_identifier=FILE_IDENTIFIER)
-    packed = bytes(fbb.Output())
-    return bytes(Model.from_bytes(packed).pack())  # re-pack with 16-byte aligned buffers
-
-
-def _opcode(code: int, int8: bool) -> tfl.OperatorCodeT:
-    c = tfl.OperatorCodeT()
-    c.builtinCode, c.deprecatedBuiltinCode = code, min(code, 127)
-    versions = {tfl.BuiltinOperator.FULLY_CONNECTED: 4, tfl.BuiltinOperator.CONV_2D: 3,
-                tfl.BuiltinOperator.DEPTHWISE_CONV_2D: 3, tfl.BuiltinOperator.RELU: 2}
-    c.version = versions.get(code, 1) if int8 else 1
-    return c
+    b.model.subgraph.inputs, b.model.subgraph.outputs, b.model.subgraph.name = inputs, [x], "main"
+    return bytes(Model.from_bytes(bytes(b.model.pack())).pack())  # as parsed back: 16-byte aligned buffers
 
 
 def _out_size(n: int, k: int, s: int, d: int, padding: str) -> int:

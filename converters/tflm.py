@@ -21,13 +21,16 @@ import copy
 import struct
 from dataclasses import dataclass, field
 
-from ..errors import UnsupportedModelError
-from ..manifest import MANIFEST_NAME
-from ..model import Model
-from ..runtime.backends import ensure_tflm_compatible
-from ..schema import tfl
-from ..segment import DEFAULT_MIN_SEGMENT_BYTES
-from .image import DEFAULT_ALIGNMENT, ImageSegment, build_image
+from tflm_swap.errors import UnsupportedModelError
+from tflm_swap.format.flash_image import DEFAULT_ALIGNMENT, ImageSegment
+from tflm_swap.format.manifest import MANIFEST_NAME
+from tflm_swap.format.model import Model
+from tflm_swap.format.schema import text, tfl
+from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES
+from tflm_swap.interpreters import ensure_tflm_compatible
+
+from .flash_image import build_image
+from .graph import make_operator, opcode_index, splice_operators
 
 LOAD_OP = "TSWAP_LOAD"
 LOAD_START_OP = "TSWAP_LOAD_START"
@@ -163,25 +166,15 @@ def _strip(model: Model, loaded: set[int]) -> Model:
     for b in range(1, len(buffers)):
         if b not in still_used:
             buffers[b] = b""
-    fb.metadata = [m for m in fb.metadata or [] if _name(m.name) != MANIFEST_NAME]
+    fb.metadata = [m for m in fb.metadata or [] if text(m.name) != MANIFEST_NAME]
     for m in model.fb.metadata or []:
-        if _name(m.name) == MANIFEST_NAME:
+        if text(m.name) == MANIFEST_NAME:
             buffers[m.buffer] = b""
     return Model(fb, buffers, b"", model.source)
 
 
-def _name(raw) -> str:
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
-
-
 def _custom(opcode: int, inputs: list[int], outputs: list[int], segment: int, flags: int) -> tfl.OperatorT:
-    op = tfl.OperatorT()
-    op.opcodeIndex = opcode
-    op.inputs = inputs
-    op.outputs = outputs
-    op.customOptions = list(struct.pack("<II", segment, flags))
-    op.customOptionsFormat = tfl.CustomOptionsFormat.FLEXBUFFERS
-    return op
+    return make_operator(opcode, inputs, outputs, custom_options=struct.pack("<II", segment, flags))
 
 
 def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, flags: int) -> list[LoadStep]:
@@ -191,24 +184,27 @@ def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, fla
         by_op.setdefault(op, []).append((t, seg_of[b]))
     asynchronous = {op: max(items, key=lambda x: model.tensor_nbytes(x[0])) for op, items in by_op.items()} \
         if prefetch else {}
-    codes = {kind: model.opcode_index(tfl.BuiltinOperator.CUSTOM, kind)
+    codes = {kind: opcode_index(model, tfl.BuiltinOperator.CUSTOM, kind)
              for kind in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP) if kind == LOAD_OP or prefetch}
-    original = list(model.operators)
-    ops: list[tuple[tfl.OperatorT, str, int, int, int | None]] = []  # op, kind, segment, tensor, reader
-    for k, op in enumerate(original):
+    before: dict[int, list[tfl.OperatorT]] = {}
+    steps: list[tuple[int, int, str, int, int, int]] = []  # original op, slot before it, kind, segment,
+    #                                                         tensor, reader
+
+    def load(k: int, kind: str, t: int, s: int, reader: int, op_flags: int) -> None:
+        inputs, outputs = ([t], []) if kind == LOAD_WAIT_OP else ([], [t])
+        before.setdefault(k, []).append(_custom(codes[kind], inputs, outputs, s, op_flags))
+        steps.append((k, len(before[k]) - 1, kind, s, t, reader))
+
+    for k in range(len(model.operators)):
         if k == 0 and 0 in asynchronous:
-            t, s = asynchronous[0]
-            ops.append((_custom(codes[LOAD_START_OP], [], [t], s, 0), LOAD_START_OP, s, t, 0))
+            load(0, LOAD_START_OP, *asynchronous[0], 0, 0)
         if k in asynchronous:
-            t, s = asynchronous[k]
-            ops.append((_custom(codes[LOAD_WAIT_OP], [t], [], s, flags), LOAD_WAIT_OP, s, t, k))
+            load(k, LOAD_WAIT_OP, *asynchronous[k], k, flags)
         for t, s in by_op.get(k, []):
             if asynchronous.get(k) != (t, s):
-                ops.append((_custom(codes[LOAD_OP], [], [t], s, flags), LOAD_OP, s, t, k))
+                load(k, LOAD_OP, t, s, k, flags)
         if k + 1 in asynchronous:
-            t, s = asynchronous[k + 1]
-            ops.append((_custom(codes[LOAD_START_OP], [], [t], s, 0), LOAD_START_OP, s, t, k + 1))
-        ops.append((op, "", -1, -1, None))
-    model.subgraph.operators = [o for o, *_ in ops]
-    position = [i for i, (_, kind, *_r) in enumerate(ops) if not kind]  # original op k -> new index
-    return [LoadStep(i, kind, s, t, position[reader]) for i, (_, kind, s, t, reader) in enumerate(ops) if kind]
+            load(k, LOAD_START_OP, *asynchronous[k + 1], k + 1, 0)
+    position = splice_operators(model, before=before)  # original op k -> new index
+    return [LoadStep(position[k] - len(before[k]) + slot, kind, s, t, position[reader])
+            for k, slot, kind, s, t, reader in steps]

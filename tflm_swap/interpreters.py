@@ -16,7 +16,8 @@ from types import ModuleType
 
 import numpy as np
 
-from ..errors import TflmSwapError, UnsupportedModelError
+from .errors import TflmSwapError, UnsupportedModelError
+from .format.model import Model
 
 BACKENDS = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 
@@ -125,7 +126,6 @@ class TflmArena:
 
 def ensure_tflm_compatible(model_bytes: bytes) -> None:
     """Refuse a model that TFLM would run wrongly: TFLM ignores Buffer.offset and reads zeros/NaN."""
-    from ..model import Model
 
     model = Model.from_bytes(model_bytes)
     external = [i for i, b in enumerate(model.fb.buffers) if b.offset > 1]
@@ -148,7 +148,6 @@ def tflm_interpreter(model_bytes: bytes, arena_size: int | None = None):
 
 def tflm_arena(model_bytes: bytes, seed: int = 0) -> TflmArena:
     """Run one inference on TFLM and return the arena use its RecordingMicroAllocator prints."""
-    from ..model import Model
 
     interpreter = tflm_interpreter(model_bytes)
     rng = np.random.default_rng(seed)

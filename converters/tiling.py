@@ -17,9 +17,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from .errors import TflmSwapError, UnsupportedModelError
-from .model import Model, element_bits
-from .schema import tfl
+from tflm_swap.errors import TflmSwapError, UnsupportedModelError
+from tflm_swap.format.model import Model, element_bits
+from tflm_swap.format.schema import tfl
+
+from .graph import add_buffer, add_tensor, make_operator, opcode_index, splice_operators
 
 # Rows per tile: a multiple of this, and no tile has fewer. Float kernels may take another path
 # for very few rows (LiteRT's builtin kernel gives a one-row FULLY_CONNECTED a different summation
@@ -57,20 +59,19 @@ def tile_fully_connected(model: Model, max_tile_bytes: int) -> tuple[Model, list
     model.check_single_graph()
     tiled = Model.from_bytes(model.pack(), source=model.source)  # a deep copy to rewrite
     users = _weight_users(tiled)
-    operators: list[tfl.OperatorT] = []
+    replaced: dict[int, list[tfl.OperatorT]] = {}
     layers: list[TiledLayer] = []
     for index, op in enumerate(tiled.operators):
         rows = _rows_per_tile(tiled, index, max_tile_bytes, users)
         if rows is None:
-            operators.append(op)
             continue
         name, size = tiled.tensor_name(op.inputs[1]), tiled.buffer_size(tiled.tensors[op.inputs[1]].buffer)
         tiles, joins = _split(tiled, op, rows)
-        operators.extend(tiles + joins)
+        replaced[index] = tiles + joins
         layers.append(TiledLayer(index, name, size, len(tiles)))
     if not layers:
         return model, []
-    tiled.subgraph.operators = operators
+    splice_operators(tiled, replace=replaced)
     return Model.from_bytes(tiled.pack(), source=model.source), layers
 
 
@@ -156,8 +157,8 @@ def _split(model: Model, op: tfl.OperatorT, rows: int) -> tuple[list[tfl.Operato
                 model.buffers[tensor.buffer] = data
                 model.subgraph.tensors[op.inputs[k]] = tensor
             else:
-                tensor.buffer = _new_buffer(model, data)
-                tile.inputs[k] = _new_tensor(model, tensor)
+                tensor.buffer = add_buffer(model, data)
+                tile.inputs[k] = add_tensor(model, tensor)
         tile.outputs = [_tile_output(model, op.outputs[0], first, last)]
         tiles.append(tile)
         outputs.append(tile.outputs[0])
@@ -183,13 +184,10 @@ def _join(model: Model, parts: list[int], output: int) -> list[tfl.OperatorT]:
 
 
 def _concatenation(model: Model, inputs: list[int], output: int) -> tfl.OperatorT:
-    join = tfl.OperatorT()
-    join.opcodeIndex = model.opcode_index(_CONCATENATION)
-    join.inputs, join.outputs = list(inputs), [output]
-    join.builtinOptionsType = tfl.BuiltinOptions.ConcatenationOptions
-    join.builtinOptions = tfl.ConcatenationOptionsT()
-    join.builtinOptions.axis = len(model.tensors[output].shape) - 1
-    return join
+    options = tfl.ConcatenationOptionsT()
+    options.axis = len(model.tensors[output].shape) - 1
+    return make_operator(opcode_index(model, _CONCATENATION), inputs, [output],
+                         tfl.BuiltinOptions.ConcatenationOptions, options)
 
 
 def _row_slice(model: Model, source: tfl.TensorT, data: bytes, name: str, first: int, last: int,
@@ -217,19 +215,8 @@ def _tile_output(model: Model, like: int, first: int, last: int, label: str = ""
     if output.shapeSignature is not None:
         tensor.shapeSignature = list(output.shapeSignature[:-1]) + [last - first]
     tensor.name = f"{model.tensor_name(like)}/{label or f'rows_{first}_{last}'}"
-    tensor.buffer = _new_buffer(model, b"")
-    return _new_tensor(model, tensor)
-
-
-def _new_buffer(model: Model, data: bytes) -> int:
-    model.fb.buffers.append(tfl.BufferT())
-    model.buffers.append(bytes(data))
-    return len(model.buffers) - 1
-
-
-def _new_tensor(model: Model, tensor: tfl.TensorT) -> int:
-    model.subgraph.tensors.append(tensor)
-    return len(model.subgraph.tensors) - 1
+    tensor.buffer = add_buffer(model, b"")
+    return add_tensor(model, tensor)
 
 
 def verify_tiling(original: bytes, tiled: bytes, source: str = "<model>") -> None:
@@ -241,7 +228,7 @@ def verify_tiling(original: bytes, tiled: bytes, source: str = "<model>") -> Non
     installed here (on another machine, `tflm-swap run --original` checks that machine's)."""
     import numpy as np
 
-    from .runtime.backends import litert_interpreter, random_inputs, run_litert
+    from tflm_swap.interpreters import litert_interpreter, random_inputs, run_litert
 
     for delegates in (True, False):
         runs = [litert_interpreter(m, default_delegates=delegates) for m in (original, tiled)]

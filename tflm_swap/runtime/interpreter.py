@@ -29,7 +29,6 @@ makes that one fault per 2 MiB (MobileNetV2 at the prefetch-1 minimum: 2,090 -> 
 from __future__ import annotations
 
 import copy
-import ctypes
 import os
 import sys
 import threading
@@ -40,17 +39,38 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import planner
+from tflm_swap.converters.submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
+
 from ..errors import BudgetError, SegmentIntegrityError, TflmSwapError
-from ..manifest import Manifest, read_model_head
-from ..model import Model, numpy_dtype
-from ..planner import Stage, min_stage_budget, partition_stages, plan_model
-from ..segment import check_segment
-from ..submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
-from .backends import litert_interpreter
+from ..format.manifest import Manifest, read_model_head
+from ..format.model import Model
+from ..format.schema import text
+from ..format.segments import check_segment
+from ..interpreters import litert_interpreter
+from ..planner import (
+    Plan,
+    Stage,
+    min_stage_budget,
+    partition_stages,
+    plan_model,
+    streamed_bytes,
+)
+from ..planner import stages as stage_policy  # cost models read at call time (tests patch them)
 from .compiled import CompiledStage, StageOutput, XnnpackCache
 from .crc import crc32
-from .pages import HUGE_PAGE, MADV_DONTNEED, MADV_HUGEPAGE, PAGE, madvise
+from .details import SwapSignatureRunner, signatures, tensor_details
+from .paging import InlineExecutor, PageIn
+from .process_memory import (
+    advise_huge_pages,
+    arena_tensors,
+    bytes_address,
+    bytes_view,
+    pin_mmap_threshold,
+    tensor_span,
+    trim_heap,
+    writable_bytes,
+    zero_pages,
+)
 from .stage_files import StageFile, read_stage_index
 
 
@@ -174,14 +194,14 @@ class SwapInterpreter:
             os.close(self._fd)
             raise
         self._model_inputs, self._model_outputs = list(self._model.inputs), list(self._model.outputs)
-        self._detail_cache = {t: _details(self._model, t) for t in self._model_inputs + self._model_outputs}
-        self._signature_cache = _signatures(self._model)
+        self._detail_cache = {t: tensor_details(self._model, t) for t in self._model_inputs + self._model_outputs}
+        self._signature_cache = signatures(self._model)
         self.resident = all(s.resident for s in self.stages)  # the whole model, loaded once
         self._streamed = [i for i, s in enumerate(self.stages) if not s.resident]
         self._templates: list[_Template] = []
         self._last_use: list[list[int]] = []  # per stage: crossing tensors read for the last time there
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: dict[int, Future | _PageIn] = {}
+        self._pending: dict[int, Future | PageIn] = {}
         self._slots: list[bytes | None] = []  # model bytes reused across loads (see _buffer)
         self._slot_used: list[int] = []
         self._slot_size = 0  # bytes of each slot: the largest streamed stage's model
@@ -212,14 +232,14 @@ class SwapInterpreter:
         self._later_inputs = {t for template in self._templates[1:] for t in template.inputs} & set(self._model_inputs)
         self._model = self.plan = None  # ~0.5 MiB of parsed graph (MobileNetV2): templates replace it
         if not self.resident:
-            _pin_mmap_threshold()
+            pin_mmap_threshold()
         self._slots = [None] * (min(self.prefetch, max(len(self._streamed) - 1, 0)) + 1)
         self._slot_used = [0] * len(self._slots)  # per slot: how far loads wrote since it last gave pages back
         self._slot_size = max((self._templates[i].base + self._templates[i].blob_size for i in self._streamed),
                               default=0)
         # a resident model is loaded once, here, on this thread, and without prefetch nothing overlaps:
         # then a prefetch thread (and its malloc arena, ~0.25 MiB) would serve no purpose
-        self._executor = _InlineExecutor() if self.resident or not self.prefetch else ThreadPoolExecutor(
+        self._executor = InlineExecutor() if self.resident or not self.prefetch else ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="tflm_swap-prefetch")
         self._schedule(0)
         for i, stage in enumerate(self.stages):  # resident stages: read once, now
@@ -296,7 +316,7 @@ class SwapInterpreter:
             # Within an invoke, a stage reuses the heap memory the stage before it freed (trimming
             # after every stage: +3 ms per invoke, in page faults, for MobileNetV2 in 8 stages,
             # and no lower peak)
-            self._executor.submit(_trim_heap)
+            self._executor.submit(trim_heap)
         self._counters.invokes += 1
         self._give_back = not self._waited  # (without prefetch, loads are never waited for)
 
@@ -353,7 +373,7 @@ class SwapInterpreter:
             "paged": bool(self._compiled),  # xnnpack_cache_dir: stages built once, packed weights paged
             "resident": self.resident,
             "resident_weight_bytes": sum(s.weight_bytes for s in self.stages if s.resident),
-            "streamed_bytes_per_invoke": planner.streamed_bytes(self.stages),
+            "streamed_bytes_per_invoke": streamed_bytes(self.stages),
             "invokes": c.invokes,
             "fresh_buffers": c.fresh_buffers,
             "stages": [
@@ -370,7 +390,7 @@ class SwapInterpreter:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
         for pending in self._pending.values():
-            if isinstance(pending, _PageIn):  # its native thread reads the stage's mapping: wait
+            if isinstance(pending, PageIn):  # its native thread reads the stage's mapping: wait
                 pending.exception()
         self._pending.clear()
         if self._compiled:
@@ -399,8 +419,8 @@ class SwapInterpreter:
     def _partition(self) -> list[Stage]:
         budget = None if self.ram_budget is None else self.ram_budget // self.weight_copies
         try:
-            costs = planner.XNNPACK_PAGED_COSTS if self._xnnpack_cache is not None else (
-                planner.BUILTIN_COSTS if self.weight_copies == 1 else planner.XNNPACK_COSTS)
+            costs = stage_policy.XNNPACK_PAGED_COSTS if self._xnnpack_cache is not None else (
+                stage_policy.BUILTIN_COSTS if self.weight_copies == 1 else stage_policy.XNNPACK_COSTS)
             return partition_stages(self.plan, budget, self.prefetch, costs)
         except BudgetError as exc:
             if self.weight_copies == 1:
@@ -438,7 +458,7 @@ class SwapInterpreter:
                 self._pending[i] = self._start_load(i, slot)
                 self._loads += not self.stages[i].resident
 
-    def _start_load(self, i: int, slot: int) -> Future | _PageIn:
+    def _start_load(self, i: int, slot: int) -> Future | PageIn:
         """Start loading stage `i` (into `slot`; -1: resident): paged, or read on the prefetch thread."""
         return self._page_in(i) if self._compiled else self._executor.submit(self._load, i, slot)
 
@@ -476,12 +496,12 @@ class SwapInterpreter:
         interpreter = loaded.interpreter
         ends = self._arena_ends.get(loaded.stage)
         if ends is None:
-            ends = self._arena_ends[loaded.stage] = _arena_tensors(interpreter, loaded.data)
+            ends = self._arena_ends[loaded.stage] = arena_tensors(interpreter, loaded.data)
         if ends[0] < 0:
             return
-        start, _ = _tensor_span(interpreter, ends[0])
-        end = sum(_tensor_span(interpreter, ends[1]))
-        _advise_huge_pages(start, end)
+        start, _ = tensor_span(interpreter, ends[0])
+        end = sum(tensor_span(interpreter, ends[1]))
+        advise_huge_pages(start, end)
 
     def _take(self, i: int) -> _Loaded:
         future = self._pending[i]
@@ -500,7 +520,7 @@ class SwapInterpreter:
             return self._load_file(i, started)
         resident = self.stages[i].resident
         t = self._templates[i]
-        data, view = _writable_bytes(t.base + t.blob_size) if resident else self._buffer(slot, t.base + t.blob_size)
+        data, view = writable_bytes(t.base + t.blob_size) if resident else self._buffer(slot, t.base + t.blob_size)
         self._read_stage(t, view)
         del view
         interpreter = litert_interpreter(data, **self._options)
@@ -535,7 +555,7 @@ class SwapInterpreter:
         for i, t in enumerate(templates):
             model_file, packed_file = cache.paths_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement])
             if not cache.valid(model_file):
-                data, view = _writable_bytes(t.base + t.blob_size)
+                data, view = writable_bytes(t.base + t.blob_size)
                 self._read_stage(t, view)
                 del view
                 cache.write(model_file, data)
@@ -553,19 +573,25 @@ class SwapInterpreter:
             self._compiled[i] = stage
             t.graph = b""  # the stage lives on in its files
 
-    def _page_in(self, i: int) -> _PageIn:
+    def _page_in(self, i: int) -> PageIn:
         """Start loading a built stage: its packed weights are faulted in on a native thread."""
         stage = self._compiled[i]
         stage.start_page_in()
         # held from now on (its pages are coming in); the time is added when the stage is taken
         self._count_load(i, stage.packed_bytes, stage.packed_bytes, time.perf_counter())
-        return _PageIn(self, i, stage)
+        loaded = _Loaded(stage, b"", stage.input_index, stage.output_index, stage.packed_bytes, True, i)
+        return PageIn(stage, self._packed_crcs[i], loaded, lambda: self._release(loaded),
+                      lambda seconds: self._add_load_time(i, seconds))
+
+    def _add_load_time(self, i: int, seconds: float) -> None:
+        with self._lock:
+            self._counters.stages[i].load_s += seconds
 
     def _load_file(self, i: int, started: float) -> _Loaded:
         """Load stage `i` from its stage file (see stage_files): one positioned read of the whole
         file, checked against the size and CRC32 stages.json records, before LiteRT sees it."""
         sf = self._stage_files[i]
-        data, view = _writable_bytes(sf.size)
+        data, view = writable_bytes(sf.size)
         try:
             fd = os.open(sf.path, os.O_RDONLY)
         except OSError as exc:
@@ -583,8 +609,8 @@ class SwapInterpreter:
                 f"stage {i}: {sf.path} has CRC32 {found:08x}; stages.json records {sf.crc32:08x} (the file "
                 "changed after it was exported or sealed: export, or seal, again)")
         interpreter = litert_interpreter(data, **self._options)
-        ins = {_text(d["name"]): d["index"] for d in interpreter.get_input_details()}
-        outs = {_text(d["name"]): d["index"] for d in interpreter.get_output_details()}
+        ins = {text(d["name"]): d["index"] for d in interpreter.get_input_details()}
+        outs = {text(d["name"]): d["index"] for d in interpreter.get_output_details()}
         missing = [n for n in sf.inputs if n not in ins] + [n for n in sf.outputs if n not in outs]
         if missing:
             raise TflmSwapError(f"stage {i}: {sf.path} has no tensors named {missing} among its inputs "
@@ -639,15 +665,15 @@ class SwapInterpreter:
         # 3 references: the slot list, `data`, getrefcount's argument; more means a live interpreter
         if data is None or sys.getrefcount(data) > 3:
             self._slots[slot] = data = None  # an old buffer still in use is freed with its interpreter
-            data, _ = _writable_bytes(self._slot_size)
+            data, _ = writable_bytes(self._slot_size)
             self._slots[slot], self._slot_used[slot] = data, 0
             self._counters.fresh_buffers += 1
         written = self._slot_used[slot]
         if written > used and self._give_back:  # give back the pages a larger stage used
-            _zero(_bytes_address(data) + used, written - used)
+            zero_pages(bytes_address(data) + used, written - used)
             written = used
         self._slot_used[slot] = max(written, used)
-        return data, _view(data)
+        return data, bytes_view(data)
 
     def _release(self, loaded: _Loaded, next_stage: int | None = None) -> None:
         with self._lock:
@@ -686,123 +712,12 @@ def _weight_copies(default_delegates: bool, reference_kernels: bool) -> int:
     return 2 if default_delegates and not reference_kernels else 1
 
 
-def _read_graph(fd: int, path: Path) -> tuple[Manifest, Model, planner.Plan]:
+def _read_graph(fd: int, path: Path) -> tuple[Manifest, Model, Plan]:
     """The manifest, the graph (weights not read) and its plan; checks the weights region is whole."""
     head, manifest = read_model_head(fd, path)
     _check_weights_region(manifest, os.fstat(fd).st_size, path)
     model = Model.from_bytes(head[: manifest.graph_size], source=str(path), read_external=False)
     return manifest, model, plan_model(model, prefetch_depths=())
-
-
-def _details(model: Model, t: int) -> dict:
-    """LiteRT's tensor details for tensor `t` of the (main subgraph of the) model."""
-    tensor = model.tensors[t]
-    q = tensor.quantization
-    scales = np.asarray(q.scale if q is not None and q.scale is not None else [], dtype=np.float32)
-    zeros = np.asarray(q.zeroPoint if q is not None and q.zeroPoint is not None else [], dtype=np.int32)
-    shape = np.asarray(tensor.shape if tensor.shape is not None else [], dtype=np.int32)
-    signature = tensor.shapeSignature if tensor.shapeSignature is not None else shape
-    return {
-        "name": model.tensor_name(t),
-        "index": t,
-        "shape": shape,
-        "shape_signature": np.asarray(signature, dtype=np.int32),
-        "dtype": numpy_dtype(tensor.type),
-        "quantization": (float(scales[0]), int(zeros[0])) if len(scales) == 1 else (0.0, 0),
-        "quantization_parameters": {
-            "scales": scales, "zero_points": zeros,
-            "quantized_dimension": int(q.quantizedDimension) if q is not None else 0,
-        },
-        "sparsity_parameters": {},
-    }
-
-
-def _signatures(model: Model) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
-    """Signature key -> (input name -> tensor, output name -> tensor), main subgraph only."""
-    result = {}
-    for sig in model.fb.signatureDefs or []:
-        if sig.subgraphIndex != 0:
-            continue
-        names = lambda maps: {_text(m.name): int(m.tensorIndex) for m in maps or []}  # noqa: E731
-        result[_text(sig.signatureKey)] = (names(sig.inputs), names(sig.outputs))
-    return result
-
-
-class SwapSignatureRunner:
-    """LiteRT's SignatureRunner surface on a SwapInterpreter: `runner(name=array)` -> {name: array}."""
-
-    def __init__(self, interpreter: SwapInterpreter, inputs: dict[str, int], outputs: dict[str, int]):
-        self._interpreter, self._inputs, self._outputs = interpreter, inputs, outputs
-
-    def get_input_details(self) -> dict[str, dict]:
-        return {name: self._interpreter._details(t) for name, t in self._inputs.items()}
-
-    def get_output_details(self) -> dict[str, dict]:
-        return {name: self._interpreter._details(t) for name, t in self._outputs.items()}
-
-    def __call__(self, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
-        unknown = sorted(set(kwargs) - set(self._inputs))
-        missing = sorted(set(self._inputs) - set(kwargs))
-        if unknown or missing:
-            raise ValueError(f"signature inputs are {sorted(self._inputs)}; unknown {unknown}, missing {missing}")
-        if not self._interpreter._templates:
-            self._interpreter.allocate_tensors()
-        for name, value in kwargs.items():
-            self._interpreter.set_tensor(self._inputs[name], value)
-        self._interpreter.invoke()
-        return {name: self._interpreter.get_tensor(t) for name, t in self._outputs.items()}
-
-
-class _PageIn:
-    """A paged stage's load in progress (see runtime.compiled), with the part of Future's surface
-    SwapInterpreter uses: the result is the loaded stage, once its pages are in and checked."""
-
-    def __init__(self, owner: SwapInterpreter, i: int, stage: CompiledStage):
-        self._owner, self._i, self._stage = owner, i, stage
-        self._loaded: _Loaded | None = None
-        self._error: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._loaded is not None or self._error is not None or self._stage.page_in_done()
-
-    def exception(self) -> BaseException | None:
-        try:
-            self.result()
-        except BaseException as exc:
-            return exc
-        return None
-
-    def result(self) -> _Loaded:
-        if self._loaded is None and self._error is None:
-            owner, stage, i = self._owner, self._stage, self._i
-            loaded = _Loaded(stage, b"", stage.input_index, stage.output_index, stage.packed_bytes, True, i)
-            try:
-                seconds = stage.finish_page_in(owner._packed_crcs[i])
-            except BaseException as exc:
-                self._error = exc
-                owner._release(loaded)  # not loaded after all: its pages go, and it is no longer held
-            else:
-                self._loaded = loaded
-                with owner._lock:
-                    owner._counters.stages[i].load_s += seconds
-        if self._error is not None:
-            raise self._error
-        return self._loaded
-
-
-class _InlineExecutor:
-    """ThreadPoolExecutor's submit/shutdown, running each call at once on the calling thread."""
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # delivered by future.result(), as from a thread
-            future.set_exception(exc)
-        return future
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        pass
 
 
 def _last_uses(templates: list[_Template], keep: set[int]) -> list[list[int]]:
@@ -817,10 +732,6 @@ def _last_uses(templates: list[_Template], keep: set[int]) -> list[list[int]]:
         if tensor not in keep:
             drops[i].append(tensor)
     return drops
-
-
-def _text(value: bytes | str | None) -> str:
-    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 def _indices(details: list[dict]) -> list[int]:
@@ -838,118 +749,3 @@ def _check_weights_region(manifest: Manifest, size: int, path: Path) -> None:
             )
 
 
-_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
-_new_bytes.restype = ctypes.py_object
-_new_bytes.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
-_bytes_address = ctypes.pythonapi.PyBytes_AsString
-_bytes_address.restype = ctypes.c_void_p
-_bytes_address.argtypes = [ctypes.py_object]
-
-
-def _writable_bytes(n: int) -> tuple[bytes, memoryview]:
-    """A new, zeroed `bytes` object and a writable view of it, to be filled before it is shared.
-
-    LiteRT takes model content only as `bytes`; building it this way (the C API's
-    PyBytes_FromStringAndSize(NULL, n) pattern) lets segments be read straight into place instead
-    of into a buffer that is then copied, so a stage's weights exist once in memory.
-    """
-    data = _new_bytes(None, n)
-    _zero(_bytes_address(data), n)
-    return data, _view(data)
-
-
-def _zero(address: int, n: int) -> None:
-    """Zero `n` bytes of private memory at `address` without making its whole pages resident.
-
-    Whole pages inside are dropped (MADV_DONTNEED: private anonymous pages then read as zeros and
-    take no RAM until written); only the partial pages at the edges are written. So a stage buffer
-    holds RAM for the bytes a load writes into it, not for its whole size. Falls back to memset.
-    """
-    low, high = -(-address // PAGE) * PAGE, (address + n) // PAGE * PAGE
-    if high - low < PAGE or madvise is None or madvise(low, high - low, MADV_DONTNEED) != 0:
-        ctypes.memset(address, 0, n)
-        return
-    ctypes.memset(address, 0, low - address)
-    ctypes.memset(high, 0, address + n - high)
-
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 1 << 20
-_mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc only
-
-
-def _pin_mmap_threshold() -> None:
-    """Make glibc serve every allocation of 1 MiB or more with its own mapping, unmapped on free.
-
-    By default glibc raises its mmap threshold (up to 32 MiB) each time such a block is freed, and
-    from then on keeps freed blocks below it in its heaps: XNNPACK's packed copy of a released
-    stage's weights (and a replaced stage buffer) would stay resident, and the process would hold
-    far more than the budget (measured: 145 MiB of weights RSS for a 128 MiB budget). Pinning the
-    threshold (what `MALLOC_MMAP_THRESHOLD_=1048576` does) applies to the whole process; it is
-    glibc's own behaviour before its first raise, with 1 MiB instead of 128 KiB.
-    """
-    if _mallopt is not None:
-        _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-
-
-_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only
-
-
-def _trim_heap() -> None:
-    """Return the free pages inside glibc's heaps to the system (malloc_trim(0)).
-
-    A released stage frees many blocks below the mmap threshold (its interpreter's tensors and
-    node data, small activation arenas, kernel scratch buffers). glibc gives heap memory back only
-    from the top of a heap, so these freed pages stayed resident and added up over the first few
-    invokes (MobileNetV2, builtin kernels, 3 stages: +2 to +4 MiB of VmHWM between the first and
-    the fifth invoke); malloc_trim(0) releases every free page wherever it is. Runs once per
-    invoke, after the last streamed stage is released, on the prefetch thread (ctypes releases
-    the GIL) behind the loads already queued. Cost: about 0.35 ms per call, and the released
-    pages are faulted in again by the next invoke's stages.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
-def _view(data: bytes) -> memoryview:
-    """A writable view of a bytes object that only this module holds (see _writable_bytes)."""
-    return memoryview((ctypes.c_char * len(data)).from_address(_bytes_address(data))).cast("B")
-
-
-# ------------------------------------------------------------------------------ arena huge pages
-def _tensor_span(interpreter, index: int) -> tuple[int, int]:
-    """(address, size) of a tensor's data; the numpy view is dropped at once (LiteRT refuses to
-    invoke while one is alive). (0, 0) for a 0-d tensor: LiteRT gives a numpy scalar, not a view."""
-    array = interpreter.tensor(index)()
-    span = (array.ctypes.data, array.nbytes) if isinstance(array, np.ndarray) else (0, 0)
-    del array
-    return span
-
-
-def _arena_tensors(interpreter, model_bytes: bytes) -> tuple[int, int]:
-    """The tensors at the start and at the end of an allocated interpreter's activation memory:
-    those with data outside the model bytes (constants point into the model). (-1, -1): none."""
-    base, size = _bytes_address(model_bytes), len(model_bytes)
-    first = last = -1
-    low, high = None, 0
-    for detail in interpreter.get_tensor_details():
-        try:
-            address, nbytes = _tensor_span(interpreter, detail["index"])
-        except ValueError:  # no data (optional or unallocated tensor)
-            continue
-        if nbytes == 0 or base <= address < base + size:
-            continue
-        if low is None or address < low:
-            low, first = address, detail["index"]
-        if address + nbytes > high:
-            high, last = address + nbytes, detail["index"]
-    return first, last
-
-
-def _advise_huge_pages(start: int, end: int) -> None:
-    """madvise(MADV_HUGEPAGE) on the pages of [start, end) when they can hold a huge page; the
-    kernel uses huge pages for the 2 MiB-aligned blocks inside the mapping. A no-op where it cannot
-    apply (no THP in the kernel, non-Linux). Only a hint: contents are unchanged."""
-    low, high = start // PAGE * PAGE, -(-end // PAGE) * PAGE
-    if madvise is not None and high - low >= HUGE_PAGE:
-        madvise(low, high - low, MADV_HUGEPAGE)

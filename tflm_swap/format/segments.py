@@ -1,6 +1,6 @@
-"""Move constant buffers into page-aligned segments after the flatbuffer, in execution order.
+"""Segmented models: their layout, and reading, checking, splitting and joining them.
 
-File layout of a segmented model::
+`tflm_swap.converters.segment` writes them. File layout of a segmented model::
 
     [flatbuffer: graph, small inline constants, `tflm_swap` manifest] [zero pad to a page]
     [segment 0] [pad] [segment 1] [pad] ... [segment N-1]
@@ -11,13 +11,12 @@ LiteRT loads the file as it is. The bytes from the image base on form the flash 
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from dataclasses import dataclass
 
-from .errors import SegmentIntegrityError, TflmSwapError
-from .manifest import HEADER_SIZE, MANIFEST_NAME, Manifest, OpStep, Segment, SegmentEntry, read_manifest
-from .model import DATA_ALIGNMENT, ExternalBuffer, Model
+from ..errors import SegmentIntegrityError
+from .manifest import Manifest, Segment, read_manifest
+from .model import DATA_ALIGNMENT, Model
 
 DEFAULT_PAGE_SIZE = 4096
 DEFAULT_MIN_SEGMENT_BYTES = 1024
@@ -81,107 +80,6 @@ def layout_segments(model: Model, min_bytes: int = DEFAULT_MIN_SEGMENT_BYTES) ->
     return specs
 
 
-def segment_model(
-    model: Model,
-    page_size: int = DEFAULT_PAGE_SIZE,
-    min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
-    source: bytes | None = None,
-) -> bytes:
-    """Return the segmented `.tflite` bytes for `model` (see module docstring).
-
-    The manifest records the SHA-256 and size of `source`, the file the model came from (default:
-    the model's own bytes; a re-segmented model keeps the hash it recorded)."""
-    _check_options(page_size, min_segment_bytes)
-    model.check_single_graph()
-    segments, image = _build_image(model, layout_segments(model, min_segment_bytes), page_size)
-    previous = _previous_manifest(model)
-    manifest = Manifest(
-        page_size=page_size,
-        alignment=DATA_ALIGNMENT,
-        min_segment_bytes=min_segment_bytes,
-        graph_size=0,
-        image_offset=page_size,
-        image_size=len(image),
-        source_sha256=previous.source_sha256 if previous else hashlib.sha256(source or model.raw).hexdigest(),
-        source_size=previous.source_size if previous else len(source or model.raw),
-        segments=segments,
-        schedule=_schedule(model, segments),
-    )
-    graph = _pack_until_stable(model, manifest)
-    return bytes(graph) + bytes(manifest.image_offset - len(graph)) + image
-
-
-def _check_options(page_size: int, min_segment_bytes: int) -> None:
-    if page_size < DATA_ALIGNMENT or page_size & (page_size - 1):
-        raise TflmSwapError(f"page size {page_size} must be a power of two >= {DATA_ALIGNMENT}")
-    if min_segment_bytes < 1:
-        raise TflmSwapError(f"minimum segment buffer size {min_segment_bytes} must be >= 1 byte")
-
-
-def _previous_manifest(model: Model) -> Manifest | None:
-    blob = model.metadata(MANIFEST_NAME)
-    return Manifest.decode(blob) if blob is not None else None
-
-
-def _build_image(model: Model, specs: list[SegmentSpec], page_size: int) -> tuple[list[Segment], bytes]:
-    tensors_of: dict[int, list[int]] = {}
-    for t in range(len(model.tensors)):
-        tensors_of.setdefault(model.tensors[t].buffer, []).append(t)
-    image = bytearray()
-    segments = []
-    for seg_id, spec in enumerate(specs):
-        start = align(len(image), page_size)
-        payload = bytearray(spec.packed_size(model))
-        entries = []
-        for b, offset in zip(spec.buffers, spec.entry_offsets(model)):
-            data = model.buffers[b]
-            payload[offset : offset + len(data)] = data
-            ts = tensors_of[b]
-            entries.append(SegmentEntry(b, ts, model.tensor_name(ts[0]), offset, len(data)))
-        image += bytes(start - len(image)) + payload
-        segments.append(Segment(seg_id, start, len(payload), zlib.crc32(payload), list(spec.users), entries))
-    return segments, bytes(image)
-
-
-def _schedule(model: Model, segments: list[Segment]) -> list[OpStep]:
-    steps = []
-    for op in range(len(model.operators)):
-        used = [s for s in segments if op in s.users]
-        steps.append(OpStep(
-            op=op,
-            opcode=model.opcode_name(op),
-            segments=[s.id for s in used],
-            load=[s.id for s in used if s.first_use == op],
-            release=[s.id for s in used if s.last_use == op],
-            weight_bytes=sum(s.size for s in used),
-        ))
-    return steps
-
-
-def _pack_until_stable(model: Model, manifest: Manifest) -> bytearray:
-    """Pack the graph; the manifest records the graph's own size, so iterate to a fixed point.
-
-    Buffer offsets are fixed-width integers and the manifest JSON is padded to a capacity that only
-    grows, so the size settles after two or three rounds.
-    """
-    capacity = 0
-    for _ in range(16):
-        blob = manifest.encode(min_capacity=capacity)
-        capacity = len(blob) - HEADER_SIZE
-        external = {
-            e.buffer: ExternalBuffer(manifest.image_offset + s.offset + e.offset, e.size)
-            for s in manifest.segments
-            for e in s.entries
-        }
-        graph = model.pack(external, {MANIFEST_NAME: blob})
-        image_offset = max(manifest.image_offset, align(len(graph), manifest.page_size))
-        if len(graph) == manifest.graph_size and image_offset == manifest.image_offset:
-            return graph
-        manifest.graph_size, manifest.image_offset = len(graph), image_offset
-    raise RuntimeError("segmented model layout did not converge")  # pragma: no cover - a bug if hit
-
-
-# ------------------------------------------------------------------------------ checking, split
 def verify(data: bytes) -> Manifest:
     """Check a segmented model: manifest, page alignment, CRC32 of every segment, buffer offsets.
 

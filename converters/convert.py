@@ -1,0 +1,72 @@
+"""Keras / SavedModel / .tflite in, segmented model out (`convert`).
+
+TensorFlow is imported only when a Keras model or SavedModel has to be converted (`keras.to_tflite`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tflm_swap.fileio import write_atomic
+from tflm_swap.format.manifest import Manifest, read_manifest
+from tflm_swap.format.model import Model
+from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE, split
+
+from .keras import to_tflite
+from .segment import segment_model
+from .tiling import TiledLayer, tile_fully_connected, verify_tiling
+
+
+@dataclass
+class SegmentedModel:
+    """The result of `convert`: the original `.tflite` and its segmented form."""
+
+    original: bytes
+    data: bytes
+    manifest: Manifest
+    tiled: list[TiledLayer] = field(default_factory=list)  # layers split by `tile_bytes`
+
+    def save(self, path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
+        """Write the single-file segmented model atomically (never over one of `inputs`)."""
+        return write_atomic(path, self.data, inputs)
+
+    def split(self) -> tuple[bytes, bytes]:
+        """(graph flatbuffer, flash image) with image-relative segment offsets."""
+        return split(self.data)
+
+
+def convert(
+    model: Any,
+    *,
+    representative_data: np.ndarray | Callable[[], Iterable] | None = None,
+    quantization: str | None = None,
+    int8_io: bool = True,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
+    tile_bytes: int | None = None,
+) -> SegmentedModel:
+    """Convert (if needed) and segment a model.
+
+    `model` is a Keras model, a SavedModel directory, a `.tflite` path, or `.tflite` bytes.
+    `quantization` is 'float32', 'dynamic' or 'int8'; by default int8 when `representative_data` is
+    given, float32 otherwise. It applies only to Keras/SavedModel input. With `tile_bytes`,
+    fully-connected layers with more weights are split into tiles of output rows holding at most
+    that many (`tiling.tile_fully_connected`), so that the runtime can stream them in smaller
+    pieces; `SegmentedModel.tiled` lists them. The tiled model is checked to give bit-identical
+    outputs on LiteRT here (`tiling.verify_tiling`).
+    """
+    tflite = to_tflite(model, representative_data=representative_data, quantization=quantization,
+                       int8_io=int8_io)
+    source = str(model) if isinstance(model, (str, Path)) else "<model>"
+    parsed, tiled = Model.from_bytes(tflite, source=source), []
+    if tile_bytes is not None:
+        parsed, tiled = tile_fully_connected(parsed, tile_bytes)
+        if tiled:
+            verify_tiling(tflite, bytes(parsed.raw), source)
+    data = segment_model(parsed, page_size, min_segment_bytes, source=tflite)
+    return SegmentedModel(original=tflite, data=data, manifest=read_manifest(data), tiled=tiled)

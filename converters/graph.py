@@ -1,0 +1,113 @@
+"""The one graph-editing surface of the converters: add buffers, tensors, operator codes and
+operators to a `Model` (its object-API flatbuffer `fb` and its buffer bytes, kept side by side), and
+insert or replace operators in execution order. Strings read back from a flatbuffer go through
+`tflm_swap.format.schema.text`.
+
+Every editor (FC tiling, the TFLM rewrite, stage sub-models, synthetic models) builds on these, so
+a tensor or buffer is always added the same way: a buffer's bytes live in `Model.buffers` and its
+`BufferT` stays empty until `Model.pack` places them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tflm_swap.format.model import Model
+from tflm_swap.format.schema import text, tfl
+
+
+def empty_model(description: str, version: int = 3, operator_codes: list | None = None,
+                source: str = "<model>") -> Model:
+    """A model with one empty subgraph and the empty buffer 0 (TFLite reserves it)."""
+    fb = tfl.ModelT()
+    fb.version, fb.description = version, description
+    fb.operatorCodes = list(operator_codes) if operator_codes is not None else []
+    fb.subgraphs = [tfl.SubGraphT()]
+    fb.subgraphs[0].tensors, fb.subgraphs[0].operators = [], []
+    fb.subgraphs[0].inputs, fb.subgraphs[0].outputs = [], []
+    fb.buffers = [tfl.BufferT()]
+    return Model(fb, [b""], b"", source)
+
+
+def add_buffer(model: Model, data: bytes) -> int:
+    """Append a buffer holding `data` (b"": no data); returns its index."""
+    model.fb.buffers.append(tfl.BufferT())
+    model.buffers.append(bytes(data))
+    return len(model.buffers) - 1
+
+
+def add_tensor(model: Model, tensor: tfl.TensorT) -> int:
+    """Append `tensor` to the main subgraph; returns its index."""
+    model.subgraph.tensors.append(tensor)
+    return len(model.subgraph.tensors) - 1
+
+
+def make_tensor(name: str, shape: Sequence[int], tensor_type: int, buffer: int = 0,
+                quantization: tfl.QuantizationParametersT | None = None) -> tfl.TensorT:
+    """A tensor object (not yet in a model): `buffer` 0 for an activation."""
+    tensor = tfl.TensorT()
+    tensor.name, tensor.shape, tensor.type, tensor.buffer = name, list(shape), tensor_type, buffer
+    tensor.quantization = quantization
+    return tensor
+
+
+def make_quantization(scales: Sequence[float], zero_points: Sequence[int], axis: int = 0
+                      ) -> tfl.QuantizationParametersT:
+    """Affine quantization parameters: per tensor (one scale) or per channel along `axis`."""
+    q = tfl.QuantizationParametersT()
+    q.scale, q.zeroPoint = [float(s) for s in scales], [int(z) for z in zero_points]
+    q.quantizedDimension = axis
+    return q
+
+
+def opcode_index(model: Model, builtin: int, custom: str | None = None, version: int = 1) -> int:
+    """Index of the operator code for builtin operator `builtin` (for CUSTOM, the custom op named
+    `custom`), appended to the model's operator codes (at `version`) when it has none."""
+    codes = model.fb.operatorCodes
+    for i, code in enumerate(codes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin and (
+                custom is None or _custom_name(code) == custom):
+            return i
+    code = tfl.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), version
+    code.customCode = custom
+    codes.append(code)
+    return len(codes) - 1
+
+
+def make_operator(opcode: int, inputs: Sequence[int], outputs: Sequence[int], options_type: int = 0,
+                  options: object = None, custom_options: bytes | None = None) -> tfl.OperatorT:
+    """An operator object (not yet in a model) running operator code `opcode`."""
+    op = tfl.OperatorT()
+    op.opcodeIndex = opcode
+    op.inputs, op.outputs = list(inputs), list(outputs)
+    op.builtinOptionsType, op.builtinOptions = options_type, options
+    if custom_options is not None:
+        op.customOptions = list(custom_options)
+        op.customOptionsFormat = tfl.CustomOptionsFormat.FLEXBUFFERS
+    return op
+
+
+def add_operator(model: Model, op: tfl.OperatorT) -> int:
+    """Append `op` to the main subgraph's operators; returns its index."""
+    model.subgraph.operators.append(op)
+    return len(model.subgraph.operators) - 1
+
+
+def splice_operators(model: Model, before: dict[int, list[tfl.OperatorT]] | None = None,
+                     replace: dict[int, list[tfl.OperatorT]] | None = None) -> list[int]:
+    """Rewrite the main subgraph's operator list in place: the operators of `before[k]` go just
+    before original operator k, and `replace[k]` stands in for operator k. Returns, for each
+    original operator, its new index (for a replaced one, that of its first replacement)."""
+    before, replace = before or {}, replace or {}
+    operators, position = [], []
+    for k, op in enumerate(model.subgraph.operators):
+        operators.extend(before.get(k, []))
+        position.append(len(operators))
+        operators.extend(replace.get(k, [op]))
+    model.subgraph.operators = operators
+    return position
+
+
+def _custom_name(code: tfl.OperatorCodeT) -> str:
+    return text(code.customCode)

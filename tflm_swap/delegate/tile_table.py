@@ -1,0 +1,190 @@
+"""The delegate's tile table (docs/DELEGATE.md): for every segment-resident tensor of a segmented
+model, its file offset and size and the CRC32 of each tile. Built once from intact weights (every
+segment is checked against the manifest's CRC32 first) and reused while the file is unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DelegateError, ManifestError, SegmentIntegrityError
+from ..fileio import write_atomic
+from ..format.manifest import HEADER_SIZE, MANIFEST_NAME, Manifest, find_metadata, read_model_head
+from ..format.schema import tfl
+
+DEFAULT_TILE_BYTES = 1 << 20
+MIN_TILE_BYTES = 4096
+MAX_TILE_BYTES = 1 << 31
+TABLE_SUFFIX = ".tiles"
+TABLE_MAGIC = b"TSWT"
+TABLE_VERSION = 1
+_HEADER = struct.Struct("<4sIQQQIII16s4x")  # magic, version, tile_bytes, file_size, graph_bytes, graph_crc,
+#                                              n_records, n_tiles, manifest header, reserved -> 64 bytes
+_RECORD = struct.Struct("<IIQQII")  # tensor, buffer, file offset, size, first tile, tile count -> 32 bytes
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """One streamed tensor in the tile table."""
+
+    tensor: int
+    buffer: int
+    offset: int  # absolute file offset
+    size: int
+    tile_crcs: tuple[int, ...]
+
+
+def default_table_path(model_path: str | Path) -> Path:
+    """Where `delegate_options` writes the tile table by default: next to the model."""
+    return Path(f"{model_path}{TABLE_SUFFIX}")
+
+
+def build_tile_table(
+    model_path: str | Path, tile_bytes: int = DEFAULT_TILE_BYTES, table_path: str | Path | None = None
+) -> Path:
+    """Write (atomically) the tile table of a segmented model and return its path.
+
+    An existing table for the same file contents and tile size is reused. Raises
+    SegmentIntegrityError if a segment fails the manifest's CRC32.
+    """
+    _check_tile_bytes(tile_bytes)
+    model_path = Path(model_path)
+    table_path = Path(table_path) if table_path is not None else default_table_path(model_path)
+    graph, manifest = _read_graph(model_path)
+    graph_crc = zlib.crc32(graph[: manifest.image_offset])
+    file_size = model_path.stat().st_size
+    manifest_header = find_metadata(graph, MANIFEST_NAME)[:HEADER_SIZE]
+    if _table_matches(table_path, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header):
+        return table_path
+    records = _scan_segments(model_path, graph, manifest, tile_bytes)
+    blob = _encode_table(records, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header)
+    try:
+        return write_atomic(table_path, blob, inputs=(model_path,))
+    except OSError as exc:
+        raise DelegateError(
+            f"cannot write the tile table {table_path}: {exc.strerror}; pass table_path= a writable location"
+        ) from exc
+
+
+def read_tile_table(table_path: str | Path) -> tuple[dict, list[TileRecord]]:
+    """Decode a tile table (header fields, records); raises DelegateError if it is corrupt."""
+    data = Path(table_path).read_bytes()
+    if len(data) < _HEADER.size + 4 or data[:4] != TABLE_MAGIC:
+        raise DelegateError(f"{table_path} is not a tflm_swap tile table")
+    if zlib.crc32(data[:-4]) != struct.unpack_from("<I", data, len(data) - 4)[0]:
+        raise DelegateError(f"tile table {table_path} fails its CRC32 check")
+    magic, version, tile_bytes, file_size, graph_bytes, graph_crc, n_rec, n_tiles, manifest_header = (
+        _HEADER.unpack_from(data))
+    header = {"version": version, "tile_bytes": tile_bytes, "file_size": file_size, "graph_bytes": graph_bytes,
+              "graph_crc": graph_crc, "records": n_rec, "tiles": n_tiles, "manifest_header": manifest_header}
+    crc_base = _HEADER.size + n_rec * _RECORD.size
+    records = []
+    for i in range(n_rec):
+        tensor, buffer, offset, size, first, count = _RECORD.unpack_from(data, _HEADER.size + i * _RECORD.size)
+        crcs = struct.unpack_from(f"<{count}I", data, crc_base + 4 * first)
+        records.append(TileRecord(tensor, buffer, offset, size, crcs))
+    return header, records
+
+
+def _check_tile_bytes(tile_bytes: int) -> None:
+    if (isinstance(tile_bytes, bool) or not isinstance(tile_bytes, int) or tile_bytes % 16
+            or not MIN_TILE_BYTES <= tile_bytes <= MAX_TILE_BYTES):
+        raise DelegateError(
+            f"tile_bytes={tile_bytes!r} must be an integer multiple of 16 between {MIN_TILE_BYTES} and {MAX_TILE_BYTES}"
+        )
+
+
+def _read_graph(model_path: Path) -> tuple[bytes, Manifest]:
+    """The part of a segmented model before its flash image, and its manifest (segments not read)."""
+    try:
+        with model_path.open("rb") as f:
+            return read_model_head(f.fileno(), model_path)
+    except OSError as exc:
+        raise DelegateError(f"cannot read weights file {model_path}: {exc.strerror}") from exc
+
+
+def _buffer_offsets(graph: bytes) -> dict[int, tuple[int, int]]:
+    model = tfl.Model.GetRootAs(graph, 0)
+    out = {}
+    for i in range(model.BuffersLength()):
+        buf = model.Buffers(i)
+        if buf.Offset() > 1:
+            out[i] = (buf.Offset(), buf.Size())
+    return out
+
+
+def _scan_segments(model_path: Path, graph: bytes, manifest: Manifest, tile_bytes: int) -> list[TileRecord]:
+    """Read every segment once: check its CRC32 and compute each entry's tile CRCs."""
+    offsets = _buffer_offsets(graph)
+    records: list[TileRecord] = []
+    with model_path.open("rb") as f:
+        for seg in manifest.segments:
+            base = manifest.image_offset + seg.offset
+            seg_crc, pos = 0, base
+            for entry in sorted(seg.entries, key=lambda e: e.offset):
+                start = base + entry.offset
+                if offsets.get(entry.buffer) != (start, entry.size):
+                    raise SegmentIntegrityError(
+                        f"{model_path}: segment {seg.id} entry for buffer {entry.buffer} does not match the "
+                        f"buffer's Buffer.offset/size {offsets.get(entry.buffer)}"
+                    )
+                seg_crc = zlib.crc32(_read_exact(f, pos, start - pos, model_path, seg.id), seg_crc)
+                crcs = []
+                for t0 in range(0, entry.size, tile_bytes):
+                    tile = _read_exact(f, start + t0, min(tile_bytes, entry.size - t0), model_path, seg.id)
+                    crcs.append(zlib.crc32(tile))
+                    seg_crc = zlib.crc32(tile, seg_crc)
+                pos = start + entry.size
+                records += [TileRecord(t, entry.buffer, start, entry.size, tuple(crcs)) for t in entry.tensors]
+            seg_crc = zlib.crc32(_read_exact(f, pos, base + seg.size - pos, model_path, seg.id), seg_crc)
+            if seg_crc != seg.crc32:
+                raise SegmentIntegrityError(
+                    f"{model_path}: segment {seg.id} fails its CRC32 check (computed {seg_crc:#010x}, manifest "
+                    f"has {seg.crc32:#010x}); the weights file is corrupt"
+                )
+    records.sort(key=lambda r: r.tensor)
+    dup = {r.tensor for r in records if sum(1 for s in records if s.tensor == r.tensor) > 1}
+    if dup:
+        raise ManifestError(f"{model_path}: tensors {sorted(dup)[:5]} appear in several manifest entries")
+    return records
+
+
+def _read_exact(f, offset: int, size: int, path: Path, seg_id: int) -> bytes:
+    if size < 0:
+        raise SegmentIntegrityError(f"{path}: segment {seg_id} entries overlap")
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise SegmentIntegrityError(f"{path}: segment {seg_id} is truncated (file ends at byte {offset + len(data)})")
+    return data
+
+
+def _encode_table(
+    records: list[TileRecord], tile_bytes: int, file_size: int, graph_bytes: int, graph_crc: int,
+    manifest_header: bytes,
+) -> bytes:
+    n_tiles = sum(len(r.tile_crcs) for r in records)
+    parts = [_HEADER.pack(TABLE_MAGIC, TABLE_VERSION, tile_bytes, file_size, graph_bytes, graph_crc,
+                          len(records), n_tiles, manifest_header)]
+    first = 0
+    for r in records:
+        parts.append(_RECORD.pack(r.tensor, r.buffer, r.offset, r.size, first, len(r.tile_crcs)))
+        first += len(r.tile_crcs)
+    parts += [struct.pack(f"<{len(r.tile_crcs)}I", *r.tile_crcs) for r in records]
+    body = b"".join(parts)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _table_matches(
+    path: Path, tile_bytes: int, file_size: int, graph_bytes: int, graph_crc: int, manifest_header: bytes
+) -> bool:
+    try:
+        header, _ = read_tile_table(path)
+    except (OSError, DelegateError, struct.error):
+        return False
+    return (header["version"], header["tile_bytes"], header["file_size"], header["graph_bytes"],
+            header["graph_crc"], header["manifest_header"]) == (
+        TABLE_VERSION, tile_bytes, file_size, graph_bytes, graph_crc, manifest_header)
