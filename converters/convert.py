@@ -5,6 +5,7 @@ TensorFlow is imported only when a Keras model or SavedModel has to be converted
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ class SegmentedModel:
     data: bytes
     manifest: Manifest
     tiled: list[TiledLayer] = field(default_factory=list)  # layers split by `tile_bytes`
+
+    @functools.cached_property
+    def model(self) -> Model:
+        """`data` parsed (once, on first use), for the next converter to take as it is."""
+        return Model.from_bytes(self.data)
 
     def save(self, path: str | Path, inputs: tuple[str | Path, ...] = ()) -> Path:
         """Write the single-file segmented model atomically (never over one of `inputs`)."""

@@ -70,6 +70,7 @@ class MicroModel:
     prefetch: bool
     inline_const_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    graph_model: Model | None = field(default=None, repr=False)  # `graph` parsed, for who reads it next
 
     @property
     def flash_bytes_per_inference(self) -> int:
@@ -82,17 +83,19 @@ class MicroModel:
 
 
 def rewrite_for_tflm(
-    data: bytes,
+    data: bytes | Model,
     min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
     prefetch: bool = False,
     verify_crc: bool = False,
     alignment: int = DEFAULT_ALIGNMENT,
     source: str = "<bytes>",
 ) -> MicroModel:
-    """Rewrite `.tflite` bytes (plain or segmented) into a TFLM graph with load operators + image."""
+    """Rewrite a `.tflite` (bytes, or the `Model` parsed from them; plain or segmented) into a TFLM
+    graph with load operators + image. The rewritten graph is parsed back once to check it
+    (`MicroModel.graph_model`), and whoever reads it next takes that instead of parsing again."""
     if min_segment_bytes < 1:
         raise UnsupportedModelError(f"minimum segment size {min_segment_bytes} must be >= 1 byte")
-    model = Model.from_bytes(data, source=source)
+    model = data if isinstance(data, Model) else Model.from_bytes(data, source=source)
     model.check_single_graph()
     _refuse_offline_plan(model)
     picks = _pick_loads(model, min_segment_bytes)
@@ -103,11 +106,13 @@ def rewrite_for_tflm(
     flags = FLAG_VERIFY_CRC if verify_crc else 0
     loads = _insert_ops(new, picks, seg_of, prefetch, flags)
     graph = bytes(new.pack())
-    ensure_tflm_compatible(graph)
+    graph_model = Model.from_bytes(graph, source=f"{model.source} (rewritten for TFLM)")
+    ensure_tflm_compatible(graph_model)
     names = [model.tensor_name(next(t for _, t, b2 in picks if b2 == b)) for b in buffers]
     inline = sum(len(b) for i, b in enumerate(new.buffers) if i and b) - sum(
         len(new.buffers[m.buffer]) for m in new.fb.metadata or [])
-    return MicroModel(graph, image, segments, names, loads, len(model.operators), prefetch, inline)
+    return MicroModel(graph, image, segments, names, loads, len(model.operators), prefetch, inline,
+                      graph_model=graph_model)
 
 
 def _refuse_offline_plan(model: Model) -> None:

@@ -168,7 +168,7 @@ def _cmd_convert(args) -> int:
     if args.target == "tflm":
         from .micro.cli import convert_tflm
 
-        return convert_tflm(result.data, args.model, args)
+        return convert_tflm(result, args.model, args)
     inputs = (args.model,)
     result.save(args.output, inputs)
     m = result.manifest

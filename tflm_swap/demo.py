@@ -16,7 +16,7 @@ from .converters.convert import convert
 from .fileio import write_atomic
 from .format.model import Model
 from .format.segments import split, verify
-from .interpreters import litert_interpreter, run_litert
+from .interpreters import litert_interpreter, quantize_input, run_litert
 from .planner import min_stage_budget, plan_model
 from .report import format_bytes, operator_table, plot_plan, strategy_table, summary
 
@@ -51,16 +51,8 @@ def predict_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
 def predict_tflite_with(interpreter, x: np.ndarray) -> np.ndarray:
     """Raw outputs of an allocated single-input interpreter (LiteRT's surface), one sample at a time."""
     d = interpreter.get_input_details()[0]
-    xs = _quantize(x, d)
+    xs = quantize_input(x, d)
     return np.concatenate([run_litert(interpreter, [xs[i : i + 1]])[0] for i in range(len(xs))])
-
-
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    if np.dtype(detail["dtype"]) == np.float32:
-        return x.astype(np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
 
 
 def run_demo(out: Path, epochs: int = 20, seed: int = 0, cascade_epochs: int | None = None) -> dict:

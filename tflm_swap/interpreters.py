@@ -105,6 +105,26 @@ def random_inputs(details: list[dict], rng: np.random.Generator) -> list[np.ndar
     return arrays
 
 
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Real values `x` as the input tensor of `detail` takes them: float32 as they are, integers
+    through the tensor's (scale, zero point), rounded and clipped to the type's range."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+
+def dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    """An output tensor of `detail` as real values (float64, flattened)."""
+    y = np.asarray(y).reshape(-1)
+    if np.dtype(detail["dtype"]) == np.float32:
+        return y.astype(np.float64)
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float64) - zero) * scale
+
+
 def run_litert(interpreter, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Set inputs, invoke, return copies of all outputs."""
     for d, x in zip(interpreter.get_input_details(), inputs):
@@ -124,10 +144,10 @@ class TflmArena:
     sections: dict[str, int] = field(default_factory=dict)
 
 
-def ensure_tflm_compatible(model_bytes: bytes) -> None:
-    """Refuse a model that TFLM would run wrongly: TFLM ignores Buffer.offset and reads zeros/NaN."""
-
-    model = Model.from_bytes(model_bytes)
+def ensure_tflm_compatible(model: bytes | Model) -> None:
+    """Refuse a model that TFLM would run wrongly: TFLM ignores Buffer.offset and reads zeros/NaN.
+    `model`: the file's bytes, or the `Model` parsed from them."""
+    model = model if isinstance(model, Model) else Model.from_bytes(model)
     external = [i for i, b in enumerate(model.fb.buffers) if b.offset > 1]
     if external:
         raise UnsupportedModelError(

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import BudgetError, TflmSwapError
 from ..format.model import Model
+from ..interpreters import dequantize_output, quantize_input
 from .bundle import FALLBACK_POLICIES, CascadeBundle, MemberInfo
 
 CACHE_POLICIES = ("lru", "lfu")
@@ -63,9 +64,9 @@ class _LiteRTRunner:
         self.output = self.interpreter.get_output_details()[0]
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input["index"], _quantize(x, self.input))
+        self.interpreter.set_tensor(self.input["index"], quantize_input(x, self.input))
         self.interpreter.invoke()
-        return _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
+        return dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
 
     def close(self) -> None:
         self.interpreter.close()
@@ -82,9 +83,9 @@ class _TflmRunner:
         self.output = _tflm_details(self.interpreter.get_output_details(0))
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_input(_quantize(x, self.input), 0)
+        self.interpreter.set_input(quantize_input(x, self.input), 0)
         self.interpreter.invoke()
-        return _dequantize(self.interpreter.get_output(0), self.output)
+        return dequantize_output(self.interpreter.get_output(0), self.output)
 
     def close(self) -> None:
         self.interpreter = None
@@ -335,23 +336,6 @@ def _tflm_details(d: dict) -> dict:
     scales, zeros = list(q.get("scales", [])), list(q.get("zero_points", []))
     return {"dtype": d["dtype"], "shape": d["shape"],
             "quantization": (float(scales[0]), int(zeros[0])) if scales else (0.0, 0)}
-
-
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return x.astype(np.float32)
-    scale, zero = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-
-
-def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
-    y = np.asarray(y).reshape(-1)
-    if np.dtype(detail["dtype"]) == np.float32:
-        return y.astype(np.float64)
-    scale, zero = detail["quantization"]
-    return (y.astype(np.float64) - zero) * scale
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

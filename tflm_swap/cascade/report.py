@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..interpreters import litert_interpreter
+from ..interpreters import dequantize_output, litert_interpreter, quantize_input
 from ..units import format_bytes
 from .bundle import CascadeBundle
 from .groups import group_labels
-from .interpreter import CascadeInterpreter, _dequantize, _quantize
+from .interpreter import CascadeInterpreter
 
 ROWS = (
     ("monolithic float top-1", "mono_float_top1", "{:.4f}"),
@@ -93,9 +93,9 @@ def _run_plain(data: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
     preds = np.empty(len(x), dtype=np.int64)
     started = time.perf_counter()
     for i in range(len(x)):
-        interpreter.set_tensor(d_in["index"], _quantize(x[i : i + 1], d_in))
+        interpreter.set_tensor(d_in["index"], quantize_input(x[i : i + 1], d_in))
         interpreter.invoke()
-        preds[i] = int(np.argmax(_dequantize(interpreter.get_tensor(d_out["index"]), d_out)))
+        preds[i] = int(np.argmax(dequantize_output(interpreter.get_tensor(d_out["index"]), d_out)))
     return preds, (time.perf_counter() - started) / max(len(x), 1)
 
 

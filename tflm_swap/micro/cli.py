@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..converters.convert import SegmentedModel
 from ..format.flash_image import DEFAULT_ALIGNMENT
 from .project import export_project
 
@@ -20,10 +21,10 @@ def add_tflm_arguments(parser: argparse.ArgumentParser) -> None:
                    help="arena bytes for the generated header (default: measured on the host TFLM)")
 
 
-def convert_tflm(data: bytes, model_path: str, args) -> int:
-    """Rewrite `data` (the model at `model_path`, segmented) for TFLM and write the project to
+def convert_tflm(model: SegmentedModel, model_path: str, args) -> int:
+    """Rewrite `model` (converted from `model_path`) for TFLM and write the project to
     `args.output` with `export_project`; prints a summary."""
-    project = export_project(data, args.output, prefix=args.prefix or None, prefetch=args.prefetch,
+    project = export_project(model, args.output, prefix=args.prefix or None, prefetch=args.prefetch,
                              verify_crc=args.verify_crc, alignment=args.alignment,
                              arena_size=args.arena_size or None, min_segment_bytes=args.min_segment_bytes,
                              source=model_path)

@@ -30,21 +30,23 @@ class HostRun:
     flash_bytes: int  # image bytes read by the load operators over all inferences
 
 
-def io_specs(graph: bytes, which: str) -> list[tuple[tuple[int, ...], np.dtype]]:
-    """(shape, dtype) of the graph's inputs or outputs."""
-    model = Model.from_bytes(graph, read_external=False)
+def io_specs(graph: bytes | Model, which: str) -> list[tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of the graph's inputs or outputs (`graph`: bytes, or the `Model` parsed from them)."""
+    model = graph if isinstance(graph, Model) else Model.from_bytes(graph, read_external=False)
     indices = model.inputs if which == "inputs" else model.outputs
     return [(tuple(int(d) for d in model.tensors[t].shape), np.dtype(numpy_dtype(model.tensors[t].type)))
             for t in indices]
 
 
 def run_host_tflm(graph: bytes, image: bytes | None, inputs: list[list[np.ndarray]],
-                  deferred: bool = False) -> HostRun:
+                  deferred: bool = False, graph_model: Model | None = None) -> HostRun:
     """Run `len(inputs)` inferences of `graph` (with `image` behind its load operators, or None for a
-    model without them). `deferred` makes the file flash driver complete reads only when polled."""
+    model without them). `deferred` makes the file flash driver complete reads only when polled.
+    `graph_model`: `graph` already parsed (its inputs and outputs are read from it)."""
     if not inputs:
         raise TflmSwapError("run_host_tflm needs at least one inference's inputs")
-    in_specs, out_specs = io_specs(graph, "inputs"), io_specs(graph, "outputs")
+    parsed = graph_model if graph_model is not None else Model.from_bytes(graph, read_external=False)
+    in_specs, out_specs = io_specs(parsed, "inputs"), io_specs(parsed, "outputs")
     blob = bytearray()
     for n, arrays in enumerate(inputs):
         if len(arrays) != len(in_specs):

@@ -42,13 +42,15 @@ class ArenaPrediction:
         return self.per_op_bound
 
 
-def predict_arena(micro: MicroModel, source: bytes, stock_tail: int | None = None,
+def predict_arena(micro: MicroModel, source: bytes | Model, stock_tail: int | None = None,
                   min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES) -> ArenaPrediction:
-    """Predict the arena TFLM allocates for `micro` (rewritten from `source`); `stock_tail` is the
-    persistent arena TFLM reports for the source model (adds the tail prediction)."""
-    graph = Model.from_bytes(micro.graph)
+    """Predict the arena TFLM allocates for `micro` (rewritten from `source`: bytes, or the `Model`
+    parsed from them); `stock_tail` is the persistent arena TFLM reports for the source model (adds
+    the tail prediction)."""
+    graph = micro.graph_model if micro.graph_model is not None else Model.from_bytes(micro.graph)
     head = greedy_arena(activation_blocks(graph))[0]
-    plan = plan_model(Model.from_bytes(source), prefetch_depths=(1,), min_segment_bytes=min_segment_bytes)
+    source = source if isinstance(source, Model) else Model.from_bytes(source)
+    plan = plan_model(source, prefetch_depths=(1,), min_segment_bytes=min_segment_bytes)
     tail = None if stock_tail is None else stock_tail + TAIL_PER_LOAD_OP * len(micro.loads)
     return ArenaPrediction(head, tail, plan.strategies["per_op"].lower_bound,
                            plan.strategies["prefetch_1"].lower_bound)

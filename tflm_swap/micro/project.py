@@ -8,6 +8,7 @@ the host TFLM with a file-backed flash driver, runs it on one input and parses w
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ from ..converters.keras import to_tflite
 from ..converters.tflm import MicroModel, rewrite_for_tflm
 from ..errors import TflmSwapError
 from ..format.flash_image import DEFAULT_ALIGNMENT
+from ..format.model import Model
 from ..format.segments import DEFAULT_MIN_SEGMENT_BYTES
 from .codegen import check_options, generate_project
 from .predict import predict_arena
@@ -109,18 +111,21 @@ def export_project(
     is checked before the first file is written. Raises `TflmSwapError` (or a subclass) on a bad
     model, option or output.
     """
-    data, origin = _model_bytes(model, source)
+    origin = os.fspath(source) if source is not None else None
+    if isinstance(model, (str, os.PathLike)):
+        origin = origin or os.fspath(model)
     prefix = prefix if prefix is not None else _identifier(Path(origin).stem) if origin else "model"
     check_options(prefix, arena_size)  # before the rewrite and the arena measurement, which take time
-    micro = rewrite_for_tflm(data, min_segment_bytes=min_segment_bytes, prefetch=prefetch,
-                             verify_crc=verify_crc, alignment=alignment, source=origin or "<bytes>")
-    arena = ArenaSize(arena_size, False) if arena_size is not None else measured_arena(micro, data)
+    parsed = _source_model(model, origin or "<bytes>")  # parsed once, handed on
+    micro = rewrite_for_tflm(parsed, min_segment_bytes=min_segment_bytes, prefetch=prefetch,
+                             verify_crc=verify_crc, alignment=alignment)
+    arena = ArenaSize(arena_size, False) if arena_size is not None else measured_arena(micro, parsed)
     inputs = (origin,) if origin else ()
     files = generate_project(micro, out_dir, prefix, arena.size, inputs=inputs)
     return TflmProject(Path(out_dir), prefix, files, micro, arena.size, arena.measured, arena.note)
 
 
-def measured_arena(micro: MicroModel, source: bytes) -> ArenaSize:
+def measured_arena(micro: MicroModel, source: bytes | Model) -> ArenaSize:
     """The arena the host TFLM allocates for the rewritten graph (one inference on zero inputs).
 
     Without the host TFLM (xmos-ai-tools, compilers), the planner's prediction is used instead,
@@ -130,14 +135,15 @@ def measured_arena(micro: MicroModel, source: bytes) -> ArenaSize:
     from .host import io_specs, run_host_tflm
 
     try:
-        zeros = [np.zeros(shape, dtype) for shape, dtype in io_specs(micro.graph, "inputs")]
-        return ArenaSize(run_host_tflm(micro.graph, micro.image, [zeros]).arena_total, True)
+        zeros = [np.zeros(shape, dtype) for shape, dtype in io_specs(_graph(micro), "inputs")]
+        run = run_host_tflm(micro.graph, micro.image, [zeros], graph_model=micro.graph_model)
+        return ArenaSize(run.arena_total, True)
     except NativeToolError as exc:
         try:
-            from ..format.model import Model
             from ..interpreters import tflm_arena
 
-            plain = bytes(Model.from_bytes(source).without_external())  # TFLM cannot read Buffer.offset
+            source = source if isinstance(source, Model) else Model.from_bytes(source)
+            plain = bytes(source.without_external())  # TFLM cannot read Buffer.offset
             predicted = predict_arena(micro, source, stock_tail=tflm_arena(plain).tail).total
         except Exception as inner:  # tflite-micro missing or failing: nothing left to estimate with
             raise TflmSwapError(f"cannot measure the arena on the host TFLM ({exc}) nor predict it "
@@ -165,7 +171,7 @@ def run_example(project: TflmProject, x: np.ndarray | None = None, *, timeout: f
 
     blob = None
     if x is not None:
-        shape, dtype = io_specs(project.micro.graph, "inputs")[0]
+        shape, dtype = io_specs(_graph(project.micro), "inputs")[0]
         try:
             blob = np.ascontiguousarray(x, dtype=dtype).reshape(shape).tobytes()
         except ValueError as exc:
@@ -179,7 +185,12 @@ def run_example(project: TflmProject, x: np.ndarray | None = None, *, timeout: f
         proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout)
     if proc.returncode != 0:
         raise TflmSwapError(f"the generated example failed: {(proc.stdout + proc.stderr).strip()[-2000:]}")
-    return _parse_example(proc.stdout, io_specs(project.micro.graph, "outputs"), exe)
+    return _parse_example(proc.stdout, io_specs(_graph(project.micro), "outputs"), exe)
+
+
+def _graph(micro: MicroModel) -> Model | bytes:
+    """The rewritten graph, parsed when the rewrite kept its parse."""
+    return micro.graph_model if micro.graph_model is not None else micro.graph
 
 
 def _parse_example(stdout: str, specs, exe: Path) -> ExampleRun:
@@ -205,16 +216,16 @@ def _parse_example(stdout: str, specs, exe: Path) -> ExampleRun:
     return ExampleRun(outputs, figures["arena_used_bytes"], figures["flash_bytes_read"], stdout, exe)
 
 
-def _model_bytes(model, source) -> tuple[bytes, str | None]:
-    """The bytes to rewrite and the file they came from (None: unknown)."""
-    origin = os.fspath(source) if source is not None else None
+def _source_model(model, origin: str) -> Model:
+    """The model to rewrite, parsed (a SegmentedModel's parse is reused; `origin` names it)."""
     if isinstance(model, SegmentedModel):
-        return model.data, origin
+        parsed = copy.copy(model.model)
+        parsed.source = origin
+        return parsed
     if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model), origin
+        return Model.from_bytes(bytes(model), source=origin)
     if isinstance(model, (str, os.PathLike)):
-        path = os.fspath(model)
-        return to_tflite(Path(path)), origin or path
+        return Model.from_bytes(to_tflite(Path(os.fspath(model))), source=origin)
     raise TflmSwapError(f"cannot export a {type(model).__name__}: pass .tflite bytes, a .tflite path or "
                         "the SegmentedModel of tflm_swap.convert")
 

@@ -184,7 +184,7 @@ class SwapInterpreter:
         self._allocate_early = self.weight_copies > 1
         self._fd = os.open(self._path, os.O_RDONLY)
         try:
-            self.manifest, self._model, self.plan = _read_graph(self._fd, self._path)
+            self.manifest, self._model, self.plan = _graph_and_plan(self._fd, self._path)
             self._stage_files: list[StageFile] | None = None
             if stage_files is None:
                 self.stages = self._partition()
@@ -700,7 +700,7 @@ def min_ram_budget(model_path: str | os.PathLike, prefetch: int = 1, default_del
     path = Path(model_path)
     fd = os.open(path, os.O_RDONLY)
     try:
-        _, _, plan = _read_graph(fd, path)
+        _, _, plan = _graph_and_plan(fd, path)
     finally:
         os.close(fd)
     copies = 1 if xnnpack_cache else _weight_copies(default_delegates, reference_kernels)
@@ -712,7 +712,7 @@ def _weight_copies(default_delegates: bool, reference_kernels: bool) -> int:
     return 2 if default_delegates and not reference_kernels else 1
 
 
-def _read_graph(fd: int, path: Path) -> tuple[Manifest, Model, Plan]:
+def _graph_and_plan(fd: int, path: Path) -> tuple[Manifest, Model, Plan]:
     """The manifest, the graph (weights not read) and its plan; checks the weights region is whole."""
     head, manifest = read_model_head(fd, path)
     _check_weights_region(manifest, os.fstat(fd).st_size, path)
