@@ -14,7 +14,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 from ..errors import MalformedModelError, ManifestError, SegmentIntegrityError
-from .schema import tfl
+from .schema import text, tfl
 
 MANIFEST_NAME = "tflm_swap"
 MAGIC = b"TSWP"
@@ -218,7 +218,7 @@ def find_metadata(data: bytes, name: str) -> bytes | None:
         model = tfl.Model.GetRootAs(data, 0)
         for i in range(model.MetadataLength()):
             meta = model.Metadata(i)
-            if (meta.Name() or b"").decode(errors="replace") != name:
+            if text(meta.Name()) != name:
                 continue
             buf = model.Buffers(meta.Buffer())
             if buf.Offset() > 1:

@@ -200,8 +200,7 @@ class Model:
         code = self.fb.operatorCodes[self.operators[op_index].opcodeIndex]
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         if builtin == tfl.BuiltinOperator.CUSTOM:
-            custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
-            return f"CUSTOM:{custom}"
+            return f"CUSTOM:{text(code.customCode)}"
         return BUILTIN_NAMES.get(builtin, f"BUILTIN_{builtin}")
 
     def op_inputs(self, op_index: int) -> list[int]:
