@@ -16,23 +16,11 @@ from pathlib import Path
 
 import pytest
 
-
-class _HiddenModules(importlib.abc.MetaPathFinder):
-    """Makes the listed top-level packages fail to import, as if they were not installed."""
-
-    def __init__(self, names: set[str]):
-        self.names = names
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden by TFLM_SWAP_HIDE_MODULES)",
-                                      name=fullname)
-        return None
-
-
-_HIDDEN = {name.strip() for name in os.environ.get("TFLM_SWAP_HIDE_MODULES", "").split(",") if name.strip()}
-if _HIDDEN:
-    sys.meta_path.insert(0, _HiddenModules(_HIDDEN))
+# A None entry in sys.modules makes `import name` fail and importlib.util.find_spec(name) return
+# None, exactly as when the package is not installed.
+for _name in os.environ.get("TFLM_SWAP_HIDE_MODULES", "").split(","):
+    if _name.strip():
+        sys.modules[_name.strip()] = None
 
 
 class _CheckoutConverters(importlib.abc.MetaPathFinder):
@@ -84,3 +72,12 @@ def mlperf_models(shared_dir: Path) -> list[Path]:
     if not models:
         missing_shared(f"no MLPerf Tiny .tflite models under {shared_dir / 'models' / 'mlperf_tiny'}")
     return models
+
+
+def require_tflm_arena_tools() -> None:
+    """Skip unless the TFLM target can size an arena: the host TFLM (xmos-ai-tools) measures it,
+    else the tflite-micro interpreter's figures feed the planner's prediction."""
+    import importlib.util
+
+    if importlib.util.find_spec("xmos_ai_tools") is None and importlib.util.find_spec("tflite_micro") is None:
+        pytest.skip("sizing a TFLM arena needs xmos-ai-tools or tflite-micro (pip install .[micro])")

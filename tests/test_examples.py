@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import require_model
+from conftest import require_model, require_tflm_arena_tools
 
 import tflm_swap
 
@@ -94,6 +94,7 @@ def _host_toolchain() -> bool:
 
 
 def test_tflm_project_generates_builds_and_runs_kws(examples, tmp_path):
+    require_tflm_arena_tools()
     kws = require_model("kws_ref_model")
     assert examples("tflm_project").main([str(kws), "--out", str(tmp_path), "--prefix", "net"]) == 0
     project = tmp_path / "project"

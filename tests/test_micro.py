@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_model
+from conftest import require_model, require_tflm_arena_tools
 from helpers import outputs_on_random_inputs
 from test_micro_native import native_or_skip
 
@@ -259,6 +259,7 @@ def _header_arena(project) -> int:
 def test_export_project_from_bytes_path_and_segmented_model(tmp_path):
     import tflm_swap
 
+    require_tflm_arena_tools()
     src = tmp_path / "1-kws.tflite"
     src.write_bytes(require_model("kws_ref_model").read_bytes())
     data = src.read_bytes()

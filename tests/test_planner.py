@@ -50,6 +50,7 @@ def test_activation_plan_matches_tflite_micro_arena(mlperf_models):
     55,296 bytes) and 72 KiB on VWW float. TFLM's 'tail' (tensor structs, node data, kernel state)
     is interpreter overhead outside the planner's scope.
     """
+    pytest.importorskip("tflite_micro", reason="cross-checks with the TFLite Micro interpreter (pip install .[micro])")
     for path in mlperf_models:
         model = Model.load(path)
         plan = plan_model(model)

@@ -35,7 +35,7 @@ def _fc_ops(model: Model) -> int:
 
 
 def _dense_model(quantization: str, rank3: bool = False):
-    import keras
+    keras = pytest.importorskip("keras", reason="builds its dense models with Keras (pip install .[convert])")
 
     rng = np.random.default_rng(0)
     shape = (6, 40) if rank3 else (40,)
@@ -85,6 +85,7 @@ def test_rank3_input_tiles_on_the_last_axis():
 
 
 def _assert_same_on_tflm(original: bytes, tiled: bytes) -> None:
+    pytest.importorskip("tflite_micro", reason="compares on the TFLite Micro interpreter (pip install tflite-micro)")
     rng = np.random.default_rng(2)
     runs = [tflm_interpreter(m) for m in (original, tiled)]
     for _ in range(5):
@@ -120,7 +121,7 @@ def test_small_or_shared_layers_stay_whole():
 
 
 def test_shared_bias_stays_whole_and_a_single_tile_is_no_split():
-    import keras
+    keras = pytest.importorskip("keras", reason="builds its dense models with Keras (pip install .[convert])")
 
     model = keras.Sequential([keras.Input((64,))] + [keras.layers.Dense(64, bias_initializer="ones")
                                                      for _ in range(3)])
@@ -193,7 +194,7 @@ def test_cli_convert_tile_fc(tmp_path, capsys):
 
 def _tiled_mlp() -> tuple[bytes, bytes]:
     """A float MLP of three 64 KiB layers and its segmented form in 8 KiB tiles (8 per layer)."""
-    import keras
+    keras = pytest.importorskip("keras", reason="builds its dense models with Keras (pip install .[convert])")
 
     model = keras.Sequential([keras.Input((128,)), keras.layers.Dense(128, use_bias=False),
                               keras.layers.Dense(128, use_bias=False), keras.layers.Dense(128, use_bias=False)])
