@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Bottom to top. A module belongs to the first layer one of whose prefixes it starts with.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("tflm_swap.errors", "tflm_swap.fileio", "tflm_swap.native", "tflm_swap.units")),
+    ("base", ("tflm_swap.errors", "tflm_swap.fileio", "tflm_swap.moved", "tflm_swap.native", "tflm_swap.units")),
     ("format", ("tflm_swap.format", "tflm_swap.interpreters")),
     ("planner", ("tflm_swap.planner",)),
     ("converters", ("tflm_swap.converters",)),
@@ -80,3 +80,33 @@ def test_the_layer_check_sees_lazy_imports(tmp_path: Path) -> None:
     source = tmp_path / "probe.py"
     source.write_text("def f():\n    from .cli import main\n    from . import demo\n")
     assert imported_modules("tflm_swap.probe", source) >= {"tflm_swap.cli", "tflm_swap.demo"}
+
+
+@pytest.mark.parametrize("old", sorted(__import__("tflm_swap.moved").moved.MOVED))
+def test_moved_module_paths_still_import_with_a_warning(old: str) -> None:
+    import importlib
+    import sys
+
+    from tflm_swap.moved import MOVED
+
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=MOVED[old]):
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(MOVED[old])
+
+
+def test_a_moved_path_leaves_the_module_as_it_was() -> None:
+    import importlib
+    import sys
+    import warnings
+
+    import tflm_swap.format.model as model
+
+    sys.modules.pop("tflm_swap.model", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        importlib.import_module("tflm_swap.model")
+    assert model.__spec__.name == "tflm_swap.format.model" and model.__name__ == "tflm_swap.format.model"
+    import tflm_swap
+
+    assert callable(tflm_swap.convert)  # `tflm_swap.convert` stays the function

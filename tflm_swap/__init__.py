@@ -29,9 +29,12 @@ from .errors import (
 from .format.manifest import Manifest, read_manifest
 from .format.model import Model
 from .format.segments import join, split, verify
+from .moved import install as _install_moved_modules
 from .planner import Plan, estimate_latency, plan_model
 
 __version__ = "0.1.0"
+
+_install_moved_modules()  # module paths from before docs/ARCHITECTURE.md keep working, with a warning
 
 __all__ = [
     "BudgetError", "MalformedModelError", "Manifest", "ManifestError", "Model", "Plan",
