@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import BudgetError, TflmSwapError
 from ..model import Model
-from .bundle import FALLBACK_POLICIES, CascadeBundle, MemberInfo
+from .bundle import FALLBACK_POLICIES, CascadeBundle, MemberInfo, extract_member
 
 CACHE_POLICIES = ("lru", "lfu")
 BACKENDS = ("litert", "tflm")
@@ -100,7 +100,8 @@ class CascadeInterpreter:
         prefetch: load the most likely next specialist in the background after each inference.
         backend: 'litert' or 'tflm'.
         threshold, fallback: override the bundle's low-confidence threshold and policy.
-        cache_dir: where LiteRT members are extracted (a temporary directory by default).
+        cache_dir: where LiteRT members are extracted (a temporary directory by default), each as a
+            flat file named by its SHA-256 (`bundle.extract_member`), reused only when its bytes match.
         litert_options: passed to SwapInterpreter (backend, reference_kernels, default_delegates,
             num_threads); default_delegates defaults to False so that weights are held once.
     """
@@ -269,12 +270,7 @@ class CascadeInterpreter:
         data = self.bundle.member_bytes(info)
         if self.backend == "tflm":
             return _TflmRunner(data)
-        path = self._dir / info.member
-        if not path.exists() or path.stat().st_size != len(data):
-            from ..fileio import write_atomic
-
-            write_atomic(path, data)
-        return _LiteRTRunner(path, self._litert_options)
+        return _LiteRTRunner(extract_member(self._dir, info.member, data), self._litert_options)
 
     def _check_budget(self) -> None:
         if self.ram_budget is None:
