@@ -202,3 +202,73 @@ def _undo(moved: list[tuple[Path, Path | None]], created: list[Path]) -> None:
             d.rmdir()
         except OSError:
             pass
+
+
+# ------------------------------------------------------------------------------------- data files
+def read_npy(path: PathLike):
+    """The array of an `.npy` file; TflmSwapError naming the file when it is not a plain numeric
+    `.npy` (pickles refused) or declares more data than it holds (checked before allocating)."""
+    import numpy as np
+
+    path = Path(path)
+    with _data_errors(path):
+        with open(path, "rb") as f:
+            _check_npy_header(f, path.stat().st_size, path.name)
+        return np.load(path, allow_pickle=False)
+
+
+def read_npz(path: PathLike, required: Iterable[str] = ()) -> dict:
+    """The arrays of an `.npz` file as a dict; TflmSwapError naming the file when it is not an
+    `.npz` of plain numeric arrays, declares more data than it holds, or lacks one of `required`."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    with _data_errors(path):
+        with zipfile.ZipFile(path) as z:
+            infos = {i.filename.removesuffix(".npy"): i for i in z.infolist()}
+            missing = [k for k in required if k not in infos]
+            if missing:
+                raise TflmSwapError(f"{path}: lacks arrays {missing} (it has {sorted(infos)})")
+            for key, info in infos.items():
+                with z.open(info) as f:
+                    _check_npy_header(f, info.file_size, key)
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
+def _check_npy_header(f, available: int, name: str) -> None:
+    import numpy as np
+
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(f)
+    if dtype.hasobject:
+        raise TflmSwapError(f"array {name!r} holds Python objects; only numeric arrays are read")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    if count * dtype.itemsize > available:
+        raise TflmSwapError(f"array {name!r} declares shape {shape} ({count * dtype.itemsize} bytes) "
+                            f"but its file holds {available} bytes")
+
+
+@contextmanager
+def _data_errors(path: Path) -> Iterator[None]:
+    """Turn what numpy and zipfile raise on a bad data file into one TflmSwapError naming it."""
+    import pickle
+    import zipfile
+    import zlib
+
+    try:
+        yield
+    except TflmSwapError as exc:
+        message = str(exc)
+        raise TflmSwapError(message if message.startswith(f"{path}:") else f"{path}: {message}") from exc
+    except OSError as exc:
+        raise TflmSwapError(f"{path}: cannot read data file: {exc.strerror or exc}") from exc
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, pickle.UnpicklingError, KeyError,
+            MemoryError) as exc:
+        raise TflmSwapError(f"{path}: not a readable numpy data file ({type(exc).__name__}: {exc})") from exc

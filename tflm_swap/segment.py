@@ -21,6 +21,7 @@ from .model import DATA_ALIGNMENT, ExternalBuffer, Model
 
 DEFAULT_PAGE_SIZE = 4096
 DEFAULT_MIN_SEGMENT_BYTES = 1024
+MAX_PAGE_SIZE = 1 << 24  # 16 MiB, above any flash erase block; larger pages only pad the file
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,8 @@ def segment_model(
 
 
 def _check_options(page_size: int, min_segment_bytes: int) -> None:
-    if page_size < DATA_ALIGNMENT or page_size & (page_size - 1):
-        raise TflmSwapError(f"page size {page_size} must be a power of two >= {DATA_ALIGNMENT}")
+    if page_size < DATA_ALIGNMENT or page_size > MAX_PAGE_SIZE or page_size & (page_size - 1):
+        raise TflmSwapError(f"page size {page_size} must be a power of two in {DATA_ALIGNMENT}..{MAX_PAGE_SIZE}")
     if min_segment_bytes < 1:
         raise TflmSwapError(f"minimum segment buffer size {min_segment_bytes} must be >= 1 byte")
 

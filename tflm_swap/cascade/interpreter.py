@@ -140,7 +140,7 @@ class CascadeInterpreter:
         """Scores over the original labels (sum 1) for one input of the bundle's input shape."""
         x = np.asarray(x, dtype=np.float32)
         if list(x.shape) != list(self.bundle.input_shape):
-            raise ValueError(f"input shape {list(x.shape)}, expected {self.bundle.input_shape}")
+            raise TflmSwapError(f"input shape {list(x.shape)}, expected {self.bundle.input_shape}")
         self._wait_prefetch()
         started = time.perf_counter()
         p = _softmax(self._router.run(x[np.newaxis]))

@@ -24,6 +24,7 @@ VERSION = 1
 HEADER_BYTES = 32
 ENTRY_BYTES = 16
 DEFAULT_ALIGNMENT = 16
+MAX_ALIGNMENT = 1 << 20  # a flash sector is far smaller; larger only pads the image
 _HEADER = struct.Struct("<4sIIIII")  # magic, version, header_size, count, image_size, alignment
 _ENTRY = struct.Struct("<IIII")
 
@@ -44,8 +45,8 @@ def _align(value: int, to: int) -> int:
 
 def build_image(payloads: list[bytes], alignment: int = DEFAULT_ALIGNMENT) -> tuple[bytes, list[ImageSegment]]:
     """Lay out `payloads` as an image; returns (image bytes, segment table)."""
-    if alignment < 4 or alignment & (alignment - 1):
-        raise TflmSwapError(f"image alignment {alignment} must be a power of two >= 4")
+    if alignment < 4 or alignment > MAX_ALIGNMENT or alignment & (alignment - 1):
+        raise TflmSwapError(f"image alignment {alignment} must be a power of two in 4..{MAX_ALIGNMENT}")
     header_size = HEADER_BYTES + ENTRY_BYTES * len(payloads)
     segments, cursor = [], header_size
     for i, data in enumerate(payloads):
