@@ -70,12 +70,15 @@ def refuse_inputs(paths: Iterable[PathLike], inputs: tuple[PathLike, ...] = ()) 
 def write_atomic(path: PathLike, data: bytes, inputs: tuple[PathLike, ...] = ()) -> Path:
     """Write `data` to `path` via a temporary file and rename; refuse to overwrite any of `inputs`."""
     (path,) = plan_outputs([path], inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _write_temp(path, data)
+    created = _make_parents(path)
+    tmp = None
     try:
+        tmp = _write_temp(path, data)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        _remove_dirs(created)
         raise
     return path
 
@@ -85,15 +88,18 @@ def write_files(files: Mapping[PathLike, bytes], inputs: Iterable[PathLike | Non
     write every temporary file, then rename them all; temporary files are removed on failure."""
     paths = plan_outputs(files, inputs)
     temps: list[tuple[Path, Path]] = []
+    created: list[Path] = []
     try:
         for path, data in zip(paths, files.values()):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            created += _make_parents(path)
             temps.append((_write_temp(path, data), path))
         for tmp, path in temps:
             os.replace(tmp, path)
-    finally:
+    except BaseException:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
+        _remove_dirs(created)
+        raise
     return paths
 
 
@@ -111,16 +117,53 @@ def staged_directory(target: PathLike, inputs: Iterable[PathLike | None] = ()) -
     for src in inputs:
         if same_file(target, src):
             raise OutputError(f"{target}: refusing to overwrite the input {src}; choose another output directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = _temp_dir(target)
+    created = _make_parents(target)
+    stage = None
     try:
-        yield stage
+        stage = _temp_dir(target)
+        try:
+            yield stage
+        except OSError as exc:  # e.g. a full disk: name the output
+            if exc.filename is None:
+                raise type(exc)(exc.errno, exc.strerror or str(exc), str(target)) from exc
+            raise
         _commit_directory(stage, target, inputs)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    except BaseException:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        _remove_dirs(created)
+        raise
+    shutil.rmtree(stage, ignore_errors=True)  # emptied by the commit (renamed away when `target` was new)
 
 
 # -------------------------------------------------------------------------------------- internals
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing parent directories of `path` (mode 0777 less the umask); return those
+    created, outermost first, so that a failed write can remove them again."""
+    missing = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    created = []
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, _DIR_MODE)
+        except FileExistsError:
+            continue
+        created.append(d)
+    return created
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    """Remove directories `_make_parents` created (innermost first), where they are still empty."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+
+
 def _temp_name(path: Path) -> Path:
     return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
 
@@ -139,8 +182,10 @@ def _write_temp(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. a full disk: name the output
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     return tmp
 

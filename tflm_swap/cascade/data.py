@@ -38,6 +38,8 @@ def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> tuple[np.n
         raise TflmSwapError(f"{path}: {exc}") from exc
     if len(x) != len(y):
         raise TflmSwapError(f"{path}: {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise TflmSwapError(f"{path}: holds no samples")
     return x, y
 
 
