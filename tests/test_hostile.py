@@ -274,8 +274,11 @@ def test_exit_statuses_are_documented_in_the_help(capsys):
 def test_invoke_after_close_is_a_clear_error(files):
     from tflm_swap.runtime.swap import SwapInterpreter
 
-    swap = SwapInterpreter(files["seg"], ram_budget=None)
+    swap = SwapInterpreter(files["seg"], ram_budget=18 << 10)  # streamed stages: a prefetch thread
     swap.allocate_tensors()
+    for d in swap.get_input_details():
+        swap.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    swap.invoke()
     swap.close()
     with pytest.raises(TflmSwapError, match="closed"):
         swap.invoke()
