@@ -367,6 +367,48 @@ def test_split_writes_both_files_or_neither(files, tmp_path, capsys):
     assert list(out.iterdir()) == []
 
 
+KILL_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+calls = [0]
+real_fsync, real_write_bytes = os.fsync, Path.write_bytes
+def slow(real, *args):
+    calls[0] += 1
+    if calls[0] == 2:  # part way through the output: tell the test, then wait for its signal
+        os.write(int(sys.argv[1]), b"ready")
+        time.sleep(60)
+    return real(*args)
+os.fsync = lambda fd: slow(real_fsync, fd)
+Path.write_bytes = lambda self, data: slow(real_write_bytes, self, data)
+from tflm_swap.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("output", ["files", "project"])
+def test_a_terminated_write_leaves_nothing_behind(files, tmp_path, output):
+    import signal
+
+    out = tmp_path / "out"
+    argv = {"files": ["convert", str(files["kws"]), "-o", str(out / "c.tflite"), "--graph", str(out / "g"),
+                      "--image", str(out / "i")],
+            "project": ["convert", str(files["kws"]), "--target", "tflm", "-o", str(out / "p"),
+                        "--arena-size", "40000"]}[output]
+    read, write = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(write), *argv], cwd=ROOT, pass_fds=(write,),
+                            stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    try:
+        assert os.read(read, 5) == b"ready"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(read)
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "tflm-swap: terminated"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, no temporary, no directory
+
+
 def test_created_files_and_directories_honour_the_umask(files, tmp_path):
     from tflm_swap.micro import export_project
 

@@ -15,7 +15,7 @@ from .report import at_least
 from .segment import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE
 
 DEFAULT_BANDWIDTH = "40MB/s"  # a typical QSPI NOR read rate; pass your part's figure
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 EPILOG = """exit status:
   0    success
   1    a check failed: verify found a damaged or foreign model, plan found no fit,
@@ -23,11 +23,15 @@ EPILOG = """exit status:
   2    error: bad arguments, a missing, unreadable or malformed input, an output refused
        (the same file as an input or another output) or not writable; one line on stderr,
        `tflm-swap: error: FILE: problem`, and nothing written
-  130  interrupted (Ctrl-C); no partial output left behind"""
+  130  interrupted (Ctrl-C), 143 terminated (SIGTERM); no partial output left behind"""
 
 
 class UsageError(Exception):
     """Bad command-line arguments (argparse's complaint, reported in one line)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like an interrupt, so that partial outputs are removed."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,8 +45,12 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit status (see EPILOG). A user error is one line on stderr."""
     try:
-        args = _parser().parse_args(argv)
-        return args.func(args)
+        with _terminate_as_exception():
+            args = _parser().parse_args(argv)
+            return args.func(args)
+    except Terminated:
+        print("tflm-swap: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except (UsageError, TflmSwapError) as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -52,6 +60,27 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tflm-swap: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+@contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """While a command runs (in the main thread), SIGTERM raises Terminated instead of killing the
+    process outright, so the writers' cleanup (temporary files and directories) runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def os_message(exc: OSError) -> str:
