@@ -25,6 +25,7 @@ import json
 import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,7 +275,8 @@ def member_name(name: object, source: str = "<bundle>") -> str:
     return name
 
 
-def read_members(data: bytes, source: str, parse) -> CascadeBundle:
+def read_members(data: bytes, source: str,
+                 parse: Callable[[bytes, str], tuple[dict, list[str]]]) -> CascadeBundle:
     """Read a bundle zip safely: the manifest (at most MAX_MANIFEST_BYTES), parsed by
     `parse(raw, source) -> (manifest, member names)`, then only the members it names, each size
     checked against MAX_MEMBER_BYTES and the compression ratio before it is decompressed."""
