@@ -13,6 +13,7 @@ from tflm_swap.format.flash_image import (
     HEADER,
     HEADER_BYTES,
     MAGIC,
+    MAX_ALIGNMENT,
     VERSION,
     ImageSegment,
 )
@@ -21,8 +22,8 @@ from tflm_swap.format.segments import align
 
 def build_image(payloads: list[bytes], alignment: int = DEFAULT_ALIGNMENT) -> tuple[bytes, list[ImageSegment]]:
     """Lay out `payloads` as an image; returns (image bytes, segment table)."""
-    if alignment < 4 or alignment & (alignment - 1):
-        raise TflmSwapError(f"image alignment {alignment} must be a power of two >= 4")
+    if alignment < 4 or alignment > MAX_ALIGNMENT or alignment & (alignment - 1):
+        raise TflmSwapError(f"image alignment {alignment} must be a power of two in 4..{MAX_ALIGNMENT}")
     header_size = HEADER_BYTES + ENTRY_BYTES * len(payloads)
     segments, cursor = [], header_size
     for i, data in enumerate(payloads):

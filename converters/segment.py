@@ -12,6 +12,7 @@ from tflm_swap.format.model import DATA_ALIGNMENT, ExternalBuffer, Model
 from tflm_swap.format.segments import (
     DEFAULT_MIN_SEGMENT_BYTES,
     DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
     SegmentSpec,
     align,
     layout_segments,
@@ -49,8 +50,8 @@ def segment_model(
 
 
 def _check_options(page_size: int, min_segment_bytes: int) -> None:
-    if page_size < DATA_ALIGNMENT or page_size & (page_size - 1):
-        raise TflmSwapError(f"page size {page_size} must be a power of two >= {DATA_ALIGNMENT}")
+    if page_size < DATA_ALIGNMENT or page_size > MAX_PAGE_SIZE or page_size & (page_size - 1):
+        raise TflmSwapError(f"page size {page_size} must be a power of two in {DATA_ALIGNMENT}..{MAX_PAGE_SIZE}")
     if min_segment_bytes < 1:
         raise TflmSwapError(f"minimum segment buffer size {min_segment_bytes} must be >= 1 byte")
 

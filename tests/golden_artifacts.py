@@ -65,10 +65,7 @@ def bundle_artifact() -> dict[str, str]:
     import tflm_swap
     from tflm_swap.cascade import CascadeBundle
 
-    try:
-        from tflm_swap.converters.synthetic import build_model, fc
-    except ImportError:
-        from tflm_swap.delegate.models import build_model, fc
+    from tflm_swap.converters.synthetic import build_model, fc
 
     def member(width: int, seed: int) -> bytes:
         plain = build_model([1, 64], [fc(96, "RELU"), fc(width)], dtype="int8", seed=seed)

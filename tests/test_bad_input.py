@@ -183,9 +183,12 @@ def test_bit_flips_in_segment_payloads_fail_crc(model_pair):
         for pos in {start, end - 1, *(int(x) for x in rng.integers(start, end, 6))}:
             bad = flip_bit(seg, pos, int(rng.integers(8)))
             # The flatbuffer cannot notice: its external buffers are plain byte ranges ...
-            Model.from_bytes(bad)
+            Model.from_bytes(bad, read_external=False)
             assert tflm_swap.read_manifest(bad).segments[s.id].crc32 == s.crc32
-            # ... which is why verify checks every segment's CRC32.
+            # ... which is why every reader of the weights and verify check every segment's CRC32.
+            with pytest.raises(SegmentIntegrityError, match="CRC32") as exc:
+                Model.from_bytes(bad)
+            assert f"segment {s.id} " in str(exc.value)
             with pytest.raises(SegmentIntegrityError, match="CRC32") as exc:
                 tflm_swap.verify(bad)
             assert f"segment {s.id} " in str(exc.value)

@@ -5,27 +5,114 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import BudgetError, TflmSwapError
-from .fileio import write_atomic
+from .fileio import plan_outputs, write_atomic, write_files
 from .format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE
+from .units import at_least
 
 DEFAULT_BANDWIDTH = "40MB/s"  # a typical QSPI NOR read rate; pass your part's figure
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+EPILOG = """exit status:
+  0    success
+  1    a check failed: verify found a damaged or foreign model, plan found no fit,
+       run's outputs differ from stock LiteRT
+  2    error: bad arguments, a missing, unreadable or malformed input, an output refused
+       (the same file as an input or another output) or not writable; one line on stderr,
+       `tflm-swap: error: FILE: problem`, and nothing written
+  130  interrupted (Ctrl-C), 143 terminated (SIGTERM); no partial output left behind"""
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (argparse's complaint, reported in one line)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like an interrupt, so that partial outputs are removed."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are raised (and reported by `main`) instead of exiting."""
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else self.prog
+        raise UsageError(f"{command}: {message} (see {self.prog} --help)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Run one command; return its exit status (see EPILOG). A user error is one line on stderr."""
     try:
-        return args.func(args)
+        with _terminate_as_exception():
+            args = _parser().parse_args(argv)
+            return args.func(args)
+    except Terminated:
+        print("tflm-swap: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    except (UsageError, TflmSwapError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(os_message(exc))
+    except MemoryError:
+        return _fail("out of memory (an input declares more data than this machine holds)")
+    except KeyboardInterrupt:
+        print("tflm-swap: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+@contextmanager
+def _terminate_as_exception() -> Iterator[None]:
+    """While a command runs (in the main thread), SIGTERM raises Terminated instead of killing the
+    process outright, so the writers' cleanup (temporary files and directories) runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def os_message(exc: OSError) -> str:
+    """`FILE: problem` for an OSError (e.g. `out/x.tflite: No space left on device`)."""
+    problem = exc.strerror or str(exc)
+    return f"{exc.filename}: {problem}" if exc.filename is not None else problem
+
+
+def _fail(message: str, status: int = EXIT_ERROR) -> int:
+    print("tflm-swap: error: " + " | ".join(line for line in message.splitlines() if line.strip()), file=sys.stderr)
+    return status
+
+
+@contextmanager
+def _about(path: str | Path) -> Iterator[None]:
+    """Errors raised inside name `path` (prefixed unless they already do)."""
+    try:
+        yield
     except TflmSwapError as exc:
-        print(f"tflm-swap: error: {exc}", file=sys.stderr)
-        return 2
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+
+
+def _read(path: str | Path) -> bytes:
+    """An input file's bytes (OSError, e.g. a directory or an unreadable file, reported by `main`)."""
+    return Path(path).read_bytes()
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tflm-swap", description=__doc__.split("\n")[0] if __doc__ else None)
+    p = _Parser(prog="tflm-swap", description=__doc__.split("\n")[0] if __doc__ else None, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("convert", help="convert (Keras/SavedModel) and segment a model")
@@ -33,8 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="segmented .tflite to write (--target tflm: a directory)")
     c.add_argument("--target", choices=("litert", "tflm"), default="litert",
                    help="litert: one segmented .tflite; tflm: TFLite Micro project with load operators")
-    c.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE, help="flash page size (bytes)")
-    c.add_argument("--min-segment-bytes", type=int, default=DEFAULT_MIN_SEGMENT_BYTES,
+    c.add_argument("--page-size", type=at_least(1), default=DEFAULT_PAGE_SIZE, help="flash page size (bytes)")
+    c.add_argument("--min-segment-bytes", type=at_least(1), default=DEFAULT_MIN_SEGMENT_BYTES,
                    help="buffers smaller than this stay inline in the graph")
     c.add_argument("--quantization", choices=("float32", "dynamic", "int8"),
                    help="for Keras/SavedModel input (default: int8 with --representative-data, else float32)")
@@ -85,8 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a segmented model within a RAM budget; compare with stock LiteRT")
     r.add_argument("model", help="segmented .tflite")
     r.add_argument("--ram-budget", help="bytes of weights held at once (default: whole model)")
-    r.add_argument("--prefetch", type=int, default=1, help="stages prepared ahead (default 1)")
-    r.add_argument("--invokes", type=int, default=20)
+    r.add_argument("--prefetch", type=at_least(0), default=1, help="stages prepared ahead (default 1)")
+    r.add_argument("--invokes", type=at_least(1), default=20)
     r.add_argument("--backend", default="auto", help="auto, ai_edge_litert, tflite_runtime or tensorflow")
     r.add_argument("--original", metavar="TFLITE",
                    help="compare with stock LiteRT on this model (e.g. the one converted with --tile-fc) "
@@ -104,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stages", help="export the stage sub-models a budget gives (e.g. for edgetpu_compiler)")
     st.add_argument("model", help="segmented .tflite")
     st.add_argument("--ram-budget", required=True)
-    st.add_argument("--prefetch", type=int, default=1)
+    st.add_argument("--prefetch", type=at_least(0), default=1)
     st.add_argument("--out", required=True, help="directory for stage_NN.tflite and stages.json")
     st.set_defaults(func=_cmd_stages)
 
@@ -115,10 +202,10 @@ def _parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("delegate", help="build the tile table of the LiteRT weight-streaming delegate; print its "
                         "library path and load_delegate options as JSON")
     dl.add_argument("model", help="segmented .tflite")
-    dl.add_argument("--tile-bytes", type=int, default=1 << 20)
+    dl.add_argument("--tile-bytes", type=at_least(1), default=1 << 20)
     dl.add_argument("--no-prefetch", action="store_true", help="read tiles inline (one tile buffer)")
     dl.add_argument("--ops", default="FULLY_CONNECTED,CONV_2D,DEPTHWISE_CONV_2D")
-    dl.add_argument("--min-weight-bytes", type=int, default=0)
+    dl.add_argument("--min-weight-bytes", type=at_least(0), default=0)
     dl.add_argument("--rounding", default="auto", choices=["auto", "single", "double"])
     dl.add_argument("--table", default=None, help="tile table path (default MODEL.tiles)")
     dl.set_defaults(func=_cmd_delegate)
@@ -129,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the end-to-end demo on scikit-learn's digits (no data needed)")
     d.add_argument("--out", default="tflm_swap_demo", help="directory for the artifacts")
-    d.add_argument("--epochs", type=int, default=20)
+    d.add_argument("--epochs", type=at_least(1), default=20)
     d.set_defaults(func=_cmd_demo)
     return p
 
@@ -138,7 +225,7 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help=".tflite file (segmented or not)")
     p.add_argument("--ram-budget", help="e.g. 256KiB, 1MiB, 300000")
     p.add_argument("--prefetch", default="1,2", help="prefetch depths to plan, comma-separated")
-    p.add_argument("--min-segment-bytes", type=int, default=DEFAULT_MIN_SEGMENT_BYTES,
+    p.add_argument("--min-segment-bytes", type=at_least(1), default=DEFAULT_MIN_SEGMENT_BYTES,
                    help="for unsegmented models: the segment layout to assume")
 
 
@@ -146,19 +233,35 @@ def _load_plan(args):
     from .format.model import Model
     from .planner import plan_model
 
-    depths = [int(k) for k in args.prefetch.split(",") if k.strip()]
+    depths = _depths(args.prefetch)
     model = Model.load(args.model)
     return model, plan_model(model, prefetch_depths=depths, min_segment_bytes=args.min_segment_bytes)
 
 
+def _depths(text: str) -> list[int]:
+    """Prefetch depths from '1,2' (each a whole number >= 0)."""
+    parse = at_least(0)
+    try:
+        return [parse(k.strip()) for k in text.split(",") if k.strip()] or [1]
+    except argparse.ArgumentTypeError as exc:
+        raise TflmSwapError(f"--prefetch {text!r}: {exc}; give depths such as 1,2") from None
+
+
 # ------------------------------------------------------------------------------------ commands
 def _cmd_convert(args) -> int:
-    import numpy as np
-
     from .converters.convert import convert
+    from .fileio import read_npy
     from .report import parse_size
 
-    data = np.load(args.representative_data) if args.representative_data else None
+    inputs = (args.model, args.representative_data)
+    if args.target == "tflm":
+        if Path(args.output).exists() and not Path(args.output).is_dir():
+            raise TflmSwapError(f"{args.output}: exists and is not a directory; --target tflm writes a directory")
+    elif args.graph or args.image:
+        if not (args.graph and args.image):
+            raise TflmSwapError("--graph and --image go together")
+    plan_outputs([args.output, args.graph, args.image] if args.target == "litert" else [], inputs)
+    data = read_npy(args.representative_data) if args.representative_data else None
     result = convert(args.model, representative_data=data, quantization=args.quantization,
                      page_size=args.page_size, min_segment_bytes=args.min_segment_bytes,
                      tile_bytes=parse_size(args.tile_fc) if args.tile_fc else None)
@@ -169,17 +272,15 @@ def _cmd_convert(args) -> int:
         from .micro.cli import convert_tflm
 
         return convert_tflm(result, args.model, args)
-    inputs = (args.model,)
-    result.save(args.output, inputs)
+    files = {args.output: result.data}
+    if args.graph:
+        graph, image = result.split()
+        files.update({args.graph: graph, args.image: image})
+    write_files(files, inputs)  # all of them, or none
     m = result.manifest
     print(f"wrote {args.output}: graph {m.graph_size} bytes, {len(m.segments)} segments, "
           f"{m.external_bytes} bytes of external weights, image at offset {m.image_offset}")
-    if args.graph or args.image:
-        if not (args.graph and args.image):
-            raise TflmSwapError("--graph and --image go together")
-        graph, image = result.split()
-        write_atomic(args.graph, graph, inputs)
-        write_atomic(args.image, image, inputs)
+    if args.graph:
         print(f"wrote {args.graph} ({len(graph)} bytes) and {args.image} ({len(image)} bytes)")
     return 0
 
@@ -196,6 +297,8 @@ def _cmd_inspect(args) -> int:
         summary,
     )
 
+    plot = None if args.no_plot else args.plot or f"{Path(args.model).stem}.memory.png"
+    plan_outputs([plot], [args.model, args.op_times])
     model, plan = _load_plan(args)
     budget = parse_size(args.ram_budget) if args.ram_budget else None
     print(summary(plan), "", strategy_table(plan), "", operator_table(plan), sep="\n")
@@ -207,19 +310,22 @@ def _cmd_inspect(args) -> int:
             for s in plan.strategies.values() if s.prefetch is not None
         }
         print("", latency_lines(estimates, bandwidth), sep="\n")
-    if not args.no_plot:
-        path = args.plot or f"{Path(args.model).stem}.memory.png"
-        plot_plan(plan, path, budget, inputs=(args.model,))
-        print(f"\nplot: {path}")
+    if plot is not None:
+        plot_plan(plan, plot, budget, inputs=(args.model, args.op_times))
+        print(f"\nplot: {plot}")
     return 0
 
 
 def _op_times(args, model) -> list[float]:
     if args.op_times:
-        times = json.loads(Path(args.op_times).read_text())
-        if len(times) != len(model.operators):
-            raise TflmSwapError(f"{args.op_times} has {len(times)} times for {len(model.operators)} operators")
-        return [float(t) for t in times]
+        try:
+            times = [float(t) for t in json.loads(_read(args.op_times))]
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise TflmSwapError(f"{args.op_times}: not a JSON list of per-operator seconds ({exc})") from exc
+        if len(times) != len(model.operators) or not all(0 <= t < float("inf") for t in times):
+            raise TflmSwapError(f"{args.op_times}: needs {len(model.operators)} finite non-negative times, "
+                                f"has {len(times)}")
+        return times
     from .profiling import measure_op_times
 
     return measure_op_times(model)
@@ -247,14 +353,20 @@ def _cmd_plan(args) -> int:
 def _cmd_manifest(args) -> int:
     from .format.manifest import read_manifest
 
-    print(json.dumps(read_manifest(Path(args.model).read_bytes()).to_dict(), indent=2))
+    data = _read(args.model)
+    with _about(args.model):
+        print(json.dumps(read_manifest(data).to_dict(), indent=2))
     return 0
 
 
 def _cmd_verify(args) -> int:
     from .format.segments import verify
 
-    m = verify(Path(args.model).read_bytes())
+    data = _read(args.model)
+    try:
+        m = verify(data)
+    except TflmSwapError as exc:  # the check failed: status 1, not a usage error
+        return _fail(f"{args.model}: {exc}", EXIT_CHECK_FAILED)
     print(f"{args.model}: OK — {len(m.segments)} segments, all page-aligned ({m.page_size} B), CRC32 match")
     return 0
 
@@ -262,9 +374,11 @@ def _cmd_verify(args) -> int:
 def _cmd_split(args) -> int:
     from .format.segments import split
 
-    graph, image = split(Path(args.model).read_bytes())
-    write_atomic(args.graph, graph, (args.model,))
-    write_atomic(args.image, image, (args.model,))
+    plan_outputs([args.graph, args.image], [args.model])
+    data = _read(args.model)
+    with _about(args.model):
+        graph, image = split(data)
+    write_files({args.graph: graph, args.image: image}, [args.model])
     print(f"wrote {args.graph} ({len(graph)} bytes) and {args.image} ({len(image)} bytes)")
     return 0
 
@@ -272,7 +386,10 @@ def _cmd_split(args) -> int:
 def _cmd_join(args) -> int:
     from .format.segments import join
 
-    data = join(Path(args.graph).read_bytes(), Path(args.image).read_bytes())
+    plan_outputs([args.output], [args.graph, args.image])
+    graph, image = _read(args.graph), _read(args.image)
+    with _about(f"{args.graph} + {args.image}"):
+        data = join(graph, image)
     write_atomic(args.output, data, (args.graph, args.image))
     print(f"wrote {args.output} ({len(data)} bytes)")
     return 0
@@ -284,6 +401,7 @@ def _cmd_run(args) -> int:
 
     import numpy as np
 
+    from .format.model import Model
     from .interpreters import litert_interpreter, random_inputs, run_litert
     from .report import format_bytes, parse_size
     from .runtime.interpreter import SwapInterpreter
@@ -291,6 +409,8 @@ def _cmd_run(args) -> int:
     budget = parse_size(args.ram_budget) if args.ram_budget else None
     options = {"backend": args.backend, "reference_kernels": args.reference_kernels,
                "default_delegates": not args.no_xnnpack}
+    for path in dict.fromkeys([args.model, args.original or args.model]):
+        Model.load(path)  # a malformed model (or damaged weights) is reported before LiteRT sees it
     stock = litert_interpreter(model_path=args.original or args.model, **options)
     stock.allocate_tensors()
     rng = np.random.default_rng(0)
@@ -332,6 +452,7 @@ def _cmd_stages(args) -> int:
     from .report import parse_size
     from .runtime.stage_files import export_stage_dir
 
+    plan_outputs([], [args.model])
     model = Model.load(args.model)
     stages = partition_stages(plan_model(model), parse_size(args.ram_budget), args.prefetch)
     export_stage_dir(model, stages, args.out, (args.model,))

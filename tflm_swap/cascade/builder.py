@@ -106,8 +106,12 @@ class CascadeBuilder:
             raise TflmSwapError(f"x must be images [N, H, W, C], got shape {x.shape} (add a channel axis)")
         if len(x) != len(y):
             raise TflmSwapError(f"x has {len(x)} samples but y has {len(y)} labels")
-        if y.min() < 0 or len(np.unique(y)) < 2:
+        if len(y) == 0 or y.min() < 0 or len(np.unique(y)) < 2:
             raise TflmSwapError("y must hold integer labels 0..K-1 with at least two classes")
+        missing = np.setdiff1d(np.arange(min(int(y.max()) + 1, len(y) + 1)), y)
+        if len(missing) or int(y.max()) >= len(y):  # checked before a K-way model is built and trained
+            raise TflmSwapError(f"y must hold every label 0..K-1 (K = {int(y.max()) + 1}): labels "
+                                f"{missing[:10].tolist()} have no samples")
         return x, y
 
     def _check_options(self) -> None:

@@ -19,10 +19,13 @@ is `input_shape` and whose output width is the number of groups (router), of its
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
+import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +40,12 @@ BUNDLE_FORMAT = "tflm_swap.cascade"
 BUNDLE_VERSION = 1
 MANIFEST_NAME = "cascade.json"
 FALLBACK_POLICIES = ("top2", "full", "none")
+MAX_MANIFEST_BYTES = 1 << 20  # cascade.json of a cascade of thousands of classes is far smaller
+MAX_MEMBER_BYTES = 1 << 30  # a model member larger than this is refused before it is decompressed
+MAX_COMPRESSION_RATIO = 64  # a compressed member may expand at most this much (bundles store members)
+MAX_ZIP_ENTRIES = 4096
+MAX_CLASSES = 1 << 16
+_MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 class CascadeBundleError(TflmSwapError):
@@ -150,17 +159,16 @@ class CascadeBundle:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bundle>") -> CascadeBundle:
-        """Parse and validate bundle bytes."""
+        """Parse and validate bundle bytes. Only the manifest and the members it names are read
+        (`read_members`: names checked, sizes bounded before decompressing)."""
+        return read_members(data, source, cls._from_manifest)
+
+    @classmethod
+    def _from_manifest(cls, raw: bytes, source: str) -> tuple[dict, list[str]]:
+        """The parsed manifest and the member names it references (each checked by `member_name`)."""
         try:
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
-                members = {name: z.read(name) for name in z.namelist()}
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-            raise CascadeBundleError(f"{source}: not a cascade bundle (unreadable zip: {exc})") from exc
-        if MANIFEST_NAME not in members:
-            raise CascadeBundleError(f"{source}: no {MANIFEST_NAME} manifest in the bundle")
-        try:
-            m = json.loads(members.pop(MANIFEST_NAME))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            m = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise CascadeBundleError(f"{source}: {MANIFEST_NAME} is not valid JSON: {exc}") from exc
         if not isinstance(m, dict) or m.get("format") != BUNDLE_FORMAT:
             raise CascadeBundleError(f"{source}: {MANIFEST_NAME} is not a {BUNDLE_FORMAT} manifest")
@@ -172,6 +180,12 @@ class CascadeBundle:
             raise CascadeBundleError(f"{source}: manifest lacks {missing}")
         if not isinstance(m["specialists"], list):
             raise CascadeBundleError(f"{source}: manifest 'specialists' is not a list")
+        entries = [m["router"], *m["specialists"], m.get("monolithic")]
+        names = [e.get("member") for e in entries if isinstance(e, dict) and e.get("member") is not None]
+        return m, [member_name(n, source) for n in names]
+
+    @classmethod
+    def _build(cls, m: dict, members: dict[str, bytes], source: str) -> CascadeBundle:
         bundle = cls(
             groups=m["groups"], n_classes=m["n_classes"], input_shape=m["input_shape"], fallback=m["fallback"],
             router=MemberInfo.from_json(m["router"], "the router"),
@@ -185,9 +199,8 @@ class CascadeBundle:
     def validate(self) -> None:
         """Check the class map, the fallback policy and every member; raise CascadeBundleError."""
         try:
-            if not isinstance(self.groups, list) or not all(isinstance(g, list) for g in self.groups):
-                raise TflmSwapError("'groups' must be a list of lists of class ids")
-            check_partition(self.groups, int(self.n_classes))
+            _check_class_map(self.groups, self.n_classes, self.input_shape)
+            check_partition(self.groups, self.n_classes)
         except TflmSwapError as exc:
             raise CascadeBundleError(f"{self.source}: bad class map: {exc}") from exc
         if len(self.specialists) != len(self.groups):
@@ -196,6 +209,9 @@ class CascadeBundle:
         policy = self.fallback.get("policy") if isinstance(self.fallback, dict) else None
         if policy not in FALLBACK_POLICIES:
             raise CascadeBundleError(f"{self.source}: fallback policy {policy!r} is not one of {FALLBACK_POLICIES}")
+        threshold = self.fallback.get("threshold", 0.0)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise CascadeBundleError(f"{self.source}: fallback threshold {threshold!r} is not a number")
         if policy == "full" and self.monolithic is None:
             raise CascadeBundleError(f"{self.source}: fallback policy 'full' needs the monolithic model in the bundle")
         self._check_member(self.router, "router", len(self.groups))
@@ -247,3 +263,85 @@ class CascadeBundle:
     @property
     def threshold(self) -> float:
         return float(self.fallback.get("threshold", 0.0))
+
+
+# ------------------------------------------------------------------------- safe bundle reading
+def member_name(name: object, source: str = "<bundle>") -> str:
+    """`name` if it is a flat member file name (letters, digits, `_`, `.`, `-`; no directory part, not
+    `..`, not hidden), else CascadeBundleError: a bundle never names a file outside its directory."""
+    if not isinstance(name, str) or not _MEMBER_NAME.fullmatch(name) or name.strip(".") == "":
+        raise CascadeBundleError(f"{source}: member name {name!r} is not a flat file name "
+                                 "(no directories, '..', absolute paths or special characters)")
+    return name
+
+
+def read_members(data: bytes, source: str,
+                 parse: Callable[[bytes, str], tuple[dict, list[str]]]) -> CascadeBundle:
+    """Read a bundle zip safely: the manifest (at most MAX_MANIFEST_BYTES), parsed by
+    `parse(raw, source) -> (manifest, member names)`, then only the members it names, each size
+    checked against MAX_MEMBER_BYTES and the compression ratio before it is decompressed."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+            if len(infos) > MAX_ZIP_ENTRIES:
+                raise CascadeBundleError(f"{source}: {len(infos)} zip entries; a bundle has at most "
+                                         f"{MAX_ZIP_ENTRIES}")
+            by_name = {i.filename: i for i in infos}
+            if MANIFEST_NAME not in by_name:
+                raise CascadeBundleError(f"{source}: no {MANIFEST_NAME} manifest in the bundle")
+            manifest, names = parse(_read_member(z, by_name[MANIFEST_NAME], MAX_MANIFEST_BYTES, source), source)
+            members = {n: _read_member(z, by_name[n], MAX_MEMBER_BYTES, source) for n in names if n in by_name}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, zlib.error, OSError, EOFError,
+            RuntimeError, ValueError) as exc:
+        if isinstance(exc, TflmSwapError):
+            raise
+        raise CascadeBundleError(f"{source}: not a cascade bundle (unreadable zip: {exc})") from exc
+    return CascadeBundle._build(manifest, members, source)
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, source: str) -> bytes:
+    """The bytes of one zip member, refused before decompressing when its declared size is absurd."""
+    size, packed = info.file_size, info.compress_size
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if size > limit or (stored and size != packed) or (not stored and size > MAX_COMPRESSION_RATIO * max(packed, 1)):
+        raise CascadeBundleError(f"{source}: member {info.filename!r} declares {size} bytes "
+                                 f"({packed} stored); refusing to read it (limit {limit} bytes)")
+    data = z.read(info)
+    if len(data) != size:
+        raise CascadeBundleError(f"{source}: member {info.filename!r} holds {len(data)} bytes, declares {size}")
+    return data
+
+
+def _check_class_map(groups: object, n_classes: object, input_shape: object) -> None:
+    """Types and bounds of the class map, checked before anything is sized by them."""
+    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+        raise TflmSwapError("'groups' must be a list of lists of class ids")
+    if not all(isinstance(c, int) and not isinstance(c, bool) for g in groups for c in g):
+        raise TflmSwapError("class ids in 'groups' must be integers")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or not 1 <= n_classes <= MAX_CLASSES:
+        raise TflmSwapError(f"n_classes {n_classes!r} is not an integer in 1..{MAX_CLASSES}")
+    listed = sum(len(g) for g in groups)
+    if listed != n_classes:
+        raise TflmSwapError(f"the groups list {listed} class ids but n_classes is {n_classes}")
+    if not isinstance(input_shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                                    for d in input_shape):
+        raise TflmSwapError(f"input_shape {input_shape!r} is not a list of positive integers")
+
+
+def extract_member(directory: str | Path, name: str, data: bytes) -> Path:
+    """Write a member's bytes as a flat file in `directory` and return its path. The file is named by
+    its content (`<sha256 prefix>-<name>`), and an existing one is reused only when its bytes hash
+    the same: two bundles sharing a directory never run each other's members."""
+    digest = hashlib.sha256(data).hexdigest()
+    path = Path(directory) / f"{digest[:16]}-{member_name(name)}"
+    if path.is_file() and _file_sha256(path) == digest:
+        return path
+    return write_atomic(path, data)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

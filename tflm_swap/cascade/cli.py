@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TflmSwapError
-from ..units import format_bytes, parse_size
+from ..fileio import plan_outputs, write_atomic
+from ..units import at_least, format_bytes, parse_size, probability
 
 
 def register(sub) -> None:
@@ -21,16 +22,16 @@ def register(sub) -> None:
     b.add_argument("--data", required=True, help=".npz with images 'x' [N,H,W(,C)] and labels 'y'")
     b.add_argument("--model", help="trained Keras model (.keras/.h5) to start from (default: train the default CNN)")
     b.add_argument("-o", "--output", required=True, help="bundle file to write (e.g. model.cascade)")
-    b.add_argument("--n-test", type=int, default=0, help="hold out the last N samples and print the evaluation")
-    b.add_argument("--n-groups", type=int, help="number of class groups (default: chosen automatically)")
+    b.add_argument("--n-test", type=at_least(0), default=0, help="hold out the last N samples and print the evaluation")
+    b.add_argument("--n-groups", type=at_least(2), help="number of class groups (default: chosen automatically)")
     b.add_argument("--group-method", choices=("activations", "confusion"), default="activations")
-    b.add_argument("--epochs", type=int, default=10, help="monolithic model epochs (when training it)")
-    b.add_argument("--router-epochs", type=int, default=10)
-    b.add_argument("--sparsity-epochs", type=int, default=3)
-    b.add_argument("--finetune-epochs", type=int, default=3)
-    b.add_argument("--batch-size", type=int, default=64)
+    b.add_argument("--epochs", type=at_least(1), default=10, help="monolithic model epochs (when training it)")
+    b.add_argument("--router-epochs", type=at_least(1), default=10)
+    b.add_argument("--sparsity-epochs", type=at_least(0), default=3)
+    b.add_argument("--finetune-epochs", type=at_least(0), default=3)
+    b.add_argument("--batch-size", type=at_least(1), default=64)
     b.add_argument("--fallback", choices=("top2", "full", "none"), default="top2")
-    b.add_argument("--threshold", type=float, default=0.9, help="router confidence below which to fall back")
+    b.add_argument("--threshold", type=probability, default=0.9, help="router confidence below which to fall back")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
@@ -38,7 +39,7 @@ def register(sub) -> None:
     e = csub.add_parser("eval", help="accuracy and costs of bundles on labelled images (table, JSON, plot)")
     e.add_argument("bundle", nargs="+", help="one or more bundles (e.g. built with different --n-groups)")
     e.add_argument("--data", required=True, help=".npz with 'x' and 'y'")
-    e.add_argument("--last", type=int, default=0, help="use only the last N samples (e.g. the held-out ones)")
+    e.add_argument("--last", type=at_least(0), default=0, help="use only the last N samples (e.g. the held-out ones)")
     _runtime_options(e)
     e.add_argument("--json", help="also write the figures as JSON here")
     e.add_argument("--plot", help="also plot accuracy against weights used per inference (PNG) here")
@@ -47,7 +48,7 @@ def register(sub) -> None:
     r = csub.add_parser("run", help="run a bundle on inputs within a RAM budget; per-inference bytes loaded")
     r.add_argument("bundle")
     r.add_argument("--data", required=True, help=".npz with 'x' (labels 'y' optional) or an .npy of images")
-    r.add_argument("--limit", type=int, default=20, help="inputs to run (default 20)")
+    r.add_argument("--limit", type=at_least(1), default=20, help="inputs to run (default 20)")
     _runtime_options(r)
     r.add_argument("--prefetch", action="store_true", help="prefetch the most likely next specialist")
     r.set_defaults(func=cmd_run)
@@ -57,6 +58,17 @@ def _runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("litert", "tflm"), default="litert")
     p.add_argument("--ram-budget", help="weight bytes held at once, e.g. 64KiB (default: router + largest model)")
     p.add_argument("--cache", choices=("lru", "lfu"), default="lru")
+
+
+def check_data(bundle, x: np.ndarray, y: np.ndarray | None, path: str) -> None:
+    """Raise TflmSwapError naming `path` unless its images fit the bundle's input and its labels
+    are among the bundle's classes."""
+    if list(x.shape[1:]) != list(bundle.input_shape):
+        raise TflmSwapError(f"{path}: images of shape {list(x.shape[1:])}, but {bundle.source} takes "
+                            f"{bundle.input_shape}")
+    if y is not None and len(y) and int(y.max()) >= bundle.n_classes:
+        raise TflmSwapError(f"{path}: label {int(y.max())} is out of range for {bundle.source} "
+                            f"({bundle.n_classes} classes)")
 
 
 def _budget(args, bundle) -> int:
@@ -71,6 +83,7 @@ def cmd_build(args) -> int:
     from .data import load_npz, split_by_order
     from .report import evaluate, format_table
 
+    plan_outputs([args.output], [args.data, args.model])  # before hours of training
     x, y = load_npz(args.data)
     x_test = y_test = None
     if args.n_test:
@@ -100,41 +113,38 @@ def cmd_eval(args) -> int:
     from .data import load_npz
     from .report import evaluate, format_table, plot_tradeoff
 
+    plan_outputs([args.json, args.plot], [*args.bundle, args.data])
     x, y = load_npz(args.data)
     if args.last:
         x, y = x[-args.last :], y[-args.last :]
     results = {}
     for path in args.bundle:
         bundle = CascadeBundle.load(path)
+        check_data(bundle, x, y, args.data)
         results[Path(path).name] = evaluate(bundle, x, y, backend=args.backend, ram_budget=_budget(args, bundle),
                                             cache=args.cache)
     print(format_table(results))
     if args.json:
-        from ..fileio import write_atomic
-
         figures = next(iter(results.values())) if len(results) == 1 else results
-        write_atomic(args.json, json.dumps(figures, indent=1, default=float).encode())
+        write_atomic(args.json, json.dumps(figures, indent=1, default=float).encode(), (*args.bundle, args.data))
     if args.plot:
-        print(f"plot: {plot_tradeoff({Path(args.data).stem: list(results.values())}, args.plot)}")
+        plot = plot_tradeoff({Path(args.data).stem: list(results.values())}, args.plot, (*args.bundle, args.data))
+        print(f"plot: {plot}")
     return 0
 
 
 def cmd_run(args) -> int:
     """Run inputs one by one and print what each inference loaded."""
     from .bundle import CascadeBundle
-    from .data import load_npz, prepare_images
+    from .data import load_images
     from .interpreter import CascadeInterpreter
 
     bundle = CascadeBundle.load(args.bundle)
-    if args.data.endswith(".npy"):
-        x, y = prepare_images(np.load(args.data)), None
-    else:
-        with np.load(args.data) as d:
-            has_y = "y" in d
-        x, y = load_npz(args.data) if has_y else (prepare_images(np.load(args.data)["x"]), None)
-    x = x[: args.limit]
+    x, y = load_images(args.data)
+    x, y = x[: args.limit], None if y is None else y[: args.limit]
     if len(x) == 0:
-        raise TflmSwapError("no inputs to run")
+        raise TflmSwapError(f"{args.data}: no inputs to run")
+    check_data(bundle, x, y, args.data)
     with CascadeInterpreter(bundle, ram_budget=_budget(args, bundle), cache=args.cache, prefetch=args.prefetch,
                             backend=args.backend) as ci:
         scores = ci.predict(x)

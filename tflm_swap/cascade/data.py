@@ -7,12 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TflmSwapError
+from ..fileio import read_npy, read_npz
+from .bundle import MAX_CLASSES
 
 
 def prepare_images(x: np.ndarray) -> np.ndarray:
     """Images as the default models take them: float32 [N, H, W, C]; uint8 is scaled to [0, 1]
     and a missing channel axis is added. Works for any image size and channel count."""
     x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.issubdtype(x.dtype, np.complexfloating):
+        raise TflmSwapError(f"expected numeric images, got an array of {x.dtype}")
     if x.ndim == 3:
         x = x[..., np.newaxis]
     if x.ndim != 4:
@@ -27,11 +31,46 @@ def load_npz(path: str | Path, x_key: str = "x", y_key: str = "y") -> tuple[np.n
     path = Path(path)
     if not path.is_file():
         raise TflmSwapError(f"{path}: no such dataset file")
-    with np.load(path) as data:
-        missing = [k for k in (x_key, y_key) if k not in data]
-        if missing:
-            raise TflmSwapError(f"{path} lacks arrays {missing} (it has {sorted(data.files)})")
-        return prepare_images(data[x_key]), np.asarray(data[y_key]).astype(np.int64).reshape(-1)
+    data = read_npz(path, (x_key, y_key))
+    try:
+        x, y = prepare_images(data[x_key]), check_labels(data[y_key])
+    except TflmSwapError as exc:
+        raise TflmSwapError(f"{path}: {exc}") from exc
+    if len(x) != len(y):
+        raise TflmSwapError(f"{path}: {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise TflmSwapError(f"{path}: holds no samples")
+    return x, y
+
+
+def load_images(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, labels or None) from an .npy of images or an .npz with `x` (and optionally `y`)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        arrays = {"x": read_npy(path)}
+    else:
+        arrays = read_npz(path, ("x",))
+    try:
+        x = prepare_images(arrays["x"])
+        y = check_labels(arrays["y"]) if "y" in arrays else None
+    except TflmSwapError as exc:
+        raise TflmSwapError(f"{path}: {exc}") from exc
+    if y is not None and len(y) != len(x):
+        raise TflmSwapError(f"{path}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
+def check_labels(y: np.ndarray, n_classes: int = MAX_CLASSES) -> np.ndarray:
+    """Labels as int64 [N]; TflmSwapError unless they are whole numbers in 0..n_classes-1."""
+    y = np.asarray(y).reshape(-1)
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == np.bool_):
+        raise TflmSwapError(f"labels must be integers, got an array of {y.dtype}")
+    as_float = y.astype(np.float64)
+    if not np.all(np.isfinite(as_float)) or np.any(as_float % 1 != 0):
+        raise TflmSwapError("labels must be whole numbers")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise TflmSwapError(f"labels must be class ids in 0..{n_classes - 1}, found {int(y.min())}..{int(y.max())}")
+    return y.astype(np.int64)
 
 
 def split_by_order(x: np.ndarray, y: np.ndarray, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

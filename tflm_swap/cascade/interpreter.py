@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import BudgetError, TflmSwapError
 from ..format.model import Model
 from ..interpreters import dequantize_output, quantize_input
-from .bundle import FALLBACK_POLICIES, CascadeBundle, MemberInfo
+from .bundle import FALLBACK_POLICIES, CascadeBundle, MemberInfo, extract_member
 
 CACHE_POLICIES = ("lru", "lfu")
 BACKENDS = ("litert", "tflm")
@@ -101,7 +101,8 @@ class CascadeInterpreter:
         prefetch: load the most likely next specialist in the background after each inference.
         backend: 'litert' or 'tflm'.
         threshold, fallback: override the bundle's low-confidence threshold and policy.
-        cache_dir: where LiteRT members are extracted (a temporary directory by default).
+        cache_dir: where LiteRT members are extracted (a temporary directory by default), each as a
+            flat file named by its SHA-256 (`bundle.extract_member`), reused only when its bytes match.
         litert_options: passed to SwapInterpreter (backend, reference_kernels, default_delegates,
             num_threads); default_delegates defaults to False so that weights are held once.
     """
@@ -140,7 +141,7 @@ class CascadeInterpreter:
         """Scores over the original labels (sum 1) for one input of the bundle's input shape."""
         x = np.asarray(x, dtype=np.float32)
         if list(x.shape) != list(self.bundle.input_shape):
-            raise ValueError(f"input shape {list(x.shape)}, expected {self.bundle.input_shape}")
+            raise TflmSwapError(f"input shape {list(x.shape)}, expected {self.bundle.input_shape}")
         self._wait_prefetch()
         started = time.perf_counter()
         p = _softmax(self._router.run(x[np.newaxis]))
@@ -270,12 +271,7 @@ class CascadeInterpreter:
         data = self.bundle.member_bytes(info)
         if self.backend == "tflm":
             return _TflmRunner(data)
-        path = self._dir / info.member
-        if not path.exists() or path.stat().st_size != len(data):
-            from ..fileio import write_atomic
-
-            write_atomic(path, data)
-        return _LiteRTRunner(path, self._litert_options)
+        return _LiteRTRunner(extract_member(self._dir, info.member, data), self._litert_options)
 
     def _check_budget(self) -> None:
         if self.ram_budget is None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..fileio import write_atomic
 from ..interpreters import dequantize_output, litert_interpreter, quantize_input
 from ..units import format_bytes
 from .bundle import CascadeBundle
@@ -131,8 +133,9 @@ def _cell(r: dict, key: str, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def plot_tradeoff(sweep: dict[str, list[dict]], path: str | Path) -> Path:
-    """Accuracy against weights used per inference (% of monolithic), one point per number of groups."""
+def plot_tradeoff(sweep: dict[str, list[dict]], path: str | Path, inputs: tuple = ()) -> Path:
+    """Accuracy against weights used per inference (% of monolithic), one point per number of groups;
+    the PNG is written atomically, never over one of `inputs`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,8 +156,7 @@ def plot_tradeoff(sweep: dict[str, list[dict]], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return write_atomic(path, buf.getvalue(), inputs)

@@ -25,6 +25,7 @@ VERSION = 1
 HEADER_BYTES = 32
 ENTRY_BYTES = 16
 DEFAULT_ALIGNMENT = 16
+MAX_ALIGNMENT = 1 << 20  # a flash sector is far smaller; larger only pads the image
 HEADER = struct.Struct("<4sIIIII")  # magic, version, header_size, count, image_size, alignment
 ENTRY = struct.Struct("<IIII")
 

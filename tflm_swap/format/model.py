@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import flatbuffers
 import numpy as np
 
-from ..errors import MalformedModelError, TflmSwapError, UnsupportedModelError
+from ..errors import MalformedModelError, SegmentIntegrityError, TflmSwapError, UnsupportedModelError
 from .schema import BUILTIN_NAMES, FILE_IDENTIFIER, TENSOR_TYPE_NAMES, text, tfl
 
 DATA_ALIGNMENT = 16  # TFLite's `force_align: 16` on Buffer.data
@@ -111,6 +112,8 @@ class Model:
         buffers = _resolve_buffers(fb, raw, source, skip=deferred)
         model = cls(fb, buffers, raw, source, deferred)
         model._validate()
+        if read_external:
+            _check_external_weights(model)
         return model
 
     @classmethod
@@ -340,6 +343,35 @@ def _external_buffers(fb: tfl.ModelT) -> dict[int, ExternalBuffer]:
         for i, buf in enumerate(fb.buffers or [])
         if buf.offset > _NO_EXTERNAL_OFFSET
     }
+
+
+def _check_external_weights(model: Model) -> None:
+    """Weights a segmented file stores after its flatbuffer are used (or re-emitted) only intact:
+    every external buffer must lie inside a segment of the `tflm_swap` manifest, and every segment
+    must match its CRC32. Raises SegmentIntegrityError naming the file and the segment."""
+    from .manifest import MANIFEST_NAME, Manifest
+
+    external = _external_buffers(model.fb)
+    blob = model.metadata(MANIFEST_NAME)
+    if not external or blob is None:
+        return
+    manifest = Manifest.decode(blob)
+    spans = []
+    for seg in manifest.segments:
+        start = manifest.image_offset + seg.offset
+        payload = model.raw[start : start + seg.size]
+        crc = zlib.crc32(payload)
+        if len(payload) != seg.size or crc != seg.crc32:
+            raise SegmentIntegrityError(
+                f"{model.source}: segment {seg.id} at image offset {seg.offset} is corrupt "
+                f"({len(payload)} of {seg.size} bytes, CRC32 {crc:#010x}, expected {seg.crc32:#010x}); "
+                "refusing to use its weights")
+        spans.append((start, start + seg.size))
+    for i, ext in external.items():
+        if not any(lo <= ext.offset and ext.offset + ext.size <= hi for lo, hi in spans):
+            raise SegmentIntegrityError(
+                f"{model.source}: buffer {i} (file bytes {ext.offset}..{ext.offset + ext.size}) lies "
+                "outside every segment of the manifest; refusing to use unchecked weights")
 
 
 def _resolve_buffers(fb: tfl.ModelT, raw: bytes, source: str, skip: dict | None = None) -> list[bytes]:

@@ -20,6 +20,7 @@ from .model import DATA_ALIGNMENT, Model
 
 DEFAULT_PAGE_SIZE = 4096
 DEFAULT_MIN_SEGMENT_BYTES = 1024
+MAX_PAGE_SIZE = 1 << 24  # 16 MiB, above any flash erase block; larger pages only pad the file
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..converters.tflm import LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, MicroModel
 from ..errors import TflmSwapError, UnsupportedModelError
-from ..fileio import refuse_inputs, write_atomic
+from ..fileio import refuse_inputs, staged_directory
 from ..format.model import Model
 from .toolchain import CORE_FILES, HOST_FILES, TFLM_FILES, native_sources
 
@@ -64,14 +64,15 @@ def generate_project(micro: MicroModel, out_dir: str | Path, prefix: str, arena_
     }
     root = native_sources()
     library = {out / "tswap" / Path(rel).name: root / rel for rel in CORE_FILES + TFLM_FILES + HOST_FILES}
-    refuse_inputs([*(out / n for n in files), out / f"{prefix}_image.bin", *library], inputs)
-    written = [write_atomic(out / n, text.encode(), inputs) for n, text in files.items()]
-    written.append(write_atomic(out / f"{prefix}_image.bin", micro.image, inputs))
-    for dest, src in library.items():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-        written.append(dest)
-    return written
+    contents = {**{n: text.encode() for n, text in files.items()}, f"{prefix}_image.bin": micro.image}
+    refuse_inputs([*(out / n for n in contents), *library], inputs)
+    with staged_directory(out, inputs) as stage:  # the whole project, or nothing
+        for name, data in contents.items():
+            (stage / name).write_bytes(data)
+        (stage / "tswap").mkdir()
+        for dest, src in library.items():
+            shutil.copyfile(src, stage / dest.relative_to(out))
+    return [*(out / n for n in contents), *library]
 
 
 def check_options(prefix: str, arena_size: int | None = None) -> None:

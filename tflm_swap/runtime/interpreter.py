@@ -280,6 +280,8 @@ class SwapInterpreter:
 
     def invoke(self) -> None:
         """Run every stage in order; outputs appear only when all stages succeeded."""
+        if self._fd < 0:
+            raise TflmSwapError(f"{self._path}: invoke() after close(); this SwapInterpreter is closed")
         if not self._templates:
             raise TflmSwapError("call allocate_tensors() before invoke()")
         missing = [t for t in self._model_inputs if t not in self._inputs]

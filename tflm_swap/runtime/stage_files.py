@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..converters.submodel import extract, stage_io
 from ..errors import ManifestError
-from ..fileio import write_atomic
+from ..fileio import refuse_inputs, staged_directory, write_atomic
 from ..format.model import Model
 from ..planner import Plan, Stage, stage_of
 
@@ -65,18 +65,20 @@ def export_stage_dir(model: Model, stages: list[Stage], directory: str | Path,
                      inputs: tuple[str | Path, ...] = ()) -> None:
     """Write each stage as DIR/stage_NN.tflite and the index DIR/stages.json (never over `inputs`)."""
     directory = Path(directory)
+    names = [f"stage_{i:02d}.tflite" for i in range(len(stages))]
+    refuse_inputs([directory / n for n in [*names, INDEX]], inputs)
     entries = []
-    for i, stage in enumerate(stages):
-        name = f"stage_{i:02d}.tflite"
-        data = extract(model, stage.first, stage.last)
-        write_atomic(directory / name, data, inputs)
-        ins, outs = stage_io(model, stage.first, stage.last)
-        entries.append({"file": name, "bytes": len(data), "crc32": zlib.crc32(data),  # to check copies
-                        "ops": [stage.first, stage.last], "weight_bytes": stage.weight_bytes,
-                        "resident": stage.resident,
-                        "inputs": [model.tensor_name(t) for t in ins],
-                        "outputs": [model.tensor_name(t) for t in outs]})
-    write_atomic(directory / INDEX, json.dumps(entries, indent=2).encode(), inputs)
+    with staged_directory(directory, inputs) as staging:  # every stage file and the index, or nothing
+        for name, stage in zip(names, stages):
+            data = extract(model, stage.first, stage.last)
+            (staging / name).write_bytes(data)
+            ins, outs = stage_io(model, stage.first, stage.last)
+            entries.append({"file": name, "bytes": len(data), "crc32": zlib.crc32(data),  # to check copies
+                            "ops": [stage.first, stage.last], "weight_bytes": stage.weight_bytes,
+                            "resident": stage.resident,
+                            "inputs": [model.tensor_name(t) for t in ins],
+                            "outputs": [model.tensor_name(t) for t in outs]})
+        (staging / INDEX).write_bytes(json.dumps(entries, indent=2).encode())
 
 
 def seal_stage_dir(directory: str | Path) -> list[str]:
