@@ -71,6 +71,10 @@ class XnnpackCache:
         self._lock = threading.Lock()
         self._environment = None
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a parent thread may have held this one at the fork)."""
+        self._lock = threading.Lock()
+
     @property
     def huge_page_cache(self) -> bool:
         """False once a stage found that this system keeps the packed files in the page cache in
