@@ -252,10 +252,17 @@ def _cmd_manifest(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .format.segments import verify
+    import warnings
 
-    m = verify(Path(args.model).read_bytes())
-    print(f"{args.model}: OK — {len(m.segments)} segments, all page-aligned ({m.page_size} B), CRC32 match")
+    from .format.segments import UncheckedGraphWarning, verify
+
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", UncheckedGraphWarning)
+        m = verify(Path(args.model).read_bytes(), source=args.model)
+    graph = ", graph SHA-256 match" if m.graph_sha256 else ""
+    print(f"{args.model}: OK — {len(m.segments)} segments, all page-aligned ({m.page_size} B), CRC32 match{graph}")
+    for note in notes:
+        print(f"note: {note.message}")
     return 0
 
 

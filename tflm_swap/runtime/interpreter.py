@@ -46,7 +46,7 @@ from ..errors import BudgetError, SegmentIntegrityError, TflmSwapError
 from ..format.manifest import Manifest, read_model_head
 from ..format.model import Model
 from ..format.schema import text
-from ..format.segments import check_segment
+from ..format.segments import check_against_graph, check_graph_digest, check_segment
 from ..interpreters import litert_interpreter
 from ..planner import (
     Plan,
@@ -72,7 +72,7 @@ from .process_memory import (
     writable_bytes,
     zero_pages,
 )
-from .stage_files import StageFile, read_stage_index
+from .stage_files import StageFile, model_identity, read_stage_index
 
 
 @dataclass
@@ -188,11 +188,12 @@ class SwapInterpreter:
         self._close_fd = weakref.finalize(self, os.close, self._fd)
         try:
             self.manifest, self._model, self.plan = _graph_and_plan(self._fd, self._path)
+            self._identity = model_identity(self._model.raw)  # the graph: what stage files are bound to
             self._stage_files: list[StageFile] | None = None
             if stage_files is None:
                 self.stages = self._partition()
-            else:  # the stages were cut when the files were exported
-                self.stages, self._stage_files = read_stage_index(stage_files, self.plan)
+            else:  # the stages were cut when the files were exported, from this model (checked)
+                self.stages, self._stage_files = read_stage_index(stage_files, self.plan, self._identity)
         except BaseException:
             self._close_fd()
             raise
@@ -788,10 +789,14 @@ def _weight_copies(default_delegates: bool, reference_kernels: bool) -> int:
 
 
 def _graph_and_plan(fd: int, path: Path) -> tuple[Manifest, Model, Plan]:
-    """The manifest, the graph (weights not read) and its plan; checks the weights region is whole."""
+    """The manifest, the graph (weights not read) and its plan. Checks the graph against its
+    SHA-256 and the manifest against the graph (so a forged manifest cannot place weights), and
+    that the weights region is whole."""
     head, manifest = read_model_head(fd, path)
+    check_graph_digest(head, manifest, str(path))
     _check_weights_region(manifest, os.fstat(fd).st_size, path)
     model = Model.from_bytes(head[: manifest.graph_size], source=str(path), read_external=False)
+    check_against_graph(manifest, model, str(path))
     return manifest, model, plan_model(model, prefetch_depths=())
 
 
