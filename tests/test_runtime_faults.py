@@ -8,6 +8,7 @@ import gc
 import os
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,156 @@ def test_use_after_close_is_a_clear_error(kws, budget_factor):
         swap.allocate_tensors()
     outputs = b"".join(swap.get_tensor(d["index"]).tobytes() for d in swap.get_output_details())
     assert outputs == out
+
+
+# ------------------------------------------------------------------ paged stages: files that fail
+@pytest.fixture(scope="module")
+def paged_vww(segmented, tmp_path_factory) -> tuple[Model, Path, Path, int, list[Path]]:
+    """VWW float, its paged-stage cache built once (model, file, cache directory, budget, and the
+    first stage's model and packed files)."""
+    model, path = segmented("vww_96_float")
+    cache = tmp_path_factory.mktemp("vww_cache")
+    budget = min_ram_budget(path, 1, xnnpack_cache=True)
+    with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=cache) as swap:
+        swap.allocate_tensors()
+        assert sum(not s.resident for s in swap.stages) > 2
+        packed = swap._compiled[0].packed_file
+        first = [packed.with_suffix(".tflite"), packed]
+    return model, path, cache, budget, first
+
+
+def _cache_copy(cache: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(cache, tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("victim", ["next-to-load", "already-paged-in", "stage-model-file"])
+def test_paged_stage_file_truncated_in_use_is_a_clear_error(paged_vww, tmp_path, victim):
+    """A paged stage's packed-weight file (or stage model file) truncated while the stage is in
+    use: the next invoke raises SegmentIntegrityError naming the file, whether the stage's page-in
+    has yet to run or already ran (prefetched), instead of dying of SIGBUS (run in a child)."""
+    from tflm_swap import SegmentIntegrityError
+
+    model, path, cache, budget, _ = paged_vww
+    cache = _cache_copy(cache, tmp_path)
+    xs = [np.zeros(d["shape"], d["dtype"]) for d in litert_interpreter(model.raw).get_input_details()]
+
+    def child() -> bool:
+        swap = SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=cache)
+        swap.allocate_tensors()
+        _run(swap, xs)
+        streamed = [i for i, s in enumerate(swap.stages) if not s.resident]
+        stage = swap._compiled[streamed[0] if victim == "already-paged-in" else streamed[-1]]
+        while victim == "already-paged-in" and not stage.page_in_done():  # prefetched for the next invoke
+            time.sleep(0.01)
+        file = stage.packed_file.with_suffix(".tflite") if victim == "stage-model-file" else stage.packed_file
+        os.truncate(file, file.stat().st_size // 2)
+        try:
+            _run(swap, xs)
+        except SegmentIntegrityError as exc:
+            print(exc, flush=True)
+            return str(file) in str(exc) and "truncated" in str(exc)
+        return False
+    assert _in_child(child) == 0
+
+
+def test_pager_read_racing_a_truncation_is_caught(tmp_path):
+    """A file truncated after the pager's size check, during its read (here: a mapping read past
+    its end with no size check): the SIGBUS is caught in the read and becomes an error; a SIGBUS
+    outside a page-in still kills as before."""
+    import mmap
+    import signal
+
+    from tflm_swap import SegmentIntegrityError
+    from tflm_swap.runtime.compiled import _PAGER, _Ranges
+
+    if _PAGER.library is None:
+        pytest.skip("needs the package's C library (the pager)")
+    big = tmp_path / "big"
+    big.write_bytes(np.random.default_rng(0).bytes(1 << 20))
+
+    def child(read_outside: bool) -> bool:
+        with open(big, "rb") as f:
+            a = np.frombuffer(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ), np.uint8)
+        os.truncate(big, 4096)
+        try:
+            _PAGER.page_in(_Ranges([(a.ctypes.data, a.size)])).wait()
+            return False
+        except SegmentIntegrityError as exc:
+            ok = "read past the end" in str(exc)
+        crc, _ = _PAGER.page_in(_Ranges([(a.ctypes.data, 4096)])).wait()  # the pager still works
+        if read_outside:
+            int(a.sum())  # not in a page-in: SIGBUS, as without the pager
+        return ok and crc == zlib.crc32(big.read_bytes())
+    assert _in_child(lambda: child(False)) == 0
+    big.write_bytes(np.random.default_rng(0).bytes(1 << 20))
+    assert _in_child(lambda: child(True)) == -signal.SIGBUS
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Path:
+    """A 4 MiB tmpfs (mounted for the test, root only)."""
+    import subprocess
+
+    where = tmp_path / "small"
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill the disk but `leave` bytes."""
+    st = os.statvfs(disk)
+    (disk / "filler").write_bytes(bytes(max(st.f_bavail * st.f_frsize - leave, 0)))
+
+
+@pytest.mark.parametrize("room, precheck", [("first-stage", True), ("half-the-packed", True),
+                                             ("half-the-packed", False)])
+def test_disk_full_while_building_paged_stages_is_a_clear_error(paged_vww, small_disk, room, precheck):
+    """A cache directory without room for the stages' files (room for the first stage's model and
+    half its packed weights, or for every model file and half the packed weights): SwapInterpreter
+    refuses before writing anything (precheck). When the disk fills all the same while XNNPACK
+    writes its packed weights (precheck off), which aborts the process writing them, that process
+    is a child: a clear error, and no partial packed file is left. Either way the process lives
+    (run in a child: before, XNNPACK's abort killed it), and once there is room the stages build
+    and run."""
+    model, path, reference, budget, first = paged_vww
+    sizes = {p.name: p.stat().st_size for p in reference.iterdir()}
+    if room == "first-stage":
+        leave = sizes[first[0].name] + sizes[first[1].name] // 2
+    else:
+        leave = sum(n for name, n in sizes.items() if name.endswith(".tflite"))
+        leave += sum(n for name, n in sizes.items() if name.endswith(".xnnpack")) // 2
+    _fill(small_disk, leave)
+    cache = small_disk / "cache"
+
+    def child() -> bool:
+        from tflm_swap.runtime import compiled
+
+        if not precheck:
+            compiled.XnnpackCache.check_space = lambda self, need: None
+        try:
+            SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=cache).allocate_tensors()
+            return False
+        except TflmSwapError as exc:
+            print(exc, flush=True)
+            said = "bytes free" in str(exc) and str(cache) in str(exc)
+            if not precheck:
+                said &= "could not write its packed weights" in str(exc) and "SIGABRT" in str(exc)
+        left = {p.name: p.stat().st_size for p in cache.iterdir()}
+        whole = all(sizes.get(name) == n for name, n in left.items() if not name.endswith(".crc32"))
+        return said and whole and (precheck == (not any(name.endswith(".tflite") for name in left)))
+    assert _in_child(child) == 0
+    (small_disk / "filler").unlink()
+    xs = [np.zeros(d["shape"], d["dtype"]) for d in litert_interpreter(model.raw).get_input_details()]
+    with SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=cache) as swap:
+        swap.allocate_tensors()
+        assert _run(swap, xs) == _stock(model, xs)

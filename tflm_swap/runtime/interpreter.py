@@ -57,7 +57,7 @@ from ..planner import (
     streamed_bytes,
 )
 from ..planner import stages as stage_policy  # cost models read at call time (tests patch them)
-from .compiled import CompiledStage, StageOutput, XnnpackCache
+from .compiled import CompiledStage, StageOutput, XnnpackCache, packed_estimate
 from .crc import crc32
 from .details import SwapSignatureRunner, signatures, tensor_details
 from .paging import InlineExecutor, PageIn
@@ -598,24 +598,31 @@ class SwapInterpreter:
 
     def _build_compiled(self, templates: list[_Template]) -> None:
         """Build every stage once on CompiledModel (xnnpack_cache_dir, see runtime.compiled): write
-        its model file unless a valid one exists, build it (XNNPACK packs it the first time), then
-        give its pages back until it is loaded."""
+        its model file unless a valid one exists, have XNNPACK write its packed weights unless valid
+        ones exist (in a child process, see XnnpackCache.build_packed), after checking the disk has
+        room for what is missing; then build it from those files, and give its pages back until it
+        is loaded."""
         cache = self._xnnpack_cache
-        for i, t in enumerate(templates):
-            model_file, packed_file = cache.paths_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement])
-            if not cache.valid(model_file):
-                data, view = writable_bytes(t.base + t.blob_size)
-                self._read_stage(t, view)
-                del view
-                cache.write(model_file, data)
-                del data
-            packed = cache.valid(packed_file)  # one that fails its record is deleted, so rebuilt
+        files = [cache.paths_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement]) for t in templates]
+        models = {m: t for t, (m, _) in zip(templates, files) if not cache.valid(m)}
+        # a file that fails its record (a truncated one too) is deleted, so rebuilt
+        packed = {p: t for t, (_, p) in zip(templates, files) if not cache.valid(p)}
+        cache.check_space(sum(t.base + t.blob_size for t in models.values())
+                          + sum(packed_estimate(t.blob_size) for t in packed.values()))
+        for model_file, t in models.items():
+            data, view = writable_bytes(t.base + t.blob_size)
+            self._read_stage(t, view)
+            del view
+            cache.write(model_file, data)
+            del data
+        cache.build_packed([f for f in dict.fromkeys(files) if f[1] in packed], self._options["num_threads"])
+        for i, (t, (model_file, packed_file)) in enumerate(zip(templates, files)):
             stage = CompiledStage(model_file, packed_file, self._options["num_threads"], cache.environment())
             self._packed_crcs[i] = cache.record_packed(packed_file)
             stage.page_out()
             # the page cache should hold the packed file in large pages (see refresh_page_cache):
             # XNNPACK has just written it in small pieces, or it is checked
-            if not packed:
+            if packed_file in packed:
                 stage.drop_page_cache()
             elif cache.huge_page_cache and stage.refresh_page_cache() is False:
                 cache.record_no_huge_page_cache()
