@@ -109,6 +109,15 @@ def test_forked_child_runs_streamed_stages_with_prefetch(kws, monkeypatch, delay
         for _ in range(3):  # forked again with the next invoke's loads under way
             assert _in_child(lambda: _run(swap, xs) == want) == 0
             assert _run(swap, xs) == want
+        # inputs set in the parent (straight into its prefetched first stage, which the child
+        # loads again): the child only invokes
+        for d, x in zip(swap.get_input_details(), xs):
+            swap.set_tensor(d["index"], x)
+
+        def invoke_only() -> bool:
+            swap.invoke()
+            return b"".join(swap.get_tensor(d["index"]).tobytes() for d in swap.get_output_details()) == want
+        assert _in_child(invoke_only) == 0
 
 
 def test_forked_child_keeps_resident_stages(segmented):

@@ -447,6 +447,8 @@ class SwapInterpreter:
             return  # loads ran on the forking thread (or paged: the native pager sees to its own)
         self._worker_threads = set()
         self._executor = self._new_executor()
+        if self._compiled:  # loads are page-ins on the native pager, which finishes them in a child itself
+            return
         self._pending = {i: _done(loaded) for i, loaded in self._resident_loaded.items()}
         self._counters.resident_bytes = sum(loaded.weight_bytes for loaded in self._resident_loaded.values()
                                             ) * self.weight_copies
