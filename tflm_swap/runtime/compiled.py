@@ -186,9 +186,9 @@ class XnnpackCache:
 
         XNNPACK aborts the process (SIGABRT) when it cannot write its cache file (a full disk) and
         leaves it truncated; in a child, that is an error here instead, and the partial file goes.
-        The files a child completed before it failed are kept (their records are written when their
-        stages are built). About 0.5 s per SwapInterpreter that builds any stage (a Python start
-        and LiteRT's import), against seconds of packing."""
+        Files a child completed before it failed stay, but have no CRC record yet, so the next
+        build makes them again. Costs one Python start and LiteRT import per SwapInterpreter that
+        builds any stage (0.26 s of CPU, 0.8 s wall on the loaded 2-core build machine)."""
         if not stages:
             return
         partial = [p.with_name(f".{p.name}.{os.getpid()}.partial") for _, p in stages]

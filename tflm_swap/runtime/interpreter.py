@@ -188,12 +188,12 @@ class SwapInterpreter:
         self._close_fd = weakref.finalize(self, os.close, self._fd)
         try:
             self.manifest, self._model, self.plan = _graph_and_plan(self._fd, self._path)
-            self._identity = model_identity(self._model.raw)  # the graph: what stage files are bound to
             self._stage_files: list[StageFile] | None = None
             if stage_files is None:
                 self.stages = self._partition()
-            else:  # the stages were cut when the files were exported, from this model (checked)
-                self.stages, self._stage_files = read_stage_index(stage_files, self.plan, self._identity)
+            else:  # the stages were cut when the files were exported, from this model (its graph, checked)
+                self.stages, self._stage_files = read_stage_index(stage_files, self.plan,
+                                                                  model_identity(self._model.raw))
         except BaseException:
             self._close_fd()
             raise
