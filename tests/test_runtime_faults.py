@@ -177,6 +177,23 @@ def test_dropped_interpreters_leak_no_file_descriptor(kws, monkeypatch):
     assert _prefetch_threads() == threads
 
 
+def test_dropped_paged_interpreters_leak_no_file_descriptor(paged_vww, tmp_path):
+    """Paged stages hold their files open (checked before each page-in): dropped with page-ins
+    still running, without close(), they give every descriptor back once collected."""
+    model, path, cache, budget, _ = paged_vww
+    cache = _cache_copy(cache, tmp_path)
+    xs = [np.zeros(d["shape"], d["dtype"]) for d in litert_interpreter(model.raw).get_input_details()]
+    gc.collect()
+    fds = _fds()
+    for _ in range(10):
+        swap = SwapInterpreter(path, ram_budget=budget, xnnpack_cache_dir=cache)
+        swap.allocate_tensors()
+        _run(swap, xs)
+        del swap
+    gc.collect()
+    assert _fds() == fds
+
+
 @pytest.mark.parametrize("budget_factor", [None, 1])
 def test_use_after_close_is_a_clear_error(kws, budget_factor):
     """invoke(), set_tensor() and allocate_tensors() after close() raise TflmSwapError saying so

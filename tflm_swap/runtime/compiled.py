@@ -464,7 +464,10 @@ class _FileSizes:
         return len(self.paths)
 
     def check(self) -> None:
-        """Raise SegmentIntegrityError if a file is shorter now than when its stage was built."""
+        """Raise SegmentIntegrityError if a file is shorter now than when its stage was built
+        (nothing to check once the files are closed: the stage is going)."""
+        if not self._close.alive:
+            return
         for i, fd in enumerate(self.fds):
             try:
                 found = os.fstat(fd).st_size

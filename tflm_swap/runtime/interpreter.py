@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -638,8 +639,10 @@ class SwapInterpreter:
         # held from now on (its pages are coming in); the time is added when the stage is taken
         self._count_load(i, stage.packed_bytes, stage.packed_bytes, time.perf_counter())
         loaded = _Loaded(stage, b"", stage.input_index, stage.output_index, stage.packed_bytes, True, i)
-        return PageIn(stage, self._packed_crcs[i], loaded, lambda: self._release(loaded),
-                      lambda seconds: self._add_load_time(i, seconds))
+        # weak: a PageIn held in self._pending must not keep self alive (a cycle would leave a dropped
+        # SwapInterpreter to the garbage collector, which may close its stages' files before close runs)
+        return PageIn(stage, self._packed_crcs[i], loaded, _weak_call(self, "_release", loaded),
+                      _weak_call(self, "_add_load_time", i))
 
     def _add_load_time(self, i: int, seconds: float) -> None:
         with self._lock:
@@ -778,6 +781,17 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _weak_call(owner: object, method: str, *args) -> Callable[..., None]:
+    """A callback running `owner.method(*args, *more)` while `owner` lives, without holding it."""
+    ref = weakref.ref(owner)
+
+    def call(*more) -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, method)(*args, *more)
+    return call
 
 
 def _note_thread(idents: set[int]) -> None:
