@@ -1,6 +1,7 @@
 """The stage runtime under faults (issue 16): forks, dropped interpreters, use after close,
-forged manifests and foreign stage files, truncated and disk-full cache files. Each test failed on
-the commit before its fix."""
+truncated and disk-full cache files (forged manifests and foreign stage files: test_graph_trust).
+Each test failed on ffde8e4, except test_dropped_paged_interpreters_leak_no_file_descriptor, which
+guards a change made with the fixes (paged stages hold their files open)."""
 
 from __future__ import annotations
 
