@@ -7,7 +7,16 @@ import hashlib
 import zlib
 
 from tflm_swap.errors import TflmSwapError
-from tflm_swap.format.manifest import HEADER_SIZE, MANIFEST_NAME, Manifest, OpStep, Segment, SegmentEntry
+from tflm_swap.format.manifest import (
+    HEADER_SIZE,
+    MANIFEST_NAME,
+    Manifest,
+    OpStep,
+    Segment,
+    SegmentEntry,
+    graph_digest,
+    metadata_span,
+)
 from tflm_swap.format.model import DATA_ALIGNMENT, ExternalBuffer, Model
 from tflm_swap.format.segments import (
     DEFAULT_MIN_SEGMENT_BYTES,
@@ -44,8 +53,10 @@ def segment_model(
         source_size=previous.source_size if previous else len(source or model.raw),
         segments=segments,
         schedule=_schedule(model, segments),
+        graph_sha256="0" * 64,  # a placeholder of the same length until the graph is final
     )
     graph = _pack_until_stable(model, manifest)
+    _record_graph_digest(graph, manifest)
     return bytes(graph) + bytes(manifest.image_offset - len(graph)) + image
 
 
@@ -94,6 +105,17 @@ def _schedule(model: Model, segments: list[Segment]) -> list[OpStep]:
             weight_bytes=sum(s.size for s in used),
         ))
     return steps
+
+
+def _record_graph_digest(graph: bytearray, manifest: Manifest) -> None:
+    """Write the graph's SHA-256 into its manifest, in place: the digest reads the manifest's bytes
+    as zeros, and the manifest keeps its length (64 hex digits replace the placeholder's 64)."""
+    manifest.graph_sha256 = graph_digest(graph, len(graph))
+    start, end = metadata_span(bytes(graph), MANIFEST_NAME)
+    blob = manifest.encode(min_capacity=end - start - HEADER_SIZE)
+    if len(blob) != end - start:  # pragma: no cover - a bug if hit
+        raise RuntimeError("the manifest changed size when its graph hash was recorded")
+    graph[start:end] = blob
 
 
 def _pack_until_stable(model: Model, manifest: Manifest) -> bytearray:

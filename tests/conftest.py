@@ -38,6 +38,22 @@ class _CheckoutConverters(importlib.abc.MetaPathFinder):
 _REPO = Path(__file__).resolve().parents[1]
 sys.meta_path.insert(0, _CheckoutConverters())
 
+
+class _CheckoutConverters(importlib.abc.MetaPathFinder):
+    """Tests test the tree they sit in: `tflm_swap.converters` is this checkout's converters/
+    whenever this checkout's tflm_swap/ is the one imported (an editable install of another
+    checkout, e.g. a git worktree's main, would map it elsewhere)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tflm_swap.converters" or not path or Path(path[0]).resolve() != _REPO / "tflm_swap":
+            return None
+        init = _REPO / "converters" / "__init__.py"
+        return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[str(init.parent)])
+
+
+_REPO = Path(__file__).resolve().parents[1]
+sys.meta_path.insert(0, _CheckoutConverters())
+
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 MLPERF_DIR = SHARED_DIR / "models" / "mlperf_tiny"
 

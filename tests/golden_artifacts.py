@@ -64,7 +64,6 @@ def bundle_artifact() -> dict[str, str]:
     zip file itself carries the time it was written)."""
     import tflm_swap
     from tflm_swap.cascade import CascadeBundle
-
     from tflm_swap.converters.synthetic import build_model, fc
 
     def member(width: int, seed: int) -> bytes:

@@ -86,7 +86,7 @@ def test_run_and_stages_commands(kws, tmp_path, capsys):
     assert main(["run", str(seg), "--ram-budget", "1KiB"]) == 2
     assert "minimum budget" in capsys.readouterr().err
     assert main(["stages", str(seg), "--ram-budget", "9KiB", "--out", str(tmp_path / "st")]) == 0
-    index = json.loads((tmp_path / "st" / "stages.json").read_text())
+    index = json.loads((tmp_path / "st" / "stages.json").read_text())["stages"]
     assert len(index) > 1 and all((tmp_path / "st" / s["file"]).stat().st_size > 0 for s in index)
     assert index[0]["ops"][0] == 0 and index[-1]["ops"][1] == 12
     for stage in index:  # size and CRC32 recorded, to check copies of the stage files

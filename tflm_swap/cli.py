@@ -360,14 +360,21 @@ def _cmd_manifest(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .format.segments import verify
+    import warnings
+
+    from .format.segments import UncheckedGraphWarning, verify
 
     data = _read(args.model)
-    try:
-        m = verify(data)
-    except TflmSwapError as exc:  # the check failed: status 1, not a usage error
-        return _fail(f"{args.model}: {exc}", EXIT_CHECK_FAILED)
-    print(f"{args.model}: OK — {len(m.segments)} segments, all page-aligned ({m.page_size} B), CRC32 match")
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", UncheckedGraphWarning)
+        try:
+            m = verify(data, source=args.model)
+        except TflmSwapError as exc:  # the check failed: status 1, not a usage error
+            return _fail(f"{args.model}: {exc}", EXIT_CHECK_FAILED)
+    graph = ", graph SHA-256 match" if m.graph_sha256 else ""
+    print(f"{args.model}: OK — {len(m.segments)} segments, all page-aligned ({m.page_size} B), CRC32 match{graph}")
+    for note in notes:
+        print(f"note: {note.message}")
     return 0
 
 

@@ -14,16 +14,27 @@
  *    on the calling thread when it asks.
  * A page-in starts only once every page-out queued before it has run: that order is what keeps the
  * pages held within the budget.
+ *
+ * A mapped file that shrinks (truncated while in use) turns a read of its lost pages into SIGBUS. So
+ * a page-in first checks, with fstat, that each file it was given is still as long as when its
+ * stage was built, and reads nothing when one is not; a truncation racing the read itself is caught
+ * by a SIGBUS handler that jumps back out of the read (only on a page-in thread, in the read:
+ * any other SIGBUS goes to the handler there was before, or kills as it would have). Either way the
+ * caller gets an error code, not a signal.
  * Native because LiteRT's CompiledModel.run_by_index keeps Python's GIL while a stage runs, so a
  * Python thread could not start a page-in until the stage had finished. Called through ctypes,
  * which releases the GIL while a call waits. */
 #define _DEFAULT_SOURCE
+#include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,6 +50,11 @@ typedef struct tswap_page_job {
   int pieces;
   const void** data;
   size_t* len;
+  int files;           /* page-in: files whose size is checked before the read */
+  int* fds;
+  uint64_t* sizes;     /* the least size each must have */
+  int status;          /* page-in: TSWAP_PAGE_IN_OK, TSWAP_PAGE_IN_BUS or the short file's index */
+  int64_t found_size;  /* page-in: that file's size (or -errno when fstat failed) */
   char** paths;        /* page-out: the file each range must still map */
   uint64_t after;      /* page-in: the worker's page-outs queued before it, to wait for */
   uint32_t crc;        /* page-in */
@@ -63,19 +79,83 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+#define TSWAP_PAGE_IN_OK (-1)
+#define TSWAP_PAGE_IN_BUS (-2)
+
 static void free_job(tswap_page_job* job) {
   if (job->paths != NULL)
     for (int i = 0; i < job->pieces; ++i) free(job->paths[i]);
   free(job->paths);
+  free(job->fds);
+  free(job->sizes);
   free(job->data);
   free(job->len);
   free(job);
 }
 
+/* SIGBUS while a page-in reads: the jump back out of the read, set only around it on that thread. */
+static _Thread_local sigjmp_buf* bus_jump;
+static struct sigaction bus_before; /* the handler there was before ours */
+
+static void on_sigbus(int number, siginfo_t* info, void* context) {
+  sigjmp_buf* jump = bus_jump;
+  if (jump != NULL) siglongjmp(*jump, 1);
+  if ((bus_before.sa_flags & SA_SIGINFO) != 0 && bus_before.sa_sigaction != NULL) {
+    bus_before.sa_sigaction(number, info, context);
+  } else if (bus_before.sa_handler != SIG_DFL && bus_before.sa_handler != SIG_IGN) {
+    bus_before.sa_handler(number);
+  } else { /* as before ours: the fault comes again (or the signal is delivered) and kills */
+    sigaction(SIGBUS, &bus_before, NULL);
+    raise(SIGBUS);
+  }
+}
+
+static void install_bus_handler(void) {
+  struct sigaction action;
+  memset(&action, 0, sizeof action);
+  action.sa_sigaction = on_sigbus;
+  action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGBUS, &action, &bus_before);
+}
+
+/* The index of the first file shorter than it must be (its size, or -errno, in *found), or
+ * TSWAP_PAGE_IN_OK. */
+static int short_file(const tswap_page_job* job, int64_t* found) {
+  for (int i = 0; i < job->files; ++i) {
+    struct stat st;
+    if (fstat(job->fds[i], &st) != 0) {
+      *found = -(int64_t)errno;
+      return i;
+    }
+    if ((uint64_t)st.st_size < job->sizes[i]) {
+      *found = (int64_t)st.st_size;
+      return i;
+    }
+  }
+  return TSWAP_PAGE_IN_OK;
+}
+
+/* Read the job's ranges with one CRC32, guarded: a SIGBUS in the read makes it TSWAP_PAGE_IN_BUS. */
+static int guarded_crc(const tswap_page_job* job, uint32_t* crc_out) {
+  sigjmp_buf jump;
+  volatile uint32_t crc = 0u;
+  if (sigsetjmp(jump, 1) != 0) {
+    bus_jump = NULL;
+    return TSWAP_PAGE_IN_BUS;
+  }
+  bus_jump = &jump;
+  for (int i = 0; i < job->pieces; ++i) crc = tswap_crc32_fast(crc, job->data[i], job->len[i]);
+  bus_jump = NULL;
+  *crc_out = crc;
+  return TSWAP_PAGE_IN_OK;
+}
+
 static void page_in(tswap_page_job* job) {
   uint64_t start = now_ns();
   uint32_t crc = 0u;
-  for (int i = 0; i < job->pieces; ++i) crc = tswap_crc32_fast(crc, job->data[i], job->len[i]);
+  job->status = short_file(job, &job->found_size);
+  if (job->status == TSWAP_PAGE_IN_OK) job->status = guarded_crc(job, &crc);
   job->crc = crc;
   job->elapsed_ns = now_ns() - start;
 }
@@ -198,7 +278,10 @@ static void fork_child(void) {
   pthread_cond_init(&changed, NULL);
 }
 
-static void register_fork_handlers(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+static void register_fork_handlers(void) {
+  pthread_atfork(fork_prepare, fork_parent, fork_child);
+  install_bus_handler();
+}
 
 static void once(void) {
   static pthread_once_t registered = PTHREAD_ONCE_INIT;
@@ -232,6 +315,7 @@ static tswap_page_job* new_job(const void* const* data, const size_t* len, int p
   tswap_page_job* job = calloc(1, sizeof *job);
   size_t n = (size_t)(pieces > 0 ? pieces : 1);
   if (job == NULL) return NULL;
+  job->status = TSWAP_PAGE_IN_OK;
   job->data = malloc(sizeof(void*) * n);
   job->len = malloc(sizeof(size_t) * n);
   if (job->data == NULL || job->len == NULL) {
@@ -249,10 +333,24 @@ static tswap_page_job* new_job(const void* const* data, const size_t* len, int p
 /* Start a page-in of `pieces` ranges (`data[i]`, `len[i]` bytes; copied), with one CRC32, on a
  * page-in thread, once the page-outs asked for so far have run (those done here already have:
  * pages are asked for from one thread, the invoking one); NULL when out of memory. Without page-in
- * threads the job runs here. */
-TSWAP_EXPORT void* tflm_swap_page_in_start(const void* const* data, const size_t* len, int pieces) {
+ * threads the job runs here. First, each of the `files` open files `fds[i]` (the mapped ones) must
+ * be at least `sizes[i]` bytes long, or nothing is read (see tflm_swap_page_in_wait). */
+TSWAP_EXPORT void* tflm_swap_page_in_start(const void* const* data, const size_t* len, int pieces,
+                                           const int* fds, const uint64_t* sizes, int files) {
   tswap_page_job* job = new_job(data, len, pieces);
   if (job == NULL) return NULL;
+  size_t n = (size_t)(files > 0 ? files : 1);
+  job->fds = malloc(sizeof(int) * n);
+  job->sizes = malloc(sizeof(uint64_t) * n);
+  if (job->fds == NULL || job->sizes == NULL) {
+    free_job(job);
+    return NULL;
+  }
+  for (int i = 0; i < files; ++i) {
+    job->fds[i] = fds[i];
+    job->sizes[i] = sizes[i];
+  }
+  job->files = files;
   once();
   pthread_mutex_lock(&lock);
   job->after = outs_queued;
@@ -283,8 +381,11 @@ TSWAP_EXPORT int tflm_swap_page_in_done(void* handle) {
   return done;
 }
 
-/* Wait for the page-in and free it: its CRC32, and the time it took in `elapsed_ns`. */
-TSWAP_EXPORT uint32_t tflm_swap_page_in_wait(void* handle, uint64_t* elapsed_ns) {
+/* Wait for the page-in and free it: TSWAP_PAGE_IN_OK (-1) with its CRC32 in `crc`; the index of
+ * a file found shorter than it must be (nothing read; its size, or -errno, in `found_size`); or
+ * TSWAP_PAGE_IN_BUS (-2): a SIGBUS in the read (a file shrank meanwhile). The time it took goes
+ * in `elapsed_ns`. */
+TSWAP_EXPORT int tflm_swap_page_in_wait(void* handle, uint32_t* crc, uint64_t* elapsed_ns, int64_t* found_size) {
   tswap_page_job* job = handle;
   pthread_mutex_lock(&lock);
   while (!job->done) pthread_cond_wait(&changed, &lock);
@@ -294,10 +395,12 @@ TSWAP_EXPORT uint32_t tflm_swap_page_in_wait(void* handle, uint64_t* elapsed_ns)
     in_flight = job->next;
   if (job->next != NULL) job->next->prev = job->prev;
   pthread_mutex_unlock(&lock);
-  uint32_t crc = job->crc;
+  int status = job->status;
+  if (crc != NULL) *crc = job->crc;
   if (elapsed_ns != NULL) *elapsed_ns = job->elapsed_ns;
+  if (found_size != NULL) *found_size = job->found_size;
   free_job(job);
-  return crc;
+  return status;
 }
 
 /* Give back `pieces` ranges, each checked to be still the mapping of `paths[i]` (NULL: not

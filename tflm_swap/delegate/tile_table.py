@@ -13,7 +13,9 @@ from pathlib import Path
 from ..errors import DelegateError, ManifestError, SegmentIntegrityError
 from ..fileio import write_atomic
 from ..format.manifest import HEADER_SIZE, MANIFEST_NAME, Manifest, find_metadata, read_model_head
+from ..format.model import Model
 from ..format.schema import tfl
+from ..format.segments import check_against_graph, check_graph_digest
 
 DEFAULT_TILE_BYTES = 1 << 20
 MIN_TILE_BYTES = 4096
@@ -98,12 +100,17 @@ def _check_tile_bytes(tile_bytes: int) -> None:
 
 
 def _read_graph(model_path: Path) -> tuple[bytes, Manifest]:
-    """The part of a segmented model before its flash image, and its manifest (segments not read)."""
+    """The part of a segmented model before its flash image, and its manifest (segments not read),
+    checked: the graph against its SHA-256, the manifest against the graph."""
     try:
         with model_path.open("rb") as f:
-            return read_model_head(f.fileno(), model_path)
+            head, manifest = read_model_head(f.fileno(), model_path)
     except OSError as exc:
         raise DelegateError(f"cannot read weights file {model_path}: {exc.strerror}") from exc
+    check_graph_digest(head, manifest, str(model_path))
+    model = Model.from_bytes(head[: manifest.graph_size], source=str(model_path), read_external=False)
+    check_against_graph(manifest, model, str(model_path))
+    return head, manifest
 
 
 def _buffer_offsets(graph: bytes) -> dict[int, tuple[int, int]]:

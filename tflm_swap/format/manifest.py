@@ -2,11 +2,13 @@
 
 Stored as the model metadata entry named `tflm_swap`. Its bytes are a 16-byte header
 (magic `TSWP`, format version, payload length, CRC32 of the payload; little-endian) followed by UTF-8
-JSON padded with spaces. See docs/FORMAT.md.
+JSON padded with spaces. Since version 2 it records the SHA-256 of the graph it sits in
+(`graph_digest`). See docs/FORMAT.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -18,7 +20,8 @@ from .schema import text, tfl
 
 MANIFEST_NAME = "tflm_swap"
 MAGIC = b"TSWP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+GRAPH_HASH_VERSION = 2  # the first version recording graph_sha256
 _HEADER = struct.Struct("<4sIII")
 HEADER_SIZE = _HEADER.size
 _CAPACITY_STEP = 64  # JSON is padded to a multiple of this so small edits keep the size stable
@@ -84,14 +87,21 @@ class Manifest:
     version: int = FORMAT_VERSION
     subgraph: int = 0
     extra: dict = field(default_factory=dict)
+    # SHA-256 (hex) of the graph with this manifest's bytes zeroed (graph_digest); None in version 1
+    graph_sha256: str | None = None
 
     @property
     def external_bytes(self) -> int:
         return sum(s.size for s in self.segments)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d = {"format": MANIFEST_NAME, "version": d.pop("version"), **d}
+        fields = asdict(self)
+        graph_sha256 = fields.pop("graph_sha256")
+        d = {"format": MANIFEST_NAME, "version": fields.pop("version")}
+        for key, value in fields.items():
+            d[key] = value
+            if key == "graph_size" and self.version >= GRAPH_HASH_VERSION:  # version 1 has no such field
+                d["graph_sha256"] = graph_sha256
         for seg, obj in zip(d["segments"], self.segments):
             seg["first_use"], seg["last_use"] = obj.first_use, obj.last_use
         return d
@@ -142,6 +152,10 @@ class Manifest:
             s["entries"] = [SegmentEntry(**e) for e in s["entries"]]
             segments.append(Segment(**s))
         schedule = [OpStep(**step) for step in d.pop("schedule")]
+        if d["version"] >= GRAPH_HASH_VERSION and "graph_sha256" not in d:
+            raise ValueError(f"a version {d['version']} manifest must record graph_sha256")
+        if d["version"] < GRAPH_HASH_VERSION and "graph_sha256" in d:
+            raise ValueError(f"a version {d['version']} manifest has no graph_sha256 field")
         return cls(segments=segments, schedule=schedule, **d)
 
     def _checked(self) -> Manifest:
@@ -150,6 +164,8 @@ class Manifest:
         for name in ("version", "page_size", "alignment", "graph_size", "image_offset", "image_size",
                      "source_size", "subgraph"):
             _natural(getattr(self, name), name)
+        if self.graph_sha256 is not None and not _is_sha256(self.graph_sha256):
+            raise ValueError(f"graph_sha256 {self.graph_sha256!r} is not 64 lowercase hex digits")
         if self.page_size < 1 or self.page_size & (self.page_size - 1):
             raise ValueError(f"page_size {self.page_size} is not a power of two")
         if self.image_offset % self.page_size or self.image_offset < self.graph_size:
@@ -171,6 +187,22 @@ def _natural(value, what: str) -> None:
     """Raise ValueError unless `value` is an int >= 0 (JSON has no integer type of its own)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what} is {value!r}, expected a non-negative integer")
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def graph_digest(graph: bytes | bytearray | memoryview, graph_size: int) -> str:
+    """SHA-256 (hex) of a segmented model's graph, `graph[:graph_size]`, with the bytes of its
+    `tflm_swap` manifest (header and payload) read as zeros: the manifest cannot hash itself, and
+    its own CRC32 covers it. What version-2 manifests record as `graph_sha256`."""
+    head = bytearray(graph[:graph_size])
+    span = metadata_span(bytes(head), MANIFEST_NAME)
+    if span is not None:
+        start, end = max(span[0], 0), min(span[1], len(head))
+        head[start:end] = bytes(max(end - start, 0))
+    return hashlib.sha256(head).hexdigest()
 
 
 def read_manifest(data: bytes | bytearray) -> Manifest:
@@ -212,6 +244,13 @@ def read_model_head(fd: int, path: os.PathLike | str) -> tuple[bytes, Manifest]:
 
 def find_metadata(data: bytes, name: str) -> bytes | None:
     """Bytes of a named metadata entry, read lazily from the flatbuffer tables."""
+    span = metadata_span(data, name)
+    return None if span is None else data[span[0] : span[1]]
+
+
+def metadata_span(data: bytes, name: str) -> tuple[int, int] | None:
+    """Where the bytes of a named metadata entry lie in `data`: [start, end), or None without one.
+    Inline: its buffer's data vector; external (`Buffer.offset`): that range of the file."""
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise MalformedModelError("not a TFLite flatbuffer (missing 'TFL3' file identifier)")
     try:
@@ -222,8 +261,17 @@ def find_metadata(data: bytes, name: str) -> bytes | None:
                 continue
             buf = model.Buffers(meta.Buffer())
             if buf.Offset() > 1:
-                return data[buf.Offset() : buf.Offset() + buf.Size()]
-            return buf.DataAsNumpy().tobytes() if not buf.DataIsNone() else b""
+                return buf.Offset(), buf.Offset() + buf.Size()
+            vector = buf._tab.Offset(4)  # the data field (what DataAsNumpy reads)
+            if vector == 0:
+                return 0, 0
+            start = buf._tab.Vector(vector)
+            end = start + buf._tab.VectorLen(vector)
+            if end > len(data):
+                raise MalformedModelError(f"metadata {name!r} runs past the end of the {len(data)}-byte model")
+            return start, end
+    except MalformedModelError:
+        raise
     except Exception as exc:  # flatbuffers raises whatever its struct reads hit
         raise MalformedModelError(f"not a readable TFLite flatbuffer (truncated or corrupt): {exc!r}") from exc
     return None

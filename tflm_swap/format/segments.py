@@ -11,16 +11,21 @@ LiteRT loads the file as it is. The bytes from the image base on form the flash 
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 
 from ..errors import SegmentIntegrityError
-from .manifest import Manifest, Segment, read_manifest
+from .manifest import Manifest, Segment, SegmentEntry, graph_digest, read_manifest
 from .model import DATA_ALIGNMENT, Model
 
 DEFAULT_PAGE_SIZE = 4096
 DEFAULT_MIN_SEGMENT_BYTES = 1024
 MAX_PAGE_SIZE = 1 << 24  # 16 MiB, above any flash erase block; larger pages only pad the file
+
+
+class UncheckedGraphWarning(UserWarning):
+    """A version-1 manifest records no hash of its graph, so the graph region goes unchecked."""
 
 
 @dataclass(frozen=True)
@@ -81,25 +86,132 @@ def layout_segments(model: Model, min_bytes: int = DEFAULT_MIN_SEGMENT_BYTES) ->
     return specs
 
 
-def verify(data: bytes) -> Manifest:
-    """Check a segmented model: manifest, page alignment, CRC32 of every segment, buffer offsets.
+def verify(data: bytes, source: str = "model file") -> Manifest:
+    """Check a segmented model: the graph's SHA-256 (version 2 manifests), zeros up to the image,
+    page alignment and CRC32 of every segment, and the manifest against the graph's buffers.
 
     Returns the manifest; raises ManifestError, SegmentIntegrityError or MalformedModelError.
     """
     manifest = read_manifest(data)
-    check_image(manifest, memoryview(data)[manifest.image_offset :], what="model file")
-    model = Model.from_bytes(data)
-    for seg in manifest.segments:
-        for e in seg.entries:
-            fb_buf = model.fb.buffers[e.buffer] if e.buffer < len(model.fb.buffers) else None
-            want = manifest.image_offset + seg.offset + e.offset
-            if fb_buf is None or fb_buf.offset != want or fb_buf.size != e.size:
-                raise SegmentIntegrityError(
-                    f"buffer {e.buffer} ({e.name}) of segment {seg.id}: graph says offset "
-                    f"{getattr(fb_buf, 'offset', None)} size {getattr(fb_buf, 'size', None)}, "
-                    f"manifest says {want} size {e.size}"
-                )
+    check_graph_digest(data, manifest, source)
+    check_image(manifest, memoryview(data)[manifest.image_offset :], what=source)
+    check_against_graph(manifest, Model.from_bytes(data, source=source), source)
     return manifest
+
+
+def check_graph_digest(head: bytes | memoryview, manifest: Manifest, source: str = "model file") -> None:
+    """Raise SegmentIntegrityError unless `head` (the file from its start, at least the graph)
+    holds the graph the manifest records (`graph_sha256`: every graph byte but the manifest's own,
+    which its CRC32 covers) and zeros from the graph's end to the image (or to the end of `head`).
+    A version-1 manifest records no hash: then only the padding is checked, with a warning."""
+    if len(head) < manifest.graph_size:
+        raise SegmentIntegrityError(
+            f"{source} is truncated: the graph is {manifest.graph_size} bytes, {len(head)} present")
+    if manifest.graph_sha256 is None:
+        warnings.warn(f"{source}: its manifest (format version {manifest.version}) records no hash of the graph, "
+                      "so the graph is not checked; segment the model again (tflm-swap convert) to add one",
+                      UncheckedGraphWarning, stacklevel=3)
+    else:
+        found = graph_digest(head, manifest.graph_size)
+        if found != manifest.graph_sha256:
+            raise SegmentIntegrityError(
+                f"{source}: the graph (bytes 0..{manifest.graph_size}) fails its SHA-256 check (computed "
+                f"{found[:16]}..., the manifest records {manifest.graph_sha256[:16]}...): the file is corrupt, "
+                "or its graph was edited after segmenting")
+    padding = bytes(head[manifest.graph_size : manifest.image_offset])
+    if padding.count(0) != len(padding):
+        raise SegmentIntegrityError(
+            f"{source}: the bytes between the graph ({manifest.graph_size}) and the image "
+            f"({manifest.image_offset}) are not all zero: the file is corrupt")
+
+
+def check_against_graph(manifest: Manifest, model: Model, source: str = "model file") -> None:
+    """Raise SegmentIntegrityError unless the manifest describes the graph it sits in: every entry
+    where its `Buffer.offset/size` says (within its segment, aligned), every external buffer in
+    exactly one entry, each entry's tensors, each segment's users (the operators reading its
+    buffers) and the schedule as the graph gives them, segments in order without overlap. A reader
+    trusting a forged manifest would otherwise run with weights from the wrong place."""
+    graph = _GraphFacts(model)
+    placed: dict[int, int] = {}
+    end = 0
+    for i, seg in enumerate(manifest.segments):
+        where = f"{source}: segment {seg.id}"
+        if seg.id != i or seg.offset < end or seg.offset + seg.size > manifest.image_size:
+            raise SegmentIntegrityError(
+                f"{where} (index {i}) at image offset {seg.offset}, {seg.size} bytes, is out of order, overlaps "
+                f"the previous segment (which ends at {end}) or runs past the {manifest.image_size}-byte image")
+        end = seg.offset + seg.size
+        users: set[int] = set()
+        for e in seg.entries:
+            _check_entry(manifest, seg, e, graph, placed, where)
+            users |= graph.readers.get(e.buffer, set())
+        if sorted(users) != seg.users:
+            raise SegmentIntegrityError(f"{where} lists users {seg.users}; the graph's operators reading its "
+                                        f"buffers are {sorted(users)}")
+    unplaced = sorted(set(graph.external) - set(placed))
+    if unplaced:
+        raise SegmentIntegrityError(f"{source}: graph buffers {unplaced[:5]} lie after the graph, but no segment "
+                                    "of the manifest holds them")
+    _check_schedule(manifest, model, source)
+
+
+@dataclass
+class _GraphFacts:
+    """What the cross-check reads off the graph: external buffers, their tensors and readers."""
+
+    external: dict[int, tuple[int, int]]  # buffer -> (Buffer.offset, Buffer.size), for offset > 1
+    tensors: dict[int, list[int]]  # buffer -> tensors of the main subgraph using it
+    readers: dict[int, set[int]]  # buffer -> operators reading it as a constant input
+
+    def __init__(self, model: Model):
+        self.external = {i: (b.offset, b.size) for i, b in enumerate(model.fb.buffers or []) if b.offset > 1}
+        self.tensors, self.readers = {}, {}
+        for t, tensor in enumerate(model.tensors):
+            self.tensors.setdefault(tensor.buffer, []).append(t)
+        for op in range(len(model.operators)):
+            for t in model.op_inputs(op):
+                b = model.constant_buffer(t)
+                if b is not None:
+                    self.readers.setdefault(b, set()).add(op)
+
+
+def _check_entry(manifest: Manifest, seg: Segment, e: SegmentEntry, graph: _GraphFacts, placed: dict[int, int],
+                 where: str) -> None:
+    if e.buffer in placed:
+        raise SegmentIntegrityError(f"{where}: buffer {e.buffer} is also in segment {placed[e.buffer]}")
+    placed[e.buffer] = seg.id
+    if e.offset % max(manifest.alignment, 1) or e.offset + e.size > seg.size:
+        raise SegmentIntegrityError(f"{where}: entry for buffer {e.buffer} at {e.offset}, {e.size} bytes, is not "
+                                    f"aligned to {manifest.alignment} or runs past the segment's {seg.size} bytes")
+    want = (manifest.image_offset + seg.offset + e.offset, e.size)
+    found = graph.external.get(e.buffer)
+    if found != want:
+        raise SegmentIntegrityError(
+            f"{where}: buffer {e.buffer} ({e.name}): graph says offset {found[0] if found else None} size "
+            f"{found[1] if found else None}, manifest says {want[0]} size {want[1]}")
+    if e.tensors != graph.tensors.get(e.buffer, []):
+        raise SegmentIntegrityError(f"{where}: buffer {e.buffer} is used by tensors "
+                                    f"{graph.tensors.get(e.buffer, [])}, the manifest says {e.tensors}")
+
+
+def _check_schedule(manifest: Manifest, model: Model, source: str) -> None:
+    """The schedule must be what the segments' users give, one step per operator."""
+    n_ops = len(model.operators)
+    reads: list[list[Segment]] = [[] for _ in range(n_ops)]
+    for seg in manifest.segments:
+        for u in seg.users:
+            if not 0 <= u < n_ops:
+                raise SegmentIntegrityError(f"{source}: segment {seg.id} lists operator {u}; the graph has {n_ops}")
+            reads[u].append(seg)
+    if len(manifest.schedule) != n_ops:
+        raise SegmentIntegrityError(f"{source}: the schedule has {len(manifest.schedule)} steps; the graph has "
+                                    f"{n_ops} operators")
+    for op, (step, segs) in enumerate(zip(manifest.schedule, reads)):
+        want = (op, [s.id for s in segs], [s.id for s in segs if s.first_use == op],
+                [s.id for s in segs if s.last_use == op], sum(s.size for s in segs))
+        if (step.op, step.segments, step.load, step.release, step.weight_bytes) != want:
+            raise SegmentIntegrityError(f"{source}: schedule step {op} ({step}) does not match the segments' "
+                                        f"users: operator {op} reads segments {want[1]}")
 
 
 def check_image(manifest: Manifest, image: bytes | memoryview, what: str = "flash image") -> None:

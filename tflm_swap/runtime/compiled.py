@@ -40,11 +40,16 @@ twice the streamed weights. Linux only (it finds the mappings in /proc/self/maps
 from __future__ import annotations
 
 import ctypes
+import json
 import math
 import mmap
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+import weakref
 import zlib
 from pathlib import Path
 
@@ -56,6 +61,33 @@ from .crc import crc32, crc32_at
 from .process_memory import HUGE_PAGE, MADV_DONTNEED, MADV_HUGEPAGE, madvise
 
 NO_HUGE_PAGES = "no-huge-page-cache"  # in the cache directory: see XnnpackCache.huge_page_cache
+
+# Run by XnnpackCache.build_packed in a child process (imports only LiteRT): builds each stage with a
+# weight-cache path, which has XNNPACK pack and write its weights there, then renames the file.
+_BUILD_PACKED = """
+import json, os, sys
+from ai_edge_litert.compiled_model import CompiledModel
+from ai_edge_litert.cpu_options import CpuOptions
+from ai_edge_litert.environment import Environment
+from ai_edge_litert.options import Options
+
+job = json.load(sys.stdin)
+environment = Environment.create(compiler_plugin_path=job["directory"])
+for model_file, packed_file, partial in job["stages"]:
+    options = Options(cpu_options=CpuOptions(num_threads=job["num_threads"], xnnpack_weight_cache_path=partial))
+    model = CompiledModel.from_file(model_file, environment=environment, options=options)
+    del model
+    fd = os.open(partial, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    os.replace(partial, packed_file)
+"""
+
+
+def packed_estimate(weight_bytes: int) -> int:
+    """Disk bytes XNNPACK's packed copy of `weight_bytes` of weights may take: within 1% of the raw
+    weights for float models, up to 8% more for int8 (bias, padding), so 1/8 more, plus 64 KiB."""
+    return weight_bytes + weight_bytes // 8 + (64 << 10)
 
 
 class XnnpackCache:
@@ -70,6 +102,10 @@ class XnnpackCache:
         self._checked: dict[Path, int] = {}  # files checked (or written) by this process -> CRC32
         self._lock = threading.Lock()
         self._environment = None
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a parent thread may have held this one at the fork)."""
+        self._lock = threading.Lock()
 
     @property
     def huge_page_cache(self) -> bool:
@@ -120,9 +156,65 @@ class XnnpackCache:
     def write(self, path: Path, data: bytes) -> None:
         """Write a stage model file (atomically) and its record."""
         with self._lock:
-            write_atomic(path, data)
-            self._checked[path] = crc32(data)
-            _write_record(path, self._checked[path])
+            try:
+                write_atomic(path, data)
+                self._checked[path] = crc32(data)
+                _write_record(path, self._checked[path])
+            except OSError as exc:
+                raise TflmSwapError(f"cannot write the stage model file {path}: {exc.strerror} "
+                                    f"({self.free_bytes()} bytes free in {self.directory})") from exc
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged process may still write in the directory."""
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
+
+    def check_space(self, need: int) -> None:
+        """Raise TflmSwapError unless the directory has `need` bytes free (what the missing stage
+        files will take, see packed_estimate): XNNPACK aborts the process that builds a stage when
+        its packed weights do not fit, so this is checked before anything is written."""
+        free = self.free_bytes() if need else need
+        if free < need:
+            raise TflmSwapError(
+                f"xnnpack_cache_dir {self.directory} has {free} bytes free; building the paged stages missing "
+                f"there needs about {need} (stage model files and XNNPACK's packed weights): free some space "
+                "or choose another directory")
+
+    def build_packed(self, stages: list[tuple[Path, Path]], num_threads: int | None) -> None:
+        """Have XNNPACK write the packed-weight file of each (stage model file, packed file), in a
+        child process, each into a temporary file renamed into place once whole.
+
+        XNNPACK aborts the process (SIGABRT) when it cannot write its cache file (a full disk) and
+        leaves it truncated; in a child, that is an error here instead, and the partial file goes.
+        Files a child completed before it failed stay, but have no CRC record yet, so the next
+        build makes them again. Costs one Python start and LiteRT import per SwapInterpreter that
+        builds any stage (0.26 s of CPU, 0.8 s wall on the loaded 2-core build machine)."""
+        if not stages:
+            return
+        partial = [p.with_name(f".{p.name}.{os.getpid()}.partial") for _, p in stages]
+        job = {"directory": str(self.directory), "num_threads": num_threads or 0,
+               "stages": [[str(m), str(p), str(t)] for (m, p), t in zip(stages, partial)]}
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        try:
+            done = subprocess.run([sys.executable, "-c", _BUILD_PACKED], input=json.dumps(job).encode(),
+                                  capture_output=True, env=env, check=False)
+        finally:
+            for t in partial:
+                t.unlink(missing_ok=True)
+        if done.returncode != 0:
+            self._build_failed(stages, done)
+
+    def _build_failed(self, stages: list[tuple[Path, Path]], done: subprocess.CompletedProcess) -> None:
+        failed = next((p for _, p in stages if not p.exists()), stages[-1][1])
+        code = done.returncode
+        how = f"ended by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
+            else f"exited with status {code}"
+        said = [line for line in done.stderr.decode(errors="replace").splitlines()
+                if "ERROR" in line or "Error" in line][-2:]
+        raise TflmSwapError(
+            f"XNNPACK could not write its packed weights {failed}: the process writing them {how}"
+            + (f" ({'; '.join(said)})" if said else "") + f"; {self.free_bytes()} bytes free in "
+            f"{self.directory}: free some space or choose another xnnpack_cache_dir")
 
     def record_packed(self, path: Path) -> int:
         """The CRC32 of a packed-weight file: recorded now if XNNPACK just wrote it."""
@@ -150,6 +242,9 @@ class CompiledStage:
         new = [m for m in _mappings() if m not in before]
         self.packed_file = packed_file
         self.packed_bytes = packed_file.stat().st_size
+        # the files it maps, held open to check before every page-in that neither shrank (a read of
+        # a mapping past its file's end is SIGBUS): see _FileSizes
+        self._sizes = _FileSizes([packed_file, model_file])
         packed = [m for m in new if m[3] == str(packed_file.resolve())]
         self._raw = [(lo, hi) for lo, hi, _, path in new if path == str(model_file.resolve())]
         self._packed = [(lo, hi) for lo, hi, _, _ in packed]
@@ -179,8 +274,9 @@ class CompiledStage:
         self.input_index, self.output_index = list(range(len(self._in))), list(range(len(self._out)))
 
     def start_page_in(self) -> None:
-        """Queue the faulting in (and CRC32) of the packed weights on the native pager."""
-        self._job = _PAGER.page_in(self._pieces)
+        """Queue the faulting in (and CRC32) of the packed weights on the native pager, which
+        first checks that the stage's files are whole (see _FileSizes)."""
+        self._job = _PAGER.page_in(self._pieces, self._sizes)
 
     def page_in_done(self) -> bool:
         return self._job.done()
@@ -190,6 +286,7 @@ class CompiledStage:
         Also raises a failed check of an earlier page-out (see page_out)."""
         found, seconds = self._job.wait()
         _PAGER.check()
+        self._sizes.check()  # again, now: the stage runs next, and reads what the page-in read
         if found != crc:
             raise SegmentIntegrityError(
                 f"{self.packed_file}: packed weights have CRC32 {found:08x}, recorded {crc:08x} (the "
@@ -304,15 +401,17 @@ class StageOutput:
 class _Job:
     """A page-in running on the native pager (or done at once, without the C library)."""
 
-    def __init__(self, library, pieces: _Ranges):
-        self._library = library
+    def __init__(self, library, pieces: _Ranges, files: _FileSizes):
+        self._library, self._files = library, files
         if library is None:
             started, crc = time.perf_counter(), 0
+            files.check()
             for address, size in pieces.ranges:
                 crc = crc32_at(address, size, crc)
             self._result = (crc, time.perf_counter() - started)
         else:
-            self._handle = library.tflm_swap_page_in_start(pieces.addresses, pieces.sizes, len(pieces))
+            self._handle = library.tflm_swap_page_in_start(pieces.addresses, pieces.sizes, len(pieces),
+                                                           files.fds, files.sizes, len(files))
             if not self._handle:
                 raise MemoryError("cannot start a page-in job")
             self._result = None
@@ -321,11 +420,73 @@ class _Job:
         return self._result is not None or bool(self._library.tflm_swap_page_in_done(self._handle))
 
     def wait(self) -> tuple[int, float]:
+        """(CRC32, seconds); raises SegmentIntegrityError if a file was found short (nothing read)
+        or shrank during the read (the SIGBUS was caught)."""
         if self._result is None:
-            elapsed = ctypes.c_uint64()
-            crc = self._library.tflm_swap_page_in_wait(self._handle, ctypes.byref(elapsed))
-            self._result, self._handle = (crc, elapsed.value * 1e-9), None
+            crc, elapsed, found = ctypes.c_uint32(), ctypes.c_uint64(), ctypes.c_int64()
+            status = self._library.tflm_swap_page_in_wait(self._handle, ctypes.byref(crc), ctypes.byref(elapsed),
+                                                          ctypes.byref(found))
+            self._handle = None
+            if status == _PAGE_IN_BUS:
+                raise SegmentIntegrityError(
+                    f"{' or '.join(map(str, self._files.paths)) or 'a mapped file'}: a page-in read past the "
+                    "end of the file: it was truncated while in use; create the SwapInterpreter again to rebuild it")
+            if status != _PAGE_IN_OK:
+                self._files.raise_short(status, found.value)
+            self._result = (crc.value, elapsed.value * 1e-9)
         return self._result
+
+
+_PAGE_IN_OK, _PAGE_IN_BUS = -1, -2  # tflm_swap_page_in_wait's codes (else: the index of a short file)
+
+
+class _FileSizes:
+    """Files a stage maps, held open (closed with this object), with their sizes when it was
+    built: a page-in reads nothing from a file that has shrunk since (truncated while in use),
+    which would be SIGBUS, and raises instead. As ctypes arrays for the native pager."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = list(paths)
+        fds = []
+        try:
+            for path in self.paths:
+                fds.append(os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._sizes = [os.fstat(fd).st_size for fd in fds]
+        self.fds = (ctypes.c_int * len(fds))(*fds)
+        self.sizes = (ctypes.c_uint64 * len(fds))(*self._sizes)
+        self._close = weakref.finalize(self, _close_all, list(fds))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def check(self) -> None:
+        """Raise SegmentIntegrityError if a file is shorter now than when its stage was built
+        (nothing to check once the files are closed: the stage is going)."""
+        if not self._close.alive:
+            return
+        for i, fd in enumerate(self.fds):
+            try:
+                found = os.fstat(fd).st_size
+            except OSError as exc:
+                found = -exc.errno
+            if found < self._sizes[i]:
+                self.raise_short(i, found)
+
+    def raise_short(self, i: int, found: int) -> None:
+        what = f"cannot be checked ({os.strerror(-found)})" if found < 0 else f"is {found} bytes"
+        raise SegmentIntegrityError(
+            f"{self.paths[i]} {what}; it was {self._sizes[i]} when its stage was built: it was truncated "
+            "while in use, so its pages are not read (that would be SIGBUS); create the SwapInterpreter "
+            "again to rebuild it")
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 class _Ranges:
@@ -355,18 +516,21 @@ class _Pager:
         if library is not None and hasattr(library, "tflm_swap_page_out"):
             vp, sp, n = ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_int
             library.tflm_swap_page_in_start.restype = vp
-            library.tflm_swap_page_in_start.argtypes = [ctypes.POINTER(vp), sp, n]
+            library.tflm_swap_page_in_start.argtypes = [ctypes.POINTER(vp), sp, n, ctypes.POINTER(ctypes.c_int),
+                                                        ctypes.POINTER(ctypes.c_uint64), n]
             library.tflm_swap_page_in_done.argtypes = [vp]
-            library.tflm_swap_page_in_wait.restype = ctypes.c_uint32
-            library.tflm_swap_page_in_wait.argtypes = [vp, ctypes.POINTER(ctypes.c_uint64)]
+            library.tflm_swap_page_in_wait.restype = ctypes.c_int
+            library.tflm_swap_page_in_wait.argtypes = [vp, ctypes.POINTER(ctypes.c_uint32),
+                                                       ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_int64)]
             library.tflm_swap_page_out.argtypes = [ctypes.POINTER(vp), sp, ctypes.POINTER(ctypes.c_char_p), n, n]
             library.tflm_swap_pager_error.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         else:  # no library (package installed without its C extension): page at once
             library = None
         self.library = library
 
-    def page_in(self, pieces: _Ranges) -> _Job:
-        return _Job(self.library, pieces)
+    def page_in(self, pieces: _Ranges, files: _FileSizes | None = None) -> _Job:
+        """Fault `pieces` in with one CRC32, once each of `files` is checked to be whole."""
+        return _Job(self.library, pieces, files if files is not None else _NO_FILES)
 
     def page_out(self, ranges: _Ranges, here: bool = False) -> None:
         """Give the ranges' pages back: once every job queued before has run, or, `here`, now on
@@ -396,6 +560,7 @@ class _Pager:
 
 
 _PAGER = _Pager()
+_NO_FILES = _FileSizes([])
 
 
 def _mappings() -> list[tuple[int, int, int, str]]:

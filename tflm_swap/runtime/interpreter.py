@@ -33,6 +33,8 @@ import os
 import sys
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,7 @@ from ..errors import BudgetError, SegmentIntegrityError, TflmSwapError
 from ..format.manifest import Manifest, read_model_head
 from ..format.model import Model
 from ..format.schema import text
-from ..format.segments import check_segment
+from ..format.segments import check_against_graph, check_graph_digest, check_segment
 from ..interpreters import litert_interpreter
 from ..planner import (
     Plan,
@@ -56,7 +58,7 @@ from ..planner import (
     streamed_bytes,
 )
 from ..planner import stages as stage_policy  # cost models read at call time (tests patch them)
-from .compiled import CompiledStage, StageOutput, XnnpackCache
+from .compiled import CompiledStage, StageOutput, XnnpackCache, packed_estimate
 from .crc import crc32
 from .details import SwapSignatureRunner, signatures, tensor_details
 from .paging import InlineExecutor, PageIn
@@ -71,7 +73,7 @@ from .process_memory import (
     writable_bytes,
     zero_pages,
 )
-from .stage_files import StageFile, read_stage_index
+from .stage_files import StageFile, model_identity, read_stage_index
 
 
 @dataclass
@@ -183,15 +185,18 @@ class SwapInterpreter:
         # streamed stage is allocated when it is taken, after the previous stage was released.
         self._allocate_early = self.weight_copies > 1
         self._fd = os.open(self._path, os.O_RDONLY)
+        # closed when this object goes, whichever thread drops it last (a prefetch thread can: see close)
+        self._close_fd = weakref.finalize(self, os.close, self._fd)
         try:
             self.manifest, self._model, self.plan = _graph_and_plan(self._fd, self._path)
             self._stage_files: list[StageFile] | None = None
             if stage_files is None:
                 self.stages = self._partition()
-            else:  # the stages were cut when the files were exported
-                self.stages, self._stage_files = read_stage_index(stage_files, self.plan)
+            else:  # the stages were cut when the files were exported, from this model (its graph, checked)
+                self.stages, self._stage_files = read_stage_index(stage_files, self.plan,
+                                                                  model_identity(self._model.raw))
         except BaseException:
-            os.close(self._fd)
+            self._close_fd()
             raise
         self._model_inputs, self._model_outputs = list(self._model.inputs), list(self._model.outputs)
         self._detail_cache = {t: tensor_details(self._model, t) for t in self._model_inputs + self._model_outputs}
@@ -200,7 +205,10 @@ class SwapInterpreter:
         self._streamed = [i for i, s in enumerate(self.stages) if not s.resident]
         self._templates: list[_Template] = []
         self._last_use: list[list[int]] = []  # per stage: crossing tensors read for the last time there
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | InlineExecutor | None = None
+        self._worker_threads: set[int] = set()  # idents of this interpreter's prefetch threads
+        self._closed = False
+        self._resident_loaded: dict[int, _Loaded] = {}  # resident stages loaded (kept across a fork)
         self._pending: dict[int, Future | PageIn] = {}
         self._slots: list[bytes | None] = []  # model bytes reused across loads (see _buffer)
         self._slot_used: list[int] = []
@@ -217,10 +225,12 @@ class SwapInterpreter:
         self._arena_ends: dict[int, tuple[int, int]] = {}  # stage -> (tensor at arena start, at end)
         self._compiled: dict[int, CompiledStage] = {}  # with xnnpack_cache_dir: every stage, built once
         self._packed_crcs: dict[int, int] = {}  # stage -> CRC32 of its packed-weight file
+        _LIVE.add(self)  # made fork-safe in a forked child (see _after_fork)
 
     # ------------------------------------------------------------------------ Interpreter surface
     def allocate_tensors(self) -> None:
         """Build the stage templates and start preparing the first stages."""
+        self._check_open()
         if self._templates:
             return
         templates = [self._template(s) for s in self.stages]
@@ -239,8 +249,7 @@ class SwapInterpreter:
                               default=0)
         # a resident model is loaded once, here, on this thread, and without prefetch nothing overlaps:
         # then a prefetch thread (and its malloc arena, ~0.25 MiB) would serve no purpose
-        self._executor = InlineExecutor() if self.resident or not self.prefetch else ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="tflm_swap-prefetch")
+        self._executor = self._new_executor()
         self._schedule(0)
         for i, stage in enumerate(self.stages):  # resident stages: read once, now
             if stage.resident and i not in self._pending:
@@ -256,6 +265,7 @@ class SwapInterpreter:
         return [self._details(t) for t in self._model_inputs + self._model_outputs]
 
     def set_tensor(self, tensor_index: int, value: np.ndarray) -> None:
+        self._check_open()
         if tensor_index not in self._model_inputs:
             raise ValueError(f"tensor {tensor_index} is not an input of {self._path.name}")
         want = self._details(tensor_index)
@@ -280,8 +290,7 @@ class SwapInterpreter:
 
     def invoke(self) -> None:
         """Run every stage in order; outputs appear only when all stages succeeded."""
-        if self._fd < 0:
-            raise TflmSwapError(f"{self._path}: invoke() after close(); this SwapInterpreter is closed")
+        self._check_open()
         if not self._templates:
             raise TflmSwapError("call allocate_tensors() before invoke()")
         missing = [t for t in self._model_inputs if t not in self._inputs]
@@ -387,9 +396,16 @@ class SwapInterpreter:
         }
 
     def close(self) -> None:
-        """Stop the prefetch thread, drop loaded stages and close the model file."""
+        """Stop the prefetch thread, drop loaded stages and close the model file. Later calls of
+        allocate_tensors, set_tensor and invoke raise TflmSwapError; outputs already read stay.
+
+        Also run when the object is dropped, possibly on its own prefetch thread (which held the
+        last reference, in a load it ran): that thread is then not waited for (it cannot join
+        itself), and the model file is closed all the same (a weakref.finalize owns the fd)."""
+        self._closed = True
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            here = threading.get_ident() in self._worker_threads
+            self._executor.shutdown(wait=not here, cancel_futures=True)
             self._executor = None
         for pending in self._pending.values():
             if isinstance(pending, PageIn):  # its native thread reads the stage's mapping: wait
@@ -401,9 +417,42 @@ class SwapInterpreter:
             except TflmSwapError:  # a range left alone (remapped by LiteRT): it is unmapped now anyway
                 pass
         self._compiled.clear()  # unmaps the stages' files
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._resident_loaded.clear()
+        self._close_fd()
+        self._fd = -1
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TflmSwapError(f"this SwapInterpreter of {self._path.name} is closed: create a new one to run "
+                                "the model again")
+
+    def _new_executor(self) -> ThreadPoolExecutor | InlineExecutor:
+        """Where loads run: a prefetch thread; or, for a resident model or without prefetch, at
+        once on the calling thread (a thread, and its malloc arena, ~0.25 MiB, would serve no
+        purpose: a resident model is loaded once, and without prefetch nothing overlaps)."""
+        if self.resident or not self.prefetch:
+            return InlineExecutor()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="tflm_swap-prefetch",
+                                  initializer=_note_thread, initargs=(self._worker_threads,))
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's prefetch thread is not here, so its loads in flight
+        would never finish and its lock may be held for good. Fresh lock and executor; loads the
+        thread ran are dropped (done or not: a Future's own lock may be held too) and run again
+        when needed, except resident stages loaded whole, kept as they are; the weights counted
+        held are those the kept stages hold."""
+        self._lock = threading.Lock()
+        if self._xnnpack_cache is not None:
+            self._xnnpack_cache.after_fork()
+        if not isinstance(self._executor, ThreadPoolExecutor):
+            return  # loads ran on the forking thread (or paged: the native pager sees to its own)
+        self._worker_threads = set()
+        self._executor = self._new_executor()
+        if self._compiled:  # loads are page-ins on the native pager, which finishes them in a child itself
+            return
+        self._pending = {i: _done(loaded) for i, loaded in self._resident_loaded.items()}
+        self._counters.resident_bytes = sum(loaded.weight_bytes for loaded in self._resident_loaded.values()
+                                            ) * self.weight_copies
 
     def __enter__(self) -> SwapInterpreter:
         return self
@@ -530,6 +579,7 @@ class SwapInterpreter:
                               _indices(interpreter.get_output_details()), t.blob_size)
         self._count_load(i, t.stage.weight_bytes, t.blob_size, started)
         if resident:
+            self._resident_loaded[i] = loaded  # before the template goes: a fork keeps it (see _after_fork)
             t.graph = b""  # loaded for good: its flatbuffer lives on in `data` only
         return loaded
 
@@ -551,24 +601,31 @@ class SwapInterpreter:
 
     def _build_compiled(self, templates: list[_Template]) -> None:
         """Build every stage once on CompiledModel (xnnpack_cache_dir, see runtime.compiled): write
-        its model file unless a valid one exists, build it (XNNPACK packs it the first time), then
-        give its pages back until it is loaded."""
+        its model file unless a valid one exists, have XNNPACK write its packed weights unless valid
+        ones exist (in a child process, see XnnpackCache.build_packed), after checking the disk has
+        room for what is missing; then build it from those files, and give its pages back until it
+        is loaded."""
         cache = self._xnnpack_cache
-        for i, t in enumerate(templates):
-            model_file, packed_file = cache.paths_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement])
-            if not cache.valid(model_file):
-                data, view = writable_bytes(t.base + t.blob_size)
-                self._read_stage(t, view)
-                del view
-                cache.write(model_file, data)
-                del data
-            packed = cache.valid(packed_file)  # one that fails its record is deleted, so rebuilt
+        files = [cache.paths_for(t.graph, [self.manifest.segments[s].crc32 for s in t.placement]) for t in templates]
+        models = {m: t for t, (m, _) in zip(templates, files) if not cache.valid(m)}
+        # a file that fails its record (a truncated one too) is deleted, so rebuilt
+        packed = {p: t for t, (_, p) in zip(templates, files) if not cache.valid(p)}
+        cache.check_space(sum(t.base + t.blob_size for t in models.values())
+                          + sum(packed_estimate(t.blob_size) for t in packed.values()))
+        for model_file, t in models.items():
+            data, view = writable_bytes(t.base + t.blob_size)
+            self._read_stage(t, view)
+            del view
+            cache.write(model_file, data)
+            del data
+        cache.build_packed([f for f in dict.fromkeys(files) if f[1] in packed], self._options["num_threads"])
+        for i, (t, (model_file, packed_file)) in enumerate(zip(templates, files)):
             stage = CompiledStage(model_file, packed_file, self._options["num_threads"], cache.environment())
             self._packed_crcs[i] = cache.record_packed(packed_file)
             stage.page_out()
             # the page cache should hold the packed file in large pages (see refresh_page_cache):
             # XNNPACK has just written it in small pieces, or it is checked
-            if not packed:
+            if packed_file in packed:
                 stage.drop_page_cache()
             elif cache.huge_page_cache and stage.refresh_page_cache() is False:
                 cache.record_no_huge_page_cache()
@@ -582,8 +639,10 @@ class SwapInterpreter:
         # held from now on (its pages are coming in); the time is added when the stage is taken
         self._count_load(i, stage.packed_bytes, stage.packed_bytes, time.perf_counter())
         loaded = _Loaded(stage, b"", stage.input_index, stage.output_index, stage.packed_bytes, True, i)
-        return PageIn(stage, self._packed_crcs[i], loaded, lambda: self._release(loaded),
-                      lambda seconds: self._add_load_time(i, seconds))
+        # weak: a PageIn held in self._pending must not keep self alive (a cycle would leave a dropped
+        # SwapInterpreter to the garbage collector, which may close its stages' files before close runs)
+        return PageIn(stage, self._packed_crcs[i], loaded, _weak_call(self, "_release", loaded),
+                      _weak_call(self, "_add_load_time", i))
 
     def _add_load_time(self, i: int, seconds: float) -> None:
         with self._lock:
@@ -620,6 +679,8 @@ class SwapInterpreter:
         loaded = self._loaded(i, interpreter, data, [ins[n] for n in sf.inputs], [outs[n] for n in sf.outputs],
                               sf.size)
         self._count_load(i, sf.size, sf.size, started)
+        if self.stages[i].resident:
+            self._resident_loaded[i] = loaded
         return loaded
 
     def _loaded(self, i: int, interpreter, data: bytes, inputs: list[int], outputs: list[int],
@@ -709,16 +770,56 @@ def min_ram_budget(model_path: str | os.PathLike, prefetch: int = 1, default_del
     return min_stage_budget(plan, prefetch) * copies
 
 
+_LIVE: weakref.WeakSet[SwapInterpreter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """os.register_at_fork hook: every live SwapInterpreter made usable in the child."""
+    for interpreter in list(_LIVE):
+        interpreter._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _weak_call(owner: object, method: str, *args) -> Callable[..., None]:
+    """A callback running `owner.method(*args, *more)` while `owner` lives, without holding it."""
+    ref = weakref.ref(owner)
+
+    def call(*more) -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, method)(*args, *more)
+    return call
+
+
+def _note_thread(idents: set[int]) -> None:
+    """Prefetch thread initializer: record its ident (close must not wait for the thread it runs on)."""
+    idents.add(threading.get_ident())
+
+
+def _done(result: object) -> Future:
+    """A Future already holding `result`."""
+    future: Future = Future()
+    future.set_result(result)
+    return future
+
+
 def _weight_copies(default_delegates: bool, reference_kernels: bool) -> int:
     """Copies of a stage's weights in RAM: XNNPACK (the default kernels) packs a second one."""
     return 2 if default_delegates and not reference_kernels else 1
 
 
 def _graph_and_plan(fd: int, path: Path) -> tuple[Manifest, Model, Plan]:
-    """The manifest, the graph (weights not read) and its plan; checks the weights region is whole."""
+    """The manifest, the graph (weights not read) and its plan. Checks the graph against its
+    SHA-256 and the manifest against the graph (so a forged manifest cannot place weights), and
+    that the weights region is whole."""
     head, manifest = read_model_head(fd, path)
+    check_graph_digest(head, manifest, str(path))
     _check_weights_region(manifest, os.fstat(fd).st_size, path)
     model = Model.from_bytes(head[: manifest.graph_size], source=str(path), read_external=False)
+    check_against_graph(manifest, model, str(path))
     return manifest, model, plan_model(model, prefetch_depths=())
 
 
