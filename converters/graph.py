@@ -109,5 +109,13 @@ def splice_operators(model: Model, before: dict[int, list[tfl.OperatorT]] | None
     return position
 
 
+def detach_tensor(model: Model, tensor: int) -> None:
+    """Leave tensor `tensor` in the subgraph (indices stay valid) but without data or size: buffer
+    0, shape [0], no quantization. For a constant no operator reads any more (its bytes moved
+    elsewhere): TFLite Micro gives a zero-byte tensor no arena space."""
+    t = model.subgraph.tensors[tensor]
+    t.buffer, t.shape, t.shapeSignature, t.quantization = 0, [0], None, None
+
+
 def _custom_name(code: tfl.OperatorCodeT) -> str:
     return text(code.customCode)
