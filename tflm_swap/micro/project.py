@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
 import re
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
