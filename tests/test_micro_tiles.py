@@ -243,7 +243,8 @@ def test_tile_table_that_does_not_match_the_graph_is_refused_in_prepare(runner):
     with pytest.raises(TflmSwapError, match="tile entry 0: tile-table entry out of range"):
         run_host_tflm(micro.graph, untiled.image, x)
     graph = Model.from_bytes(micro.graph)
-    graph.operators[micro.tiled[0].op].customOptions = list(bytes(graph.operators[micro.tiled[0].op].customOptions)[:-4])
+    options = graph.operators[micro.tiled[0].op].customOptions
+    graph.operators[micro.tiled[0].op].customOptions = list(bytes(options)[:-4])
     with pytest.raises(TflmSwapError, match="custom options are malformed"):
         run_host_tflm(bytes(graph.pack()), micro.image, x)
     corrupt = bytearray(micro.image)
