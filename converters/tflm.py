@@ -13,6 +13,11 @@ read in flight at a time; the other tensors of that operator use blocking loads 
 Custom options of the three operators: `struct.pack("<II", segment_id, flags)`, flags bit 0 = check
 the segment CRC32 after the read (set on TSWAP_LOAD and TSWAP_LOAD_WAIT with `verify_crc`).
 
+With `offline_plan=True` the rewritten graph carries TFLM's documented offline memory plan
+(`OfflineMemoryAllocation` metadata: int32 words 1, 0, tensor count, then one arena offset per
+tensor, -1 for those TFLM plans itself): the planner's `packed_arena` layout of every activation and
+loaded weight, tighter than TFLM's greedy one; the tiled kernels' scratch buffers stay online.
+
 `tiles` maps operators to a `TileChoice`: each of those becomes a tiled kernel reading its own
 weights in output-channel tiles (`converters/tflm_tiles.py`; the image then has a tile table,
 version 2). No asynchronous START is placed before a tiled operator (its own reads would find the
@@ -33,9 +38,10 @@ from tflm_swap.format.model import Model
 from tflm_swap.format.schema import text, tfl
 from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES
 from tflm_swap.interpreters import ensure_tflm_compatible
+from tflm_swap.planner import Block, activation_tensors, packed_arena
 
 from .flash_image import build_image
-from .graph import detach_tensor, make_operator, opcode_index, splice_operators
+from .graph import detach_tensor, make_operator, opcode_index, set_metadata, splice_operators
 from .tflm_tiles import (
     FLAG_PREFETCH,
     TileChoice,
@@ -127,6 +133,7 @@ def rewrite_for_tflm(
     alignment: int = DEFAULT_ALIGNMENT,
     source: str = "<bytes>",
     tiles: Mapping[int, TileChoice] | None = None,
+    offline_plan: bool = False,
 ) -> MicroModel:
     """Rewrite a `.tflite` (bytes, or the `Model` parsed from them; plain or segmented) into a TFLM
     graph with load operators + image; the operators in `tiles` (source operator index -> choice)
@@ -156,6 +163,8 @@ def rewrite_for_tflm(
     tiled = [TiledStep(position[op], op, g.kind, e, entries[e].first_segment, entries[e].tiles,
                        entries[e].tile_channels, tiles[op].prefetch, tuple(g.scratch(tiles[op])))
              for e, (op, g) in enumerate(geometries.items())]
+    if offline_plan:
+        add_offline_plan(new, tiled)
     graph = bytes(new.pack())
     graph_model = Model.from_bytes(graph, source=f"{model.source} (rewritten for TFLM)")
     ensure_tflm_compatible(graph_model)
@@ -166,6 +175,25 @@ def rewrite_for_tflm(
               for k in range(len(g.ranges(tiles[op].tiles)))]
     return MicroModel(graph, image, segments, names, loads, len(model.operators), prefetch, inline,
                       graph_model=graph_model, tiled=tiled)
+
+
+OFFLINE_PLAN = "OfflineMemoryAllocation"
+
+
+def add_offline_plan(model: Model, tiled: list[TiledStep]) -> int:
+    """Add TFLM's offline memory plan for `model` (the rewritten graph, whose tiled operators are
+    `tiled`): the planner's packed layout; returns the arena it predicts."""
+    tensors = activation_tensors(model)
+    scratch = [Block(f"operator {t.op} scratch {i}", size, t.op, t.op, "scratch")
+               for t in tiled for i, size in enumerate(t.scratch)]
+    blocks = [b for _, b in tensors] + scratch
+    arena, offsets = packed_arena(blocks, online=range(len(tensors), len(blocks)))
+    words = [-1] * len(model.tensors)
+    for k, (t, _) in enumerate(tensors):
+        if k in offsets:
+            words[t] = offsets[k]
+    set_metadata(model, OFFLINE_PLAN, struct.pack(f"<3I{len(words)}i", 1, 0, len(words), *words))
+    return arena
 
 
 def _tile_geometries(model: Model, tiles: dict[int, TileChoice]) -> dict[int, TileGeometry]:
@@ -191,7 +219,7 @@ def _tile_geometries(model: Model, tiles: dict[int, TileChoice]) -> dict[int, Ti
 
 
 def _refuse_offline_plan(model: Model) -> None:
-    if model.metadata("OfflineMemoryAllocation") is not None:
+    if model.metadata(OFFLINE_PLAN) is not None:
         raise UnsupportedModelError(
             f"{model.source}: the model carries an offline memory plan (OfflineMemoryAllocation); "
             "inserting load operators would invalidate it. Remove the plan first."

@@ -17,12 +17,13 @@ Overhead model (checked against TFLM's RecordingMicroAllocator on the MLPerf Tin
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
-from ..converters.tflm import MicroModel
+from ..converters.tflm import OFFLINE_PLAN, MicroModel
 from ..format.model import Model
 from ..format.segments import DEFAULT_MIN_SEGMENT_BYTES
-from ..planner import Block, activation_blocks, greedy_arena, plan_model
+from ..planner import Block, activation_blocks, activation_tensors, greedy_arena, plan_model
 
 TAIL_PER_LOAD_OP = 120  # bytes of TFLM persistent arena per inserted operator (64-bit host)
 # Upper bound of the persistent bytes a tiled operator adds over the stock kernel it replaces.
@@ -71,8 +72,20 @@ def arena_blocks(micro: MicroModel) -> list[Block]:
 
 
 def predict_head(micro: MicroModel) -> int:
-    """TFLM's non-persistent arena for the rewritten graph (its greedy layout of `arena_blocks`)."""
-    return greedy_arena(arena_blocks(micro))[0]
+    """TFLM's non-persistent arena for the rewritten graph: its greedy layout of `arena_blocks`, around
+    the offsets of the graph's offline plan when it has one."""
+    return greedy_arena(arena_blocks(micro), fixed=offline_offsets(micro))[0]
+
+
+def offline_offsets(micro: MicroModel) -> dict[int, int]:
+    """{index in `arena_blocks`: offset} of the graph's OfflineMemoryAllocation plan ({} without one)."""
+    graph = micro.graph_model if micro.graph_model is not None else Model.from_bytes(micro.graph)
+    blob = graph.metadata(OFFLINE_PLAN)
+    if blob is None:
+        return {}
+    count = struct.unpack_from("<I", blob, 8)[0]
+    words = struct.unpack_from(f"<{count}i", blob, 12)
+    return {k: words[t] for k, (t, _) in enumerate(activation_tensors(graph)) if words[t] >= 0}
 
 
 def predict_tail(micro: MicroModel, stock_tail: int) -> int:

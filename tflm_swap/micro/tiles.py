@@ -116,10 +116,10 @@ def normalize_tiles(tiles: Mapping[int, int | TileChoice] | None, prefetch: bool
 
 def evaluate(model: Model, tiles: dict[int, TileChoice], stock_tail: int, *, prefetch: bool = False,
              verify_crc: bool = False, min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
-             alignment: int = DEFAULT_ALIGNMENT) -> TilePlan:
-    """Rewrite `model` with `tiles` and predict its arena."""
+             alignment: int = DEFAULT_ALIGNMENT, offline_plan: bool = False) -> TilePlan:
+    """Rewrite `model` with `tiles` (and the offline arena plan) and predict its arena."""
     micro = rewrite_for_tflm(model, min_segment_bytes=min_segment_bytes, prefetch=prefetch, verify_crc=verify_crc,
-                             alignment=alignment, tiles=tiles)
+                             alignment=alignment, tiles=tiles, offline_plan=offline_plan)
     timeline = live_bytes(arena_blocks(micro), len(micro.graph_model.operators))
     source_at = _source_positions(micro)
     peak_op = max(source_at, key=lambda k: timeline[source_at[k]], default=0)
@@ -135,12 +135,14 @@ def _source_positions(micro: MicroModel) -> dict[int, int]:
 
 
 def choose_tiles(model: Model, budget: int, stock_tail: int, *, prefetch: bool = False, verify_crc: bool = False,
-                 min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES, alignment: int = DEFAULT_ALIGNMENT) -> TilePlan:
+                 min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES, alignment: int = DEFAULT_ALIGNMENT,
+                 offline_plan: bool = False) -> TilePlan:
     """The tiling with the fewest splits (flash reads) whose predicted arena fits `budget` bytes
     (see the module docstring); raises BudgetError naming the smallest arena reachable."""
     if budget <= 0:
         raise TflmSwapError(f"RAM budget {budget} must be positive")
-    options = dict(prefetch=prefetch, verify_crc=verify_crc, min_segment_bytes=min_segment_bytes, alignment=alignment)
+    options = dict(prefetch=prefetch, verify_crc=verify_crc, min_segment_bytes=min_segment_bytes, alignment=alignment,
+                   offline_plan=offline_plan)
     geometries = tileable_operators(model, min_segment_bytes)
     levels = {op: tile_levels(g) for op, g in geometries.items()}
     level: dict[int, int] = {}  # op -> index into levels[op]; absent: whole (load operators)
