@@ -22,6 +22,9 @@ def add_tflm_arguments(parser: argparse.ArgumentParser) -> None:
                    help="arena bytes for the generated header (default: measured on the host TFLM)")
     g.add_argument("--ram-budget", default=None,
                    help="whole TFLM arena to fit (e.g. 48KiB): picks per operator the weight tiles needed")
+    g.add_argument("--offline-plan", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the planner's packed arena layout as TFLM's OfflineMemoryAllocation plan "
+                        "(default: on with --ram-budget)")
     g.add_argument("--tile", action="append", default=[], metavar="OP=N",
                    help="compute operator OP (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) in N weight tiles; "
                         "repeatable")
@@ -33,7 +36,8 @@ def convert_tflm(model: SegmentedModel, model_path: str, args) -> int:
     project = export_project(model, args.output, prefix=args.prefix or None, prefetch=args.prefetch,
                              verify_crc=args.verify_crc, alignment=args.alignment,
                              arena_size=args.arena_size or None, min_segment_bytes=args.min_segment_bytes,
-                             source=model_path, ram_budget=args.ram_budget, tiles=parse_tiles(args.tile))
+                             source=model_path, ram_budget=args.ram_budget, tiles=parse_tiles(args.tile),
+                             offline_plan=args.offline_plan)
     if project.arena_note:
         print(f"note: {project.arena_note}; arena predicted by the planner", file=sys.stderr)
     prefix = project.prefix
@@ -73,14 +77,14 @@ def plan_tflm(model_path: str, args) -> int:
         raise TflmSwapError(f"RAM budget {args.ram_budget!r} must be positive")
     try:
         plan = choose_tiles(model, budget, stock_tail(model), prefetch=False,
-                            min_segment_bytes=args.min_segment_bytes)
+                            min_segment_bytes=args.min_segment_bytes, offline_plan=True)
     except BudgetError as exc:
         print(f"does not fit: {exc}")
         return 1
     micro = plan.micro
     print(f"fits in {budget} bytes: arena {plan.arena} bytes predicted ({plan.head} planned, exact, + {plan.tail} "
           f"TFLM persistent, upper bound), {micro.flash_bytes_per_inference} flash bytes per inference in "
-          f"{micro.reads_per_inference} reads, {len(micro.loads)} load operators")
+          f"{micro.reads_per_inference} reads, {len(micro.loads)} load operators, offline arena plan")
     for t in micro.tiled:
         print(f"  operator {t.source_op} ({t.kind}): {t.tiles} tiles of {t.tile_channels} channels")
     if not micro.tiled:

@@ -100,6 +100,7 @@ def export_project(
     source: str | os.PathLike[str] | None = None,
     ram_budget: int | str | None = None,
     tiles: Mapping[int, int | TileChoice] | None = None,
+    offline_plan: bool | None = None,
 ) -> TflmProject:
     """Write a TFLite Micro project for `model` into `out_dir`, with its weights in a flash image.
 
@@ -115,6 +116,8 @@ def export_project(
     (counts take `prefetch`); `ram_budget` (bytes, or "48KiB") instead picks the tiles with
     `tiles.choose_tiles` and raises `BudgetError` naming the smallest reachable arena when even the
     finest tiles do not fit, or when the arena measured on the host TFLM exceeds the budget.
+    `offline_plan` (default: on with `ram_budget`, else off) writes the planner's packed arena
+    layout into the graph as TFLM's `OfflineMemoryAllocation` plan.
 
     `source`: the file the model came from, when `model` is not a path: names the default prefix
     and error messages. No output is written over `model`'s or `source`'s file: every destination
@@ -129,7 +132,8 @@ def export_project(
     budget = _budget(ram_budget, tiles)
     chosen = normalize_tiles(tiles, prefetch)
     parsed = _source_model(model, origin or "<bytes>")  # parsed once, handed on
-    options = dict(min_segment_bytes=min_segment_bytes, prefetch=prefetch, verify_crc=verify_crc, alignment=alignment)
+    options = dict(min_segment_bytes=min_segment_bytes, prefetch=prefetch, verify_crc=verify_crc, alignment=alignment,
+                   offline_plan=budget is not None if offline_plan is None else offline_plan)
     if budget is not None:
         micro = choose_tiles(parsed, budget, stock_tail(parsed), **options).micro
     else:
