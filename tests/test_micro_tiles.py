@@ -255,3 +255,54 @@ def test_tile_table_that_does_not_match_the_graph_is_refused_in_prepare(runner):
     assert crc.image == micro.image
     with pytest.raises(TflmSwapError, match="loading tile 1 .* CRC mismatch"):
         run_host_tflm(crc.graph, bytes(corrupt), x, deferred=True)
+
+
+def _no_overlap(blocks, offsets: dict[int, int]) -> None:
+    from tflm_swap.format.segments import align
+
+    for i, a in offsets.items():
+        for j, b in offsets.items():
+            if i < j and blocks[i].first <= blocks[j].last and blocks[j].first <= blocks[i].last:
+                assert a + align(blocks[i].size, 16) <= b or b + align(blocks[j].size, 16) <= a, (i, j)
+
+
+@pytest.mark.parametrize("name", MLPERF)
+def test_packed_arena_is_valid_and_no_worse_than_greedy(name):
+    from tflm_swap.planner import activation_blocks, greedy_arena, live_bytes, packed_arena
+
+    model = Model.from_bytes(require_model(name).read_bytes())
+    blocks = activation_blocks(model)
+    greedy = greedy_arena(blocks)[0]
+    size, offsets = packed_arena(blocks, seconds=0.5)
+    _no_overlap(blocks, offsets)
+    assert max(live_bytes(blocks, len(model.operators))) <= size <= greedy
+    assert greedy_arena(blocks, fixed=offsets) == (size, [offsets[i] for i in range(len(blocks))])
+    if name == "vww_96_int8":
+        assert (greedy, size) == (73728, 55296)  # TFLM's greedy layout wastes 18,432 bytes there
+
+
+def test_greedy_arena_places_online_blocks_around_fixed_ones():
+    from tflm_swap.planner import Block, greedy_arena
+
+    blocks = [Block("a", 32, 0, 1, "activation"), Block("b", 16, 1, 2, "activation"),
+              Block("scratch", 48, 1, 1, "scratch")]
+    size, offsets = greedy_arena(blocks, fixed={0: 64, 1: 0})
+    assert offsets == [64, 0, 16] and size == 96
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("name", MLPERF)
+def test_offline_plan_bit_identical_and_predicted(runner, name):
+    data = require_model(name).read_bytes()
+    model = Model.from_bytes(data)
+    x = _inputs(data)
+    stock = run_host_tflm(data, None, x)
+    for prefetch, tiles in ((False, {}), (True, _all_tiled(model, 3, True))):
+        micro = rewrite_for_tflm(data, prefetch=prefetch, tiles=tiles, offline_plan=True)
+        assert Model.from_bytes(micro.graph).metadata("OfflineMemoryAllocation") is not None
+        greedy = rewrite_for_tflm(data, prefetch=prefetch, tiles=tiles)
+        ours = run_host_tflm(micro.graph, micro.image, x, deferred=prefetch)
+        assert _same(stock.outputs, ours.outputs)
+        assert ours.arena_head == predict_head(micro) <= predict_head(greedy)
+    with pytest.raises(UnsupportedModelError, match="offline memory plan"):
+        rewrite_for_tflm(micro.graph)
