@@ -18,7 +18,7 @@ from tflm_swap.errors import BudgetError, SegmentIntegrityError, TflmSwapError, 
 from tflm_swap.format.flash_image import TileEntry, parse_image, parse_tile_table
 from tflm_swap.format.model import Model
 from tflm_swap.interpreters import random_inputs
-from tflm_swap.micro import export_project, rewrite_for_tflm, run_host_tflm
+from tflm_swap.micro import export_project, rewrite_for_tflm, run_example, run_host_tflm
 from tflm_swap.micro.host import io_specs
 from tflm_swap.micro.predict import predict_head, predict_tail
 from tflm_swap.micro.tiles import choose_tiles, smallest_tiling, tileable_operators
@@ -118,6 +118,10 @@ def test_budget_below_the_largest_layer_runs_inside_it(runner, tmp_path):
     ours = run_host_tflm(project.micro.graph, project.micro.image, x)
     assert _same(run_host_tflm(data, None, x).outputs, ours.outputs)
     assert ours.arena_total <= budget
+    example = native_or_skip(lambda: run_example(project, x[0][0]))  # the generated project, built and run
+    assert example.outputs[0].tobytes() == ours.outputs[0][0].tobytes()
+    assert example.flash_bytes_read == project.flash_bytes_per_inference
+    assert example.arena_used_bytes <= budget
     assert cli_main(["convert", str(require_model("ad01_int8")), "--target", "tflm", "-o", str(tmp_path / "cli"),
                      "--prefix", "ad", "--ram-budget", str(budget)]) == 0
     assert (tmp_path / "cli" / "ad_image.bin").read_bytes() == project.micro.image
