@@ -72,6 +72,12 @@ def test_synthetic_tiled_bit_identical_blocking_and_prefetch(runner, per_channel
         assert ours.flash_bytes == INFERENCES * micro.flash_bytes_per_inference
         assert ours.arena_head == predict_head(micro)
         assert 0 <= predict_tail(micro, stock.arena_tail) - ours.arena_tail <= 64 * len(micro.tiled)
+    # Tiled operators between prefetched load operators: no START is in flight across a tiled kernel.
+    mixed = rewrite_for_tflm(data, min_segment_bytes=1, prefetch=True,
+                             tiles={0: TileChoice(3, True), 3: TileChoice(2), 5: TileChoice(4, True)})
+    assert {s.kind for s in mixed.loads} >= {"TSWAP_LOAD_START", "TSWAP_LOAD_WAIT"}
+    ours = run_host_tflm(mixed.graph, mixed.image, x, deferred=True)
+    assert _same(stock.outputs, ours.outputs) and ours.arena_head == predict_head(mixed)
 
 
 @pytest.mark.native
