@@ -7,9 +7,9 @@ Per model, all on the same 64-bit host TFLM (xmos-ai-tools' library, whole arena
 RecordingMicroAllocator reports it): stock TFLM arena + model bytes (the model in RAM); ours today
 (per-operator load operators, no tiles, TFLM's greedy layout); ours at the smallest budget the tool
 reaches (`smallest_tiling`: every tileable operator at its finest tiles, offline arena plan), with
-the planner's predicted head next to the measured one; XMOS' flash arena as measured for issue 17;
-the planner's per-operator bound and activation peak; what `--ram-budget TARGET` picks (arena,
-reads); flash bytes and reads per inference; the flash
+the planner's predicted head and its lower bound for that tiling next to the measured head; XMOS'
+flash arena as measured for issue 17; the planner's per-operator bound and activation peak; what
+`--ram-budget TARGET` picks (arena, reads); flash bytes and reads per inference; the flash
 time per inference at 40 and 80 MB/s (bytes / bandwidth, the planner's serial read cost: what
 blocking reads add to an inference); whether outputs are bit-identical to the original model on the
 same TFLM over `--inferences` random inputs. Exit status 1 when a target is missed or a run differs.
@@ -69,7 +69,8 @@ def measure(path: Path, inferences: int) -> dict:
     return {
         "model": path.stem, "stock_ram": stock.arena_total + len(data), "today": today_run.arena_total,
         "today_exact": _same(stock.outputs, today_run.outputs), "tiled": tiled_run.arena_total,
-        "tiled_head": tiled_run.arena_head, "predicted_head": tiled.head, "predicted_arena": tiled.arena,
+        "tiled_head": tiled_run.arena_head, "predicted_head": tiled.head, "tiled_bound": tiled.bound,
+        "predicted_arena": tiled.arena,
         "tiled_exact": _same(stock.outputs, tiled_run.outputs), "xmos": XMOS_ARENA.get(path.stem),
         "target": TARGETS.get(path.stem), "per_op_bound": plan.strategies["per_op"].lower_bound,
         "activation_peak": plan.activation_peak, "flash_bytes": flash,
@@ -85,7 +86,7 @@ def _fmt(v) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | stock TFLM arena + model | ours today (per-op loads) | ours tiled, smallest budget "
-             "| target | XMOS flash arena | per-op bound | activation peak | head measured = predicted "
+             "| target | XMOS flash arena | per-op bound | activation peak | head measured = predicted (tiled LB) "
              "| flash B/inference | reads (today) | flash ms @40 / 80 MB/s | at the target budget: arena, reads "
              "| bit-exact |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -93,7 +94,8 @@ def table(rows: list[dict]) -> str:
         t = r["at_target"]
         exact = "yes" if r["today_exact"] and r["tiled_exact"] and t.get("exact", True) else "NO"
         fit = f"{t['arena']:,}, {t['reads']}" if t else "-"
-        pred = f"{r['tiled_head']:,} {'=' if r['tiled_head'] == r['predicted_head'] else '!='} {r['predicted_head']:,}"
+        pred = (f"{r['tiled_head']:,} {'=' if r['tiled_head'] == r['predicted_head'] else '!='} "
+                f"{r['predicted_head']:,} ({r['tiled_bound']:,})")
         lines.append(
             f"| {r['model']} | {_fmt(r['stock_ram'])} | {_fmt(r['today'])} | {_fmt(r['tiled'])} | {_fmt(r['target'])} "
             f"| {_fmt(r['xmos'])} | {_fmt(r['per_op_bound'])} | {_fmt(r['activation_peak'])} | {pred} "

@@ -22,8 +22,8 @@ from ..converters.tflm_tiles import TileChoice, TileGeometry, tile_geometry
 from ..errors import BudgetError, TflmSwapError, UnsupportedModelError
 from ..format.flash_image import DEFAULT_ALIGNMENT
 from ..format.model import Model
-from ..format.segments import DEFAULT_MIN_SEGMENT_BYTES
-from ..planner import live_bytes
+from ..format.segments import DEFAULT_MIN_SEGMENT_BYTES, align
+from ..planner import ARENA_ALIGNMENT, Block, live_bytes
 from .predict import arena_blocks, predict_head, predict_tail
 
 
@@ -37,6 +37,7 @@ class TilePlan:
     tail: int  # predicted persistent arena (upper bound with tiled operators)
     peak_op: int  # source operator at the step with the most live bytes
     peak_bytes: int
+    bound: int  # the planner's lower bound for this tiling: most 16-byte-aligned bytes live at one step
 
     @property
     def arena(self) -> int:
@@ -120,11 +121,14 @@ def evaluate(model: Model, tiles: dict[int, TileChoice], stock_tail: int, *, pre
     """Rewrite `model` with `tiles` (and the offline arena plan) and predict its arena."""
     micro = rewrite_for_tflm(model, min_segment_bytes=min_segment_bytes, prefetch=prefetch, verify_crc=verify_crc,
                              alignment=alignment, tiles=tiles, offline_plan=offline_plan)
-    timeline = live_bytes(arena_blocks(micro), len(micro.graph_model.operators))
+    blocks = arena_blocks(micro)
+    timeline = live_bytes(blocks, len(micro.graph_model.operators))
     source_at = _source_positions(micro)
     peak_op = max(source_at, key=lambda k: timeline[source_at[k]], default=0)
     peak = timeline[source_at[peak_op]] if source_at else 0
-    return TilePlan(dict(tiles), micro, predict_head(micro), predict_tail(micro, stock_tail), peak_op, peak)
+    aligned = [Block(b.name, align(b.size, ARENA_ALIGNMENT), b.first, b.last, b.kind) for b in blocks]
+    bound = max(live_bytes(aligned, len(micro.graph_model.operators)), default=0)
+    return TilePlan(dict(tiles), micro, predict_head(micro), predict_tail(micro, stock_tail), peak_op, peak, bound)
 
 
 def _source_positions(micro: MicroModel) -> dict[int, int]:
