@@ -9,7 +9,9 @@ step holds the most live bytes (activations + its staged weights or tile buffers
 still be split. The predicted arena is the planner's TFLM layout of the rewritten graph (`predict_head`,
 exact) plus the persistent part (`predict_tail`: the stock model's, measured, plus an upper bound
 per inserted or tiled operator). With every operator at its finest tiles and still too large, it
-raises `BudgetError` naming that smallest arena and the operator at its peak.
+raises `BudgetError` naming that smallest arena and the operator at its peak. `offline_plan=True`
+evaluates every candidate with the planner's packed layout written as TFLM's offline plan (what
+`--ram-budget` uses), so the choice accounts for the tighter arena.
 """
 
 from __future__ import annotations
