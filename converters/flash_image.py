@@ -12,19 +12,26 @@ from tflm_swap.format.flash_image import (
     ENTRY_BYTES,
     HEADER,
     HEADER_BYTES,
+    HEADER_BYTES_V2,
     MAGIC,
     MAX_ALIGNMENT,
+    TILE,
     VERSION,
+    VERSION_TILES,
     ImageSegment,
+    TileEntry,
 )
 from tflm_swap.format.segments import align
 
 
-def build_image(payloads: list[bytes], alignment: int = DEFAULT_ALIGNMENT) -> tuple[bytes, list[ImageSegment]]:
-    """Lay out `payloads` as an image; returns (image bytes, segment table)."""
+def build_image(payloads: list[bytes], alignment: int = DEFAULT_ALIGNMENT,
+                tiles: list[TileEntry] | tuple[TileEntry, ...] = ()) -> tuple[bytes, list[ImageSegment]]:
+    """Lay out `payloads` as an image; returns (image bytes, segment table). With `tiles` (the tile
+    table of tiled operators, naming segments of `payloads`) the image is version 2, else 1."""
     if alignment < 4 or alignment > MAX_ALIGNMENT or alignment & (alignment - 1):
         raise TflmSwapError(f"image alignment {alignment} must be a power of two in 4..{MAX_ALIGNMENT}")
-    header_size = HEADER_BYTES + ENTRY_BYTES * len(payloads)
+    base = HEADER_BYTES_V2 if tiles else HEADER_BYTES
+    header_size = base + ENTRY_BYTES * (len(payloads) + len(tiles))
     segments, cursor = [], header_size
     for i, data in enumerate(payloads):
         offset = align(cursor, alignment)
@@ -34,8 +41,11 @@ def build_image(payloads: list[bytes], alignment: int = DEFAULT_ALIGNMENT) -> tu
     if image_size >= 2**32:
         raise TflmSwapError(f"image of {image_size} bytes exceeds the 4 GiB a 32-bit flash address reaches")
     table = b"".join(ENTRY.pack(s.offset, s.size, s.crc32, 0) for s in segments)
-    head = HEADER.pack(MAGIC, VERSION, header_size, len(payloads), image_size, alignment)
+    table += b"".join(TILE.pack(t.first_segment, t.tiles, t.channels, t.tile_channels) for t in tiles)
+    head = HEADER.pack(MAGIC, VERSION_TILES if tiles else VERSION, header_size, len(payloads), image_size, alignment)
     head += struct.pack("<I", zlib.crc32(table))
+    if tiles:
+        head += struct.pack("<IIII", len(tiles), 0, 0, 0)
     head += struct.pack("<I", zlib.crc32(head))
     image = bytearray(image_size)
     image[:header_size] = head + table

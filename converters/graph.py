@@ -109,5 +109,23 @@ def splice_operators(model: Model, before: dict[int, list[tfl.OperatorT]] | None
     return position
 
 
+def set_metadata(model: Model, name: str, data: bytes) -> int:
+    """Give the model a metadata entry `name` holding `data` in a new buffer (replacing an entry of
+    that name); returns the buffer index."""
+    model.fb.metadata = [m for m in model.fb.metadata or [] if text(m.name) != name]
+    entry = tfl.MetadataT()
+    entry.name, entry.buffer = name, add_buffer(model, data)
+    model.fb.metadata.append(entry)
+    return entry.buffer
+
+
+def detach_tensor(model: Model, tensor: int) -> None:
+    """Leave tensor `tensor` in the subgraph (indices stay valid) but without data or size: buffer
+    0, shape [0], no quantization. For a constant no operator reads any more (its bytes moved
+    elsewhere): TFLite Micro gives a zero-byte tensor no arena space."""
+    t = model.subgraph.tensors[tensor]
+    t.buffer, t.shape, t.shapeSignature, t.quantization = 0, [0], None, None
+
+
 def _custom_name(code: tfl.OperatorCodeT) -> str:
     return text(code.customCode)

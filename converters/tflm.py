@@ -12,25 +12,44 @@ read in flight at a time; the other tensors of that operator use blocking loads 
 
 Custom options of the three operators: `struct.pack("<II", segment_id, flags)`, flags bit 0 = check
 the segment CRC32 after the read (set on TSWAP_LOAD and TSWAP_LOAD_WAIT with `verify_crc`).
-The rewritten graph has no `Buffer.offset` anywhere.
+
+With `offline_plan=True` the rewritten graph carries TFLM's documented offline memory plan
+(`OfflineMemoryAllocation` metadata: int32 words 1, 0, tensor count, then one arena offset per
+tensor, -1 for those TFLM plans itself): the planner's `packed_arena` layout of every activation and
+loaded weight, tighter than TFLM's greedy one; the tiled kernels' scratch buffers stay online.
+
+`tiles` maps operators to a `TileChoice`: each of those becomes a tiled kernel reading its own
+weights in output-channel tiles (`converters/tflm_tiles.py`; the image then has a tile table,
+version 2). No asynchronous START is placed before a tiled operator (its own reads would find the
+flash busy). The rewritten graph has no `Buffer.offset` anywhere.
 """
 
 from __future__ import annotations
 
 import copy
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tflm_swap.errors import UnsupportedModelError
-from tflm_swap.format.flash_image import DEFAULT_ALIGNMENT, ImageSegment
+from tflm_swap.format.flash_image import DEFAULT_ALIGNMENT, ImageSegment, TileEntry
 from tflm_swap.format.manifest import MANIFEST_NAME
 from tflm_swap.format.model import Model
 from tflm_swap.format.schema import text, tfl
 from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES
 from tflm_swap.interpreters import ensure_tflm_compatible
+from tflm_swap.planner import Block, activation_tensors, packed_arena
 
 from .flash_image import build_image
-from .graph import make_operator, opcode_index, splice_operators
+from .graph import detach_tensor, make_operator, opcode_index, set_metadata, splice_operators
+from .tflm_tiles import (
+    FLAG_PREFETCH,
+    TileChoice,
+    TileGeometry,
+    tile_geometry,
+    tile_payloads,
+    tiled_operator,
+)
 
 LOAD_OP = "TSWAP_LOAD"
 LOAD_START_OP = "TSWAP_LOAD_START"
@@ -57,6 +76,22 @@ class LoadStep:
     consumer: int  # index (rewritten graph) of the first operator reading the tensor
 
 
+@dataclass(frozen=True)
+class TiledStep:
+    """One tiled operator: its index in the rewritten graph and in the source, its tile-table entry,
+    tiles (segments first_segment..), channels per tile, and the arena scratch buffers it requests."""
+
+    op: int
+    source_op: int
+    kind: str  # the source operator's builtin name
+    entry: int
+    first_segment: int
+    tiles: int
+    tile_channels: int
+    prefetch: bool
+    scratch: tuple[int, ...]
+
+
 @dataclass
 class MicroModel:
     """The `tflm` target: graph flatbuffer for internal flash plus the external flash image."""
@@ -71,11 +106,19 @@ class MicroModel:
     inline_const_bytes: int = 0
     notes: list[str] = field(default_factory=list)
     graph_model: Model | None = field(default=None, repr=False)  # `graph` parsed, for who reads it next
+    tiled: list[TiledStep] = field(default_factory=list)
 
     @property
     def flash_bytes_per_inference(self) -> int:
-        """Bytes read from the image per inference (each load reads its whole segment once)."""
-        return sum(self.segments[s.segment].size for s in self.loads if s.kind != LOAD_WAIT_OP)
+        """Bytes read from the image per inference (each load reads its whole segment once, each
+        tiled operator each of its tiles once)."""
+        loads = sum(self.segments[s.segment].size for s in self.loads if s.kind != LOAD_WAIT_OP)
+        return loads + sum(self.segments[t.first_segment + k].size for t in self.tiled for k in range(t.tiles))
+
+    @property
+    def reads_per_inference(self) -> int:
+        """Flash reads per inference: one per load (START or LOAD) and one per tile."""
+        return sum(1 for s in self.loads if s.kind != LOAD_WAIT_OP) + sum(t.tiles for t in self.tiled)
 
     @property
     def external_bytes(self) -> int:
@@ -89,48 +132,109 @@ def rewrite_for_tflm(
     verify_crc: bool = False,
     alignment: int = DEFAULT_ALIGNMENT,
     source: str = "<bytes>",
+    tiles: Mapping[int, TileChoice] | None = None,
+    offline_plan: bool = False,
 ) -> MicroModel:
     """Rewrite a `.tflite` (bytes, or the `Model` parsed from them; plain or segmented) into a TFLM
-    graph with load operators + image. The rewritten graph is parsed back once to check it
+    graph with load operators + image; the operators in `tiles` (source operator index -> choice)
+    become tiled kernels instead. The rewritten graph is parsed back once to check it
     (`MicroModel.graph_model`), and whoever reads it next takes that instead of parsing again."""
     if min_segment_bytes < 1:
         raise UnsupportedModelError(f"minimum segment size {min_segment_bytes} must be >= 1 byte")
     model = data if isinstance(data, Model) else Model.from_bytes(data, source=source)
     model.check_single_graph()
     _refuse_offline_plan(model)
-    picks = _pick_loads(model, min_segment_bytes)
+    geometries = _tile_geometries(model, dict(tiles or {}))
+    picks = _pick_loads(model, min_segment_bytes, skip=set(geometries))
     buffers = list(dict.fromkeys(b for _, _, b in picks))
     seg_of = {b: i for i, b in enumerate(buffers)}
-    image, segments = build_image([model.buffers[b] for b in buffers], alignment)
-    new = _strip(model, {t for _, t, _ in picks})
+    payloads, entries = [model.buffers[b] for b in buffers], []
+    for op, g in geometries.items():
+        parts = tile_payloads(model, g, tiles[op].tiles)
+        entries.append(TileEntry(len(payloads), len(parts), g.channels, g.tile_channels(tiles[op].tiles)))
+        payloads += parts
+    image, segments = build_image(payloads, alignment, entries)
+    detached = {t for g in geometries.values() for t in (g.filter, g.bias) if t >= 0}
+    new = _strip(model, {t for _, t, _ in picks}, detached)
     flags = FLAG_VERIFY_CRC if verify_crc else 0
-    loads = _insert_ops(new, picks, seg_of, prefetch, flags)
+    replace = {op: [tiled_operator(new, model, g, e, flags | (FLAG_PREFETCH if tiles[op].prefetch else 0))]
+               for e, (op, g) in enumerate(geometries.items())}
+    loads, position = _insert_ops(new, picks, seg_of, prefetch, flags, replace)
+    tiled = [TiledStep(position[op], op, g.kind, e, entries[e].first_segment, entries[e].tiles,
+                       entries[e].tile_channels, tiles[op].prefetch, tuple(g.scratch(tiles[op])))
+             for e, (op, g) in enumerate(geometries.items())]
+    if offline_plan:
+        add_offline_plan(new, tiled)
     graph = bytes(new.pack())
     graph_model = Model.from_bytes(graph, source=f"{model.source} (rewritten for TFLM)")
     ensure_tflm_compatible(graph_model)
     names = [model.tensor_name(next(t for _, t, b2 in picks if b2 == b)) for b in buffers]
     inline = sum(len(b) for i, b in enumerate(new.buffers) if i and b) - sum(
         len(new.buffers[m.buffer]) for m in new.fb.metadata or [])
+    names += [f"{model.tensor_name(g.filter)} tile {k}" for op, g in geometries.items()
+              for k in range(len(g.ranges(tiles[op].tiles)))]
     return MicroModel(graph, image, segments, names, loads, len(model.operators), prefetch, inline,
-                      graph_model=graph_model)
+                      graph_model=graph_model, tiled=tiled)
+
+
+OFFLINE_PLAN = "OfflineMemoryAllocation"
+
+
+def add_offline_plan(model: Model, tiled: list[TiledStep]) -> int:
+    """Add TFLM's offline memory plan for `model` (the rewritten graph, whose tiled operators are
+    `tiled`): the planner's packed layout; returns the arena it predicts."""
+    tensors = activation_tensors(model)
+    scratch = [Block(f"operator {t.op} scratch {i}", size, t.op, t.op, "scratch")
+               for t in tiled for i, size in enumerate(t.scratch)]
+    blocks = [b for _, b in tensors] + scratch
+    arena, offsets = packed_arena(blocks, online=range(len(tensors), len(blocks)))
+    words = [-1] * len(model.tensors)
+    for k, (t, _) in enumerate(tensors):
+        if k in offsets:
+            words[t] = offsets[k]
+    set_metadata(model, OFFLINE_PLAN, struct.pack(f"<3I{len(words)}i", 1, 0, len(words), *words))
+    return arena
+
+
+def _tile_geometries(model: Model, tiles: dict[int, TileChoice]) -> dict[int, TileGeometry]:
+    """Geometry of every operator to tile, in execution order; raises UnsupportedModelError for an
+    operator that does not exist or cannot be tiled, a tile count out of range, or a filter or bias
+    another operator reads too."""
+    geometries = {}
+    for op in sorted(tiles):
+        if not isinstance(op, int) or not 0 <= op < len(model.operators):
+            raise UnsupportedModelError(f"{model.source}: no operator {op} to tile (the model has "
+                                        f"{len(model.operators)}: 0..{len(model.operators) - 1})")
+        g = tile_geometry(model, op)
+        if not isinstance(tiles[op], TileChoice):
+            raise UnsupportedModelError(f"operator {op}: tiles must be given as TileChoice, not {tiles[op]!r}")
+        g.tile_channels(tiles[op].tiles)  # raises on a count out of range
+        readers = {k for k in range(len(model.operators)) for t in (g.filter, g.bias)
+                   if t >= 0 and t in model.op_inputs(k)}
+        if readers != {op}:
+            raise UnsupportedModelError(f"{model.source}: operator {op}'s weights are also read by operators "
+                                        f"{sorted(readers - {op})}; they cannot be tiled")
+        geometries[op] = g
+    return geometries
 
 
 def _refuse_offline_plan(model: Model) -> None:
-    if model.metadata("OfflineMemoryAllocation") is not None:
+    if model.metadata(OFFLINE_PLAN) is not None:
         raise UnsupportedModelError(
             f"{model.source}: the model carries an offline memory plan (OfflineMemoryAllocation); "
             "inserting load operators would invalidate it. Remove the plan first."
         )
 
 
-def _pick_loads(model: Model, min_bytes: int) -> list[tuple[int, int, int]]:
-    """(first reader op, tensor, buffer) of every tensor to load, in execution order.
+def _pick_loads(model: Model, min_bytes: int, skip: set[int] = frozenset()) -> list[tuple[int, int, int]]:
+    """(first reader op, tensor, buffer) of every tensor to load, in execution order (operators in
+    `skip`, the tiled ones, read their own weights).
 
     A tensor is loaded only when every operator reading it reads it in a loadable slot (an operator
     that needs the data at Prepare, or a constant tensor, keeps its input inline)."""
     picks, seen = [], _read_elsewhere(model)
     for op in range(len(model.operators)):
-        slots = LOADABLE_INPUTS.get(model.opcode_name(op), ())
+        slots = LOADABLE_INPUTS.get(model.opcode_name(op), ()) if op not in skip else ()
         inputs = model.operators[op].inputs
         for slot in slots:
             if inputs is None or slot >= len(inputs) or inputs[slot] < 0:
@@ -158,14 +262,17 @@ def _read_elsewhere(model: Model) -> set[int]:
     return tensors
 
 
-def _strip(model: Model, loaded: set[int]) -> Model:
-    """A copy of the model whose loaded tensors have no data (buffer 0) and no tflm_swap manifest."""
+def _strip(model: Model, loaded: set[int], detached: set[int] = frozenset()) -> Model:
+    """A copy of the model whose loaded tensors have no data (buffer 0), whose `detached` tensors
+    (tiled weights) have neither data nor size, and without the tflm_swap manifest."""
     fb = copy.deepcopy(model.fb)
     buffers = list(model.buffers)
     if buffers[0]:
         raise UnsupportedModelError(f"{model.source}: buffer 0 holds data; TFLite reserves it as the empty buffer")
     for t in loaded:
         fb.subgraphs[0].tensors[t].buffer = 0
+    for t in detached:
+        detach_tensor(Model(fb, buffers, b"", model.source), t)
     still_used = {int(tensor.buffer) for tensor in fb.subgraphs[0].tensors} | {
         int(m.buffer) for m in fb.metadata or []}
     for b in range(1, len(buffers)):
@@ -182,13 +289,15 @@ def _custom(opcode: int, inputs: list[int], outputs: list[int], segment: int, fl
     return make_operator(opcode, inputs, outputs, custom_options=struct.pack("<II", segment, flags))
 
 
-def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, flags: int) -> list[LoadStep]:
-    """Insert the load operators into the model's operator list; returns them in graph order."""
+def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, flags: int,
+                replace: dict[int, list[tfl.OperatorT]]) -> tuple[list[LoadStep], list[int]]:
+    """Insert the load operators into the model's operator list and put in the `replace`ments;
+    returns the loads in graph order and each source operator's new index."""
     by_op: dict[int, list[tuple[int, int]]] = {}
     for op, t, b in picks:
         by_op.setdefault(op, []).append((t, seg_of[b]))
-    asynchronous = {op: max(items, key=lambda x: model.tensor_nbytes(x[0])) for op, items in by_op.items()} \
-        if prefetch else {}
+    asynchronous = {op: max(items, key=lambda x: model.tensor_nbytes(x[0])) for op, items in by_op.items()
+                    if op == 0 or op - 1 not in replace} if prefetch else {}
     codes = {kind: opcode_index(model, tfl.BuiltinOperator.CUSTOM, kind)
              for kind in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP) if kind == LOAD_OP or prefetch}
     before: dict[int, list[tfl.OperatorT]] = {}
@@ -210,6 +319,6 @@ def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, fla
                 load(k, LOAD_OP, t, s, k, flags)
         if k + 1 in asynchronous:
             load(k, LOAD_START_OP, *asynchronous[k + 1], k + 1, 0)
-    position = splice_operators(model, before=before)  # original op k -> new index
+    position = splice_operators(model, before=before, replace=replace)  # original op k -> new index
     return [LoadStep(position[k] - len(before[k]) + slot, kind, s, t, position[reader])
-            for k, slot, kind, s, t, reader in steps]
+            for k, slot, kind, s, t, reader in steps], position

@@ -9,6 +9,7 @@ import zlib
 import pytest
 
 from tflm_swap.errors import SegmentIntegrityError
+from tflm_swap.format.flash_image import TileEntry
 from tflm_swap.micro import build_image, parse_image
 from tflm_swap.micro.toolchain import NativeToolError, build_fuzzer, build_unit_tests
 
@@ -39,6 +40,8 @@ def test_fuzz_image_reader_briefly(tmp_path):
     image, _ = build_image([bytes(range(40)), b"\x07" * 7, bytes(300)])
     (corpus / "valid").write_bytes(image)
     (corpus / "empty_table").write_bytes(build_image([])[0])
+    (corpus / "tiled").write_bytes(build_image([bytes(range(40)), b"\x07" * 7, bytes(30)],
+                                               tiles=[TileEntry(0, 2, 7, 4), TileEntry(2, 1, 3, 3)])[0])
     # The target allocates nothing; libFuzzer's corpus and ASan's quarantine make the process RSS.
     # Bounding input length and quarantine keeps that well under the limit on a loaded machine.
     env = {**os.environ, "ASAN_OPTIONS": "quarantine_size_mb=32:malloc_context_size=5"}

@@ -147,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="does the model fit a RAM budget, and how")
     _plan_options(pl)
+    pl.add_argument("--target", choices=("litert", "tflm"), default="litert",
+                    help="tflm: the weight tiles `convert --target tflm --ram-budget` would pick")
     pl.set_defaults(func=_cmd_plan)
 
     m = sub.add_parser("manifest", help="print the manifest of a segmented model as JSON")
@@ -336,6 +338,10 @@ def _cmd_plan(args) -> int:
 
     if not args.ram_budget:
         raise TflmSwapError("plan needs --ram-budget, e.g. --ram-budget 256KiB")
+    if args.target == "tflm":
+        from .micro.cli import plan_tflm
+
+        return plan_tflm(args.model, args)
     budget = parse_size(args.ram_budget)
     _, plan = _load_plan(args)
     print(strategy_table(plan), "", sep="\n")

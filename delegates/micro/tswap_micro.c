@@ -19,17 +19,42 @@ static int flash_read(const tswap_flash* flash, uint32_t offset, void* dst, uint
   return flash->read(flash->ctx, flash->base + offset, dst, len) == 0 ? TSWAP_OK : TSWAP_ERR_FLASH;
 }
 
-static int check_header(const uint8_t* h, const tswap_flash* flash, uint32_t cap, uint32_t* count) {
+/* The header fields both versions share, read by check_header. */
+typedef struct header_info {
+  uint32_t size;       /* header_size: header + segment table + tile table */
+  uint32_t base;       /* header bytes before the segment table: 32 (v1) or 48 (v2) */
+  uint32_t segments;
+  uint32_t tiles;
+  uint32_t image_size;
+  uint32_t alignment;
+  uint32_t table_crc;
+} header_info;
+
+static int check_header(const uint8_t* h, const tswap_flash* flash, uint32_t cap, header_info* out) {
+  uint32_t version, n, m, entries;
   if (memcmp(h, TSWAP_IMAGE_MAGIC, 4) != 0) return TSWAP_ERR_MAGIC;
-  if (get_u32(h + 4) != TSWAP_IMAGE_VERSION) return TSWAP_ERR_VERSION;
-  if (tswap_crc32(h, 28) != get_u32(h + 28)) return TSWAP_ERR_HEADER_CRC;
-  uint32_t n = get_u32(h + 12), header_size = get_u32(h + 8), image_size = get_u32(h + 16);
-  if (n > (UINT32_MAX - TSWAP_HEADER_BYTES) / TSWAP_ENTRY_BYTES) return TSWAP_ERR_TABLE;
-  if (header_size != TSWAP_HEADER_BYTES + n * TSWAP_ENTRY_BYTES || image_size < header_size) return TSWAP_ERR_TABLE;
-  if (!is_pow2(get_u32(h + 20)) || get_u32(h + 20) < driver_align(flash)) return TSWAP_ERR_ALIGN;
-  if (flash->size != 0u && image_size > flash->size) return TSWAP_ERR_TRUNCATED;
+  version = get_u32(h + 4);
+  if (version != TSWAP_IMAGE_VERSION && version != TSWAP_IMAGE_VERSION_TILES) return TSWAP_ERR_VERSION;
+  out->base = version == TSWAP_IMAGE_VERSION ? TSWAP_HEADER_BYTES : TSWAP_HEADER_BYTES_V2;
+  if (tswap_crc32(h, out->base - 4u) != get_u32(h + out->base - 4u)) return TSWAP_ERR_HEADER_CRC;
+  if (version == TSWAP_IMAGE_VERSION_TILES && (get_u32(h + 32) | get_u32(h + 36) | get_u32(h + 40)) != 0u) {
+    return TSWAP_ERR_TABLE;
+  }
+  n = get_u32(h + 12);
+  m = version == TSWAP_IMAGE_VERSION ? 0u : get_u32(h + 28);
+  out->size = get_u32(h + 8);
+  out->image_size = get_u32(h + 16);
+  out->alignment = get_u32(h + 20);
+  out->table_crc = get_u32(h + 24);
+  if (n > (UINT32_MAX - out->base) / TSWAP_ENTRY_BYTES) return TSWAP_ERR_TABLE;
+  entries = (UINT32_MAX - out->base) / TSWAP_ENTRY_BYTES - n;
+  if (m > entries) return TSWAP_ERR_TABLE;
+  if (out->size != out->base + (n + m) * TSWAP_ENTRY_BYTES || out->image_size < out->size) return TSWAP_ERR_TABLE;
+  if (!is_pow2(out->alignment) || out->alignment < driver_align(flash)) return TSWAP_ERR_ALIGN;
+  if (flash->size != 0u && out->image_size > flash->size) return TSWAP_ERR_TRUNCATED;
   if (n > cap) return TSWAP_ERR_CAPACITY;
-  *count = n;
+  out->segments = n;
+  out->tiles = m;
   return TSWAP_OK;
 }
 
@@ -45,36 +70,72 @@ static int check_entry(const uint8_t* e, uint32_t prev_end, uint32_t image_size,
   return TSWAP_OK;
 }
 
+/* A tile entry is consistent: at least one tile, its segments exist, and `channels` needs exactly
+ * `tiles` tiles of `tile_channels`. */
+static int check_tile(const uint8_t* e, uint32_t segment_count, tswap_tile* out) {
+  out->first_segment = get_u32(e);
+  out->tiles = get_u32(e + 4);
+  out->channels = get_u32(e + 8);
+  out->tile_channels = get_u32(e + 12);
+  if (out->tiles == 0u || out->tile_channels == 0u) return TSWAP_ERR_TILE;
+  if (out->first_segment > segment_count || out->tiles > segment_count - out->first_segment) return TSWAP_ERR_TILE;
+  if (out->tiles > UINT32_MAX / out->tile_channels) return TSWAP_ERR_TILE;
+  if (out->channels > out->tiles * out->tile_channels) return TSWAP_ERR_TILE;
+  if (out->channels <= (out->tiles - 1u) * out->tile_channels) return TSWAP_ERR_TILE;
+  return TSWAP_OK;
+}
+
 int tswap_image_open(tswap_image* img, const tswap_flash* flash, tswap_segment* table, uint32_t cap) {
-  uint8_t header[TSWAP_HEADER_BYTES];
+  uint8_t header[TSWAP_HEADER_BYTES_V2];
   uint8_t entry[TSWAP_ENTRY_BYTES];
-  uint32_t n = 0, i, crc = 0, end;
+  header_info h;
+  tswap_tile tile;
+  uint32_t i, crc = 0, end, at;
   int rc;
   if (img == NULL || flash == NULL || flash->read == NULL || (table == NULL && cap != 0u)) return TSWAP_ERR_ARG;
   if ((flash->start == NULL) != (flash->poll == NULL) || (flash->align > 1u && !is_pow2(flash->align))) {
     return TSWAP_ERR_ARG;
   }
   memset(img, 0, sizeof(*img));
-  if ((rc = flash_read(flash, 0, header, sizeof(header))) != TSWAP_OK) return rc;
-  if ((rc = check_header(header, flash, cap, &n)) != TSWAP_OK) return rc;
-  end = get_u32(header + 8);
-  for (i = 0; i < n; ++i) {
-    if ((rc = flash_read(flash, TSWAP_HEADER_BYTES + i * TSWAP_ENTRY_BYTES, entry, sizeof(entry))) != TSWAP_OK) {
-      return rc;
-    }
-    crc = tswap_crc32_update(crc, entry, sizeof(entry));
-    if ((rc = check_entry(entry, end, get_u32(header + 16), get_u32(header + 20), &table[i])) != TSWAP_OK) {
-      return rc;
-    }
-    end = table[i].offset + table[i].size;
+  if ((rc = flash_read(flash, 0, header, TSWAP_HEADER_BYTES)) != TSWAP_OK) return rc;
+  if (get_u32(header + 4) == TSWAP_IMAGE_VERSION_TILES &&
+      (rc = flash_read(flash, TSWAP_HEADER_BYTES, header + TSWAP_HEADER_BYTES,
+                       TSWAP_HEADER_BYTES_V2 - TSWAP_HEADER_BYTES)) != TSWAP_OK) {
+    return rc;
   }
-  if (crc != get_u32(header + 24)) return TSWAP_ERR_HEADER_CRC;
+  if ((rc = check_header(header, flash, cap, &h)) != TSWAP_OK) return rc;
+  end = h.size;
+  for (i = 0; i < h.segments + h.tiles; ++i) {
+    at = h.base + i * TSWAP_ENTRY_BYTES;
+    if ((rc = flash_read(flash, at, entry, sizeof(entry))) != TSWAP_OK) return rc;
+    crc = tswap_crc32_update(crc, entry, sizeof(entry));
+    if (i < h.segments) {
+      if ((rc = check_entry(entry, end, h.image_size, h.alignment, &table[i])) != TSWAP_OK) return rc;
+      end = table[i].offset + table[i].size;
+    } else if ((rc = check_tile(entry, h.segments, &tile)) != TSWAP_OK) {
+      return rc;
+    }
+  }
+  if (crc != h.table_crc) return TSWAP_ERR_HEADER_CRC;
   img->flash = flash;
   img->segments = table;
-  img->segment_count = n;
-  img->image_size = get_u32(header + 16);
-  img->alignment = get_u32(header + 20);
+  img->segment_count = h.segments;
+  img->image_size = h.image_size;
+  img->alignment = h.alignment;
+  img->tile_count = h.tiles;
+  img->tile_table = h.base + h.segments * TSWAP_ENTRY_BYTES;
   return TSWAP_OK;
+}
+
+int tswap_tile_get(const tswap_image* img, uint32_t id, tswap_tile* out) {
+  uint8_t entry[TSWAP_TILE_BYTES];
+  int rc;
+  if (img == NULL || img->flash == NULL || out == NULL) return TSWAP_ERR_ARG;
+  if (id >= img->tile_count) return TSWAP_ERR_TILE;
+  if ((rc = flash_read(img->flash, img->tile_table + id * TSWAP_TILE_BYTES, entry, sizeof(entry))) != TSWAP_OK) {
+    return rc;
+  }
+  return check_tile(entry, img->segment_count, out);
 }
 
 int tswap_check_request(const tswap_image* img, uint32_t id, uint32_t offset, uint32_t len, const void* dst) {
@@ -179,6 +240,7 @@ const char* tswap_strerror(int status) {
     case TSWAP_ERR_CRC: return "segment CRC mismatch";
     case TSWAP_ERR_BUSY: return "a load is already in flight";
     case TSWAP_ERR_IDLE: return "no load in flight";
+    case TSWAP_ERR_TILE: return "tile-table entry out of range or inconsistent";
     default: return "unknown tswap status";
   }
 }

@@ -10,8 +10,19 @@
  *      then the segments, each at a multiple of `alignment` from the image start, ascending,
  *      non-overlapping, inside image_size.
  *
- * A segment holds one constant tensor's bytes. The TFLM load operator reads segment `id` into its
- * output tensor (see tswap_tflm.h). CRC32 is zlib's (delegates/common/tswap_crc32.h).
+ * Version 2 (written when the graph has tiled operators) has a 48-byte header and a tile table:
+ *
+ *   0  magic "TSWI"    12 segment_count   24 table_crc32 (segment table + tile table)   32..43 reserved (0)
+ *   4  version (2)     16 image_size      28 tile_count                                 44 header_crc32
+ *   8  header_size     20 alignment                                                        (of bytes 0..43)
+ *  48  segment table (segment_count x 16 bytes), then the tile table: tile_count x
+ *      { first_segment, tiles, channels, tile_channels } (16 bytes each); header_size = 48 + 16 (n + m)
+ *
+ * A segment holds one constant tensor's bytes, or one weight tile (filter slice, then its bias slice
+ * at the next multiple of 4). The TFLM load operator reads segment `id` into its output tensor; a
+ * tiled kernel reads the segments first_segment .. first_segment + tiles - 1 of its tile-table entry,
+ * tile k holding output channels [k * tile_channels, min((k + 1) * tile_channels, channels)) (see
+ * tswap_tflm.h). CRC32 is zlib's (delegates/common/tswap_crc32.h).
  */
 #ifndef TSWAP_MICRO_H_
 #define TSWAP_MICRO_H_
@@ -24,9 +35,12 @@ extern "C" {
 #endif
 
 #define TSWAP_IMAGE_MAGIC "TSWI"
-#define TSWAP_IMAGE_VERSION 1u
-#define TSWAP_HEADER_BYTES 32u
+#define TSWAP_IMAGE_VERSION 1u      /* without a tile table */
+#define TSWAP_IMAGE_VERSION_TILES 2u /* with a tile table (newest version read) */
+#define TSWAP_HEADER_BYTES 32u       /* version 1 */
+#define TSWAP_HEADER_BYTES_V2 48u
 #define TSWAP_ENTRY_BYTES 16u
+#define TSWAP_TILE_BYTES 16u
 
 typedef enum {
   TSWAP_OK = 0,
@@ -43,7 +57,8 @@ typedef enum {
   TSWAP_ERR_FLASH = -11,       /* the flash driver reported an error */
   TSWAP_ERR_CRC = -12,         /* segment payload CRC mismatch */
   TSWAP_ERR_BUSY = -13,        /* an asynchronous read is already in flight */
-  TSWAP_ERR_IDLE = -14         /* wait without a started read */
+  TSWAP_ERR_IDLE = -14,        /* wait without a started read */
+  TSWAP_ERR_TILE = -15         /* tile-table entry out of range or inconsistent */
 } tswap_status;
 
 /* The user's flash driver. `read` is required and blocking; `start`/`poll` are optional (both or
@@ -66,6 +81,15 @@ typedef struct tswap_segment {
   uint32_t crc32;
 } tswap_segment;
 
+/* One tile-table entry: an operator's weights in `tiles` segments of `tile_channels` output channels
+ * (the last tile may hold fewer), `channels` in all. */
+typedef struct tswap_tile {
+  uint32_t first_segment;
+  uint32_t tiles;
+  uint32_t channels;
+  uint32_t tile_channels;
+} tswap_tile;
+
 typedef struct tswap_image {
   const tswap_flash* flash;
   tswap_segment* segments; /* caller-provided storage, filled by tswap_image_open */
@@ -74,11 +98,18 @@ typedef struct tswap_image {
   uint32_t alignment;
   uint32_t pending;        /* 1 while an asynchronous load is in flight */
   uint64_t bytes_read;     /* payload bytes read from flash since open (statistics) */
+  uint32_t tile_count;     /* tile-table entries (0 in a version-1 image) */
+  uint32_t tile_table;     /* image offset of the tile table */
 } tswap_image;
 
 /* Read and validate the header and segment table through `flash` into `table` (capacity `cap`).
- * Checks magic, version, both CRCs, sizes, alignment, ordering and bounds of every segment. */
+ * Checks magic, version (1 or 2), both CRCs, sizes, alignment, ordering and bounds of every segment
+ * and, in version 2, every tile-table entry (which stays in flash: see tswap_tile_get). */
 int tswap_image_open(tswap_image* img, const tswap_flash* flash, tswap_segment* table, uint32_t cap);
+
+/* Read and check tile-table entry `id` (validated at open: tiles >= 1, the segments exist, channels
+ * fill exactly `tiles` tiles of `tile_channels`). */
+int tswap_tile_get(const tswap_image* img, uint32_t id, tswap_tile* out);
 
 /* Check a load request without reading: valid id, [offset, offset+len) inside the segment, flash
  * address and `dst` aligned as the driver requires. `dst` may be NULL to skip the pointer check. */

@@ -1,4 +1,4 @@
-"""The TFLM-target flash image ("TSWI", version 1): header, segment table, aligned segments.
+"""The TFLM-target flash image ("TSWI", version 1 or 2): header, segment table, aligned segments.
 
 Byte layout (little-endian), read by `delegates/micro/tswap_micro.c`::
 
@@ -8,7 +8,13 @@ Byte layout (little-endian), read by `delegates/micro/tswap_micro.c`::
    12  segment_count      28 header_crc32 (CRC32 of bytes 0..27)
    32  segment_count x {offset, size, crc32, reserved=0}, then the segments in order, zero padded
 
-CRC32 is zlib's. One segment holds the bytes of one constant tensor buffer. Written by
+Version 2 (written only when the graph has tiled operators; version 1 otherwise) has a 48-byte
+header (version 2, `tile_count` at 28, three reserved zero words at 32..43, header_crc32 of bytes
+0..43 at 44; table_crc32 covers both tables) and, after the segment table, a tile table of
+`tile_count` x {first_segment, tiles, channels, tile_channels}.
+
+CRC32 is zlib's. One segment holds the bytes of one constant tensor buffer, or one weight tile of a
+tiled operator (filter slice, then bias slice at the next multiple of 4). Written by
 `tflm_swap.converters.flash_image.build_image`.
 """
 
@@ -22,12 +28,15 @@ from ..errors import SegmentIntegrityError
 
 MAGIC = b"TSWI"
 VERSION = 1
+VERSION_TILES = 2
 HEADER_BYTES = 32
+HEADER_BYTES_V2 = 48
 ENTRY_BYTES = 16
 DEFAULT_ALIGNMENT = 16
 MAX_ALIGNMENT = 1 << 20  # a flash sector is far smaller; larger only pads the image
 HEADER = struct.Struct("<4sIIIII")  # magic, version, header_size, count, image_size, alignment
 ENTRY = struct.Struct("<IIII")
+TILE = struct.Struct("<IIII")  # first_segment, tiles, channels, tile_channels
 
 
 @dataclass(frozen=True)
@@ -40,26 +49,62 @@ class ImageSegment:
     crc32: int
 
 
+@dataclass(frozen=True)
+class TileEntry:
+    """One tile-table entry: a tiled operator's weights in `tiles` consecutive segments from
+    `first_segment`, `tile_channels` output channels each (the last may hold fewer), `channels` in all."""
+
+    first_segment: int
+    tiles: int
+    channels: int
+    tile_channels: int
+
+
 def parse_image(image: bytes, check_payloads: bool = True) -> list[ImageSegment]:
     """Validate an image as the C core does and return its segment table."""
+    return _parse(image, check_payloads)[0]
+
+
+def parse_tile_table(image: bytes) -> list[TileEntry]:
+    """Validate an image as the C core does and return its tile table (empty for version 1)."""
+    return _parse(image, False)[1]
+
+
+def _parse(image: bytes, check_payloads: bool) -> tuple[list[ImageSegment], list[TileEntry]]:
     if len(image) < HEADER_BYTES:
         raise SegmentIntegrityError(f"image of {len(image)} bytes is shorter than its {HEADER_BYTES}-byte header")
     magic, version, header_size, count, image_size, alignment = HEADER.unpack_from(image)
-    table_crc, header_crc = struct.unpack_from("<II", image, 24)
     if magic != MAGIC:
         raise SegmentIntegrityError(f"not a tflm_swap TFLM image (magic {magic!r}, expected {MAGIC!r})")
-    if version != VERSION:
-        raise SegmentIntegrityError(f"image version {version}; this tflm_swap reads version {VERSION}")
-    if zlib.crc32(image[:28]) != header_crc:
+    if version not in (VERSION, VERSION_TILES):
+        raise SegmentIntegrityError(f"image version {version}; this tflm_swap reads versions {VERSION} and "
+                                    f"{VERSION_TILES}")
+    base = HEADER_BYTES if version == VERSION else HEADER_BYTES_V2
+    if len(image) < base or zlib.crc32(image[: base - 4]) != struct.unpack_from("<I", image, base - 4)[0]:
         raise SegmentIntegrityError("image header CRC mismatch (corrupt header)")
-    if header_size != HEADER_BYTES + ENTRY_BYTES * count or image_size > len(image) or image_size < header_size:
+    table_crc = struct.unpack_from("<I", image, 24)[0]
+    n_tiles = 0 if version == VERSION else struct.unpack_from("<I", image, 28)[0]
+    if version == VERSION_TILES and any(struct.unpack_from("<III", image, 32)):
+        raise SegmentIntegrityError("image header inconsistent: reserved words are not zero")
+    if header_size != base + ENTRY_BYTES * (count + n_tiles) or image_size > len(image) or image_size < header_size:
         raise SegmentIntegrityError(
-            f"image header inconsistent: {count} segments, header {header_size} bytes, image_size "
-            f"{image_size}, {len(image)} bytes present (truncated?)"
+            f"image header inconsistent: {count} segments, {n_tiles} tiled operators, header {header_size} "
+            f"bytes, image_size {image_size}, {len(image)} bytes present (truncated?)"
         )
-    table = image[HEADER_BYTES:header_size]
-    if zlib.crc32(table) != table_crc:
+    if zlib.crc32(image[base:header_size]) != table_crc:
         raise SegmentIntegrityError("image segment table CRC mismatch")
+    segments = _segments(image, base, count, header_size, image_size, alignment, check_payloads)
+    tiles = [TileEntry(*TILE.unpack_from(image, base + ENTRY_BYTES * (count + i))) for i in range(n_tiles)]
+    for i, t in enumerate(tiles):
+        if (t.tiles < 1 or t.tile_channels < 1 or t.first_segment + t.tiles > count
+                or not (t.tiles - 1) * t.tile_channels < t.channels <= t.tiles * t.tile_channels):
+            raise SegmentIntegrityError(f"tile-table entry {i} {t} is inconsistent")
+    return segments, tiles
+
+
+def _segments(image: bytes, base: int, count: int, header_size: int, image_size: int, alignment: int,
+              check_payloads: bool) -> list[ImageSegment]:
+    table = image[base : base + ENTRY_BYTES * count]
     segments, end = [], header_size
     for i in range(count):
         offset, size, crc, reserved = ENTRY.unpack_from(table, i * ENTRY_BYTES)

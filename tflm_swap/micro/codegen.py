@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 from ..converters.tflm import LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, MicroModel
+from ..converters.tflm_tiles import TILED_KERNELS
 from ..errors import TflmSwapError, UnsupportedModelError
 from ..fileio import refuse_inputs, staged_directory
 from ..format.model import Model
@@ -28,7 +29,8 @@ _RESOLVER_NAMES = {
     "MAX_POOL_2D": "MaxPool2D", "L2_POOL_2D": "L2Pool2D", "PADV2": "PadV2", "RELU6": "Relu6",
     "RELU_N1_TO_1": "ReluN1To1", "BATCH_MATMUL": "BatchMatMul", "TRANSPOSE_CONV": "TransposeConv",
 }
-_OUR_OPS = {f"CUSTOM:{k}" for k in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP)}
+_OUR_OPS = {f"CUSTOM:{k}" for k in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, *TILED_KERNELS.values())}
+_OUR_SLOTS = len(_OUR_OPS)  # tswap::AddLoadOps registers them all (tswap::kResolverSlots)
 
 
 def resolver_method(builtin: str) -> str:
@@ -139,7 +141,7 @@ def _main(prefix: str, upper: str, ops: list[str]) -> str:
     template = (native_sources() / "micro" / "example" / "main.cc.in").read_text()
     lines = "\n".join(f"  if (resolver.{resolver_method(o)}() != kTfLiteOk) return Fail(\"resolver: {o}\", 0);"
                       for o in ops)
-    return string.Template(template).substitute(name=prefix, upper=upper, op_count=len(ops) + 3,
+    return string.Template(template).substitute(name=prefix, upper=upper, op_count=len(ops) + _OUR_SLOTS,
                                                 resolver_lines=lines)
 
 
@@ -149,8 +151,8 @@ def _readme(prefix: str) -> str:
 - `{prefix}_model_data.cc/.h`: the graph (keep it in internal flash).
 - `{prefix}_image.bin`: the weights image; write it to external flash (QSPI/SPI NOR, SD card).
 - `{prefix}_tswap.h`: its segment table, size, CRC32 and the arena size.
-- `tswap/`: the tflm_swap micro library: add `tswap_micro.c`, `tswap_crc32.c`, `tswap_tflm.cc`
-  to your TFLM build (`tswap_file_flash.c` only on hosted builds).
+- `tswap/`: the tflm_swap micro library: add `tswap_micro.c`, `tswap_crc32.c`, `tswap_tflm.cc`,
+  `tswap_tiled.cc` to your TFLM build (`tswap_file_flash.c` only on hosted builds).
 - `main.cc`: the example. On a device build with `-DTSWAP_BOARD_FLASH` and implement
   `int tswap_board_flash_init(tswap_flash*)` (blocking `read`; optional DMA `start`/`poll`).
 
@@ -159,7 +161,7 @@ Host build against a TFLM library (here xmos-ai-tools' host TFLM, namespace `tfl
 ```
 gcc -std=c99 -O2 -Itswap -c tswap/tswap_micro.c tswap/tswap_crc32.c tswap/tswap_file_flash.c
 g++ -std=c++17 -O2 -Dtflite=tflite_micro -I. -Itswap -I$TFLM_INCLUDE -I/usr/include/gemmlowp \\
-    main.cc {prefix}_model_data.cc tswap/tswap_tflm.cc *.o $TFLM_LIBRARY -o {prefix}_example
+    main.cc {prefix}_model_data.cc tswap/tswap_tflm.cc tswap/tswap_tiled.cc *.o $TFLM_LIBRARY -o {prefix}_example
 ./{prefix}_example {prefix}_image.bin [input.bin]
 ```
 """

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -22,12 +23,15 @@ import numpy as np
 from ..converters.convert import SegmentedModel
 from ..converters.keras import to_tflite
 from ..converters.tflm import MicroModel, rewrite_for_tflm
-from ..errors import TflmSwapError
+from ..converters.tflm_tiles import TileChoice
+from ..errors import BudgetError, TflmSwapError
 from ..format.flash_image import DEFAULT_ALIGNMENT
 from ..format.model import Model
 from ..format.segments import DEFAULT_MIN_SEGMENT_BYTES
+from ..units import parse_size
 from .codegen import check_options, generate_project
 from .predict import predict_arena
+from .tiles import choose_tiles, normalize_tiles, stock_tail
 from .toolchain import NativeToolError, build_example
 
 PREDICTION_MARGIN = 1024  # bytes: TFLM builds differ by a few hundred bytes of persistent data
@@ -94,6 +98,9 @@ def export_project(
     arena_size: int | None = None,
     min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
     source: str | os.PathLike[str] | None = None,
+    ram_budget: int | str | None = None,
+    tiles: Mapping[int, int | TileChoice] | None = None,
+    offline_plan: bool | None = None,
 ) -> TflmProject:
     """Write a TFLite Micro project for `model` into `out_dir`, with its weights in a flash image.
 
@@ -105,6 +112,12 @@ def export_project(
     `alignment` of the segments in the image, `arena_size` (default: measured on the host TFLM, or
     predicted by the planner plus `PREDICTION_MARGIN` when the host TFLM is missing) and
     `min_segment_bytes` (smaller weights stay inline in the graph).
+    `tiles` ({source operator: tile count or TileChoice}) computes those operators in weight tiles
+    (counts take `prefetch`); `ram_budget` (bytes, or "48KiB") instead picks the tiles with
+    `tiles.choose_tiles` and raises `BudgetError` naming the smallest reachable arena when even the
+    finest tiles do not fit, or when the arena measured on the host TFLM exceeds the budget.
+    `offline_plan` (default: on with `ram_budget`, else off) writes the planner's packed arena
+    layout into the graph as TFLM's `OfflineMemoryAllocation` plan.
 
     `source`: the file the model came from, when `model` is not a path: names the default prefix
     and error messages. No output is written over `model`'s or `source`'s file: every destination
@@ -116,13 +129,34 @@ def export_project(
         origin = origin or os.fspath(model)
     prefix = prefix if prefix is not None else _identifier(Path(origin).stem) if origin else "model"
     check_options(prefix, arena_size)  # before the rewrite and the arena measurement, which take time
+    budget = _budget(ram_budget, tiles)
+    chosen = normalize_tiles(tiles, prefetch)
     parsed = _source_model(model, origin or "<bytes>")  # parsed once, handed on
-    micro = rewrite_for_tflm(parsed, min_segment_bytes=min_segment_bytes, prefetch=prefetch,
-                             verify_crc=verify_crc, alignment=alignment)
+    options = dict(min_segment_bytes=min_segment_bytes, prefetch=prefetch, verify_crc=verify_crc, alignment=alignment,
+                   offline_plan=budget is not None if offline_plan is None else offline_plan)
+    if budget is not None:
+        micro = choose_tiles(parsed, budget, stock_tail(parsed), **options).micro
+    else:
+        micro = rewrite_for_tflm(parsed, tiles=chosen, **options)
     arena = ArenaSize(arena_size, False) if arena_size is not None else measured_arena(micro, parsed)
+    if budget is not None and arena.measured and arena.size > budget:
+        raise BudgetError(f"the arena measured on the host TFLM, {arena.size} bytes, exceeds the RAM budget "
+                          f"{budget} bytes that the planner's prediction fitted")
     inputs = (origin,) if origin else ()
     files = generate_project(micro, out_dir, prefix, arena.size, inputs=inputs)
     return TflmProject(Path(out_dir), prefix, files, micro, arena.size, arena.measured, arena.note)
+
+
+def _budget(ram_budget: int | str | None, tiles) -> int | None:
+    """The RAM budget in bytes (None: none given); refuses a budget with explicit tiles."""
+    if ram_budget is None:
+        return None
+    if tiles:
+        raise TflmSwapError("give either tiles or a RAM budget (which picks the tiles), not both")
+    budget = parse_size(ram_budget) if isinstance(ram_budget, str) else ram_budget
+    if not isinstance(budget, int) or budget <= 0:
+        raise TflmSwapError(f"RAM budget {ram_budget!r} must be a positive number of bytes")
+    return budget
 
 
 def measured_arena(micro: MicroModel, source: bytes | Model) -> ArenaSize:

@@ -21,7 +21,7 @@ from ..errors import TflmSwapError
 
 # Library files a user's project needs, relative to the source root (delegates/).
 CORE_FILES = ("micro/tswap_micro.h", "micro/tswap_micro.c", "common/tswap_crc32.h", "common/tswap_crc32.c")
-TFLM_FILES = ("micro/tswap_tflm.h", "micro/tswap_tflm.cc")
+TFLM_FILES = ("micro/tswap_tflm.h", "micro/tswap_tflm.cc", "micro/tswap_tiled.cc")
 HOST_FILES = ("micro/tswap_file_flash.h", "micro/tswap_file_flash.c")
 GEMMLOWP_DIRS = ("/usr/include/gemmlowp", "/usr/local/include/gemmlowp")
 
@@ -127,7 +127,8 @@ def build_host_runner() -> Path:
     """The host runner (delegates/micro/host/tswap_host_runner.cc) linked to the host TFLM."""
     root, tflm = native_sources(), host_tflm()
     c_src = [root / f for f in CORE_FILES + HOST_FILES if f.endswith(".c")]
-    cc_src = [root / "micro" / "host" / "tswap_host_runner.cc", root / "micro" / "tswap_tflm.cc"]
+    cc_src = [root / "micro" / "host" / "tswap_host_runner.cc", root / "micro" / "tswap_tflm.cc",
+              root / "micro" / "tswap_tiled.cc"]
     objects = [build_c_object(src) for src in c_src]
     command = [compiler("g++"), "-O2", "-Wall", *tflm.cxx_flags(), f"-I{root / 'micro'}",
                f"-I{root / 'common'}", *map(str, cc_src), *map(str, objects), *tflm.link_flags()]
@@ -149,7 +150,7 @@ def build_example(project: str | Path, prefix: str) -> Path:
     objects = [build(f"example-{s.stem}.o", [s], [compiler("gcc"), "-std=c99", "-O2", "-Wall", "-Wextra",
                                                   "-Werror", f"-I{lib}", "-c", str(s)], moved=project)
                for s in c_src]
-    cc_src = [project / "main.cc", project / f"{prefix}_model_data.cc", lib / "tswap_tflm.cc"]
+    cc_src = [project / "main.cc", project / f"{prefix}_model_data.cc", lib / "tswap_tflm.cc", lib / "tswap_tiled.cc"]
     command = [compiler("g++"), "-O2", "-Wall", *tflm.cxx_flags(), f"-I{project}", f"-I{lib}",
                *map(str, cc_src), *map(str, objects), *tflm.link_flags()]
     return build(f"{prefix}_example", c_src + cc_src + [project / f"{prefix}_tswap.h"], command,

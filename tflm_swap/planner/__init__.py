@@ -19,9 +19,11 @@ from .memory import (
     StrategyPlan,
     WeightGroup,
     activation_blocks,
+    activation_tensors,
     greedy_arena,
     live_bytes,
     op_macs,
+    packed_arena,
     plan_model,
     weight_blocks,
     weight_groups,
@@ -42,6 +44,7 @@ from .stages import (
 __all__ = [
     "ARENA_ALIGNMENT", "BUILTIN_COSTS", "XNNPACK_COSTS", "XNNPACK_PAGED_COSTS", "Block", "CostModel",
     "LatencyEstimate", "OpCost", "Plan", "Stage", "StrategyPlan", "WeightGroup", "activation_blocks",
+    "activation_tensors", "packed_arena",
     "estimate_latency", "greedy_arena", "live_bytes", "min_stage_budget", "op_macs", "partition_stages",
     "plan_model", "simulate_invoke", "stage_of", "streamed_bytes", "weight_blocks", "weight_groups",
 ]

@@ -214,6 +214,11 @@ def _check_manifest_refs(manifest: Manifest, model: Model) -> None:
 
 def activation_blocks(model: Model) -> list[Block]:
     """Lifetimes of every non-constant tensor, as TFLite Micro's allocator computes them."""
+    return [b for _, b in activation_tensors(model)]
+
+
+def activation_tensors(model: Model) -> list[tuple[int, Block]]:
+    """(tensor index, block) of every non-constant tensor, in `activation_blocks` order."""
     n = len(model.operators)
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -233,9 +238,9 @@ def activation_blocks(model: Model) -> list[Block]:
     for t in sorted(first):
         tensor = model.tensors[t]
         if tensor.isVariable:
-            blocks.append(Block(model.tensor_name(t), model.tensor_nbytes(t), 0, max(n - 1, 0), "activation"))
+            blocks.append((t, Block(model.tensor_name(t), model.tensor_nbytes(t), 0, max(n - 1, 0), "activation")))
         elif model.constant_buffer(t) is None:
-            blocks.append(Block(model.tensor_name(t), model.tensor_nbytes(t), first[t], last[t], "activation"))
+            blocks.append((t, Block(model.tensor_name(t), model.tensor_nbytes(t), first[t], last[t], "activation")))
     return blocks
 
 
@@ -259,25 +264,109 @@ def live_bytes(blocks: Sequence[Block], n_ops: int) -> list[int]:
     return timeline
 
 
-def greedy_arena(blocks: Sequence[Block], alignment: int = ARENA_ALIGNMENT) -> tuple[int, list[int]]:
+def greedy_arena(blocks: Sequence[Block], alignment: int = ARENA_ALIGNMENT,
+                 fixed: dict[int, int] | None = None) -> tuple[int, list[int]]:
     """Place blocks like TFLM's GreedyMemoryPlanner: largest first, each at the lowest offset that
-    does not overlap a placed block alive at the same time. Returns (arena size, offsets)."""
+    does not overlap a placed block alive at the same time. `fixed` (block index -> offset) are
+    offline-planned blocks, placed first where they are, as TFLM does with an `OfflineMemoryAllocation`
+    plan. Returns (arena size, offsets)."""
+    fixed = fixed or {}
     # TFLM fills its sort array from the tail, then bubble-sorts stably: ties go in reverse input order.
-    order = sorted(range(len(blocks)), key=lambda i: (-blocks[i].size, -i))
+    online = sorted((i for i in range(len(blocks)) if i not in fixed), key=lambda i: (-blocks[i].size, -i))
     placed: list[tuple[int, int, int, int]] = []  # offset, aligned size, first, last
     offsets = [0] * len(blocks)
-    for i in order:
+    for i in sorted(fixed):
+        placed.append((fixed[i], align(blocks[i].size, alignment), blocks[i].first, blocks[i].last))
+        offsets[i] = fixed[i]
+    for i in online:
         b = blocks[i]
         size = align(b.size, alignment)
-        busy = sorted((o, s) for o, s, f, last in placed if f <= b.last and b.first <= last)
-        offset = 0
-        for o, s in busy:
-            if o >= offset + size:
-                break
-            offset = max(offset, o + s)
-        placed.append((offset, size, b.first, b.last))
-        offsets[i] = offset
+        offsets[i] = _lowest_gap(placed, size, b.first, b.last)
+        placed.append((offsets[i], size, b.first, b.last))
     return max((o + s for o, s, _, _ in placed), default=0), offsets
+
+
+def _lowest_gap(placed, size: int, first: int, last: int) -> int:
+    """The lowest offset where `size` bytes fit between the placed blocks alive in [first, last]."""
+    busy = sorted((o, s) for o, s, f, l_ in placed if f <= last and first <= l_)
+    offset = 0
+    for o, s in busy:
+        if o >= offset + size:
+            break
+        offset = max(offset, o + s)
+    return offset
+
+
+def _highest_gap(placed, size: int, first: int, last: int, ceiling: int) -> int | None:
+    """The highest offset <= ceiling - size where `size` bytes fit between the placed blocks alive in
+    [first, last], or None."""
+    busy = [(o, o + s) for o, s, f, l_ in placed if f <= last and first <= l_]
+    for top in sorted({ceiling, *(o for o, _ in busy if o <= ceiling)}, reverse=True):
+        if top >= size and all(end <= top - size or start >= top for start, end in busy):
+            return top - size
+    return None
+
+
+def packed_arena(blocks: Sequence[Block], online: Sequence[int] = (), alignment: int = ARENA_ALIGNMENT,
+                 seconds: float = 1.0, seed: int = 0) -> tuple[int, dict[int, int]]:
+    """A tighter layout than the greedy one, for TFLM's offline plan: offsets for every block except
+    those in `online` (TFLM plans those itself, greedily, around the fixed ones: the scratch
+    buffers). Tries TFLM's greedy order, orders by first use / lifetime / size x lifetime, each filled
+    bottom-up or alternately from a ceiling down (the ping-pong of a chain), then random orders
+    until `seconds` pass or the live-bytes lower bound is reached. Each candidate is scored by
+    `greedy_arena` with it fixed, as TFLM would lay it out. Returns (arena, {block: offset})."""
+    import random
+    import time
+
+    rng = random.Random(seed)
+    planned = [i for i in range(len(blocks)) if i not in set(online) and blocks[i].size > 0]
+    n_steps = max((b.last for b in blocks), default=-1) + 1
+    bound = max(live_bytes([Block(b.name, align(b.size, alignment), b.first, b.last, b.kind) for b in blocks],
+                           n_steps), default=0)
+    base_size, base_offsets = greedy_arena(blocks, alignment)
+    best = (base_size, {i: base_offsets[i] for i in planned})
+    orders = [
+        sorted(planned, key=lambda i: (-blocks[i].size, -i)),
+        sorted(planned, key=lambda i: (blocks[i].first, -blocks[i].size)),
+        sorted(planned, key=lambda i: (-(blocks[i].last - blocks[i].first), -blocks[i].size)),
+        sorted(planned, key=lambda i: (-blocks[i].size * (blocks[i].last - blocks[i].first + 1), i)),
+    ]
+    deadline = time.monotonic() + seconds
+    attempt = 0
+    while best[0] > bound and (attempt < 2 * len(orders) or time.monotonic() < deadline):
+        if attempt < 2 * len(orders):
+            order, mode = orders[attempt // 2], attempt % 2
+        else:
+            order = sorted(planned, key=lambda i: -blocks[i].size * rng.uniform(0.5, 1.5))
+            mode = rng.randrange(2)
+        attempt += 1
+        for ceiling in ([None] if mode == 0 else [bound, best[0] - alignment]):
+            offsets = _place(blocks, order, alignment, ceiling, rng if attempt > 2 * len(orders) else None)
+            size = greedy_arena(blocks, alignment, offsets)[0]
+            if size < best[0]:
+                best = (size, offsets)
+    return best
+
+
+def _place(blocks: Sequence[Block], order: Sequence[int], alignment: int, ceiling: int | None,
+           rng=None) -> dict[int, int]:
+    """First-fit placement in `order`: from the bottom, or (with a ceiling) alternately hanging each
+    block from the ceiling and standing it on the floor, falling back to the floor."""
+    placed: list[tuple[int, int, int, int]] = []
+    offsets = {}
+    for k, i in enumerate(order):
+        b = blocks[i]
+        size = align(b.size, alignment)
+        offset = None
+        if ceiling is not None and (k % 2 if rng is None else rng.randrange(2)):
+            offset = _highest_gap(placed, size, b.first, b.last, ceiling)
+            if offset is not None and offset % alignment:
+                offset = None
+        if offset is None:
+            offset = _lowest_gap(placed, size, b.first, b.last)
+        offsets[i] = offset
+        placed.append((offset, size, b.first, b.last))
+    return offsets
 
 
 def _strategy(plan: Plan, prefetch: int | None) -> StrategyPlan:

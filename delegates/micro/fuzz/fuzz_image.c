@@ -1,5 +1,6 @@
-/* libFuzzer target: arbitrary bytes as a flash image. Opening must never read out of bounds, and
- * every segment an accepted image lists must load (with its CRC checked) within the flash.
+/* libFuzzer target: arbitrary bytes as a flash image (version 1 or 2). Opening must never read out of
+ * bounds, every segment an accepted image lists must load (with its CRC checked) within the flash,
+ * and every tile-table entry it lists must read back consistent.
  * Build: clang -fsanitize=fuzzer,address,undefined -I.. -I../../common fuzz_image.c ../tswap_micro.c
  *        ../../common/tswap_crc32.c */
 #include <stddef.h>
@@ -18,6 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   tswap_flash flash;
   tswap_memory_flash mem;
   tswap_image image;
+  tswap_tile tile;
   uint32_t i;
   int rc;
   if (size > UINT32_MAX) return 0;
@@ -31,6 +33,12 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     rc = tswap_load(&image, i, 0, dst, table[i].size, 1);
     if (rc != TSWAP_OK && rc != TSWAP_ERR_CRC && rc != TSWAP_ERR_ALIGN) abort();
   }
+  for (i = 0; i < image.tile_count && i < MAX_SEGMENTS; ++i) { /* every entry was checked at open */
+    if (tswap_tile_get(&image, i, &tile) != TSWAP_OK) abort();
+    if (tile.tiles == 0u || tile.first_segment + (uint64_t)tile.tiles > image.segment_count) abort();
+    if (tile.channels > (uint64_t)tile.tiles * tile.tile_channels) abort();
+  }
+  if (tswap_tile_get(&image, image.tile_count, &tile) != TSWAP_ERR_TILE) abort();
   (void)tswap_image_verify(&image, scratch, sizeof(scratch));
   rc = tswap_check_request(&image, image.segment_count, 0, 0, NULL);
   if (rc != TSWAP_ERR_SEGMENT_ID) abort();

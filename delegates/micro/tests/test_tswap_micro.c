@@ -16,6 +16,14 @@ static int failures = 0;
     }                                                                                            \
   } while (0)
 
+#define CHECK_NE_OK(got)                                                                         \
+  do {                                                                                           \
+    if ((got) == TSWAP_OK) {                                                                     \
+      printf("FAIL %s:%d: %s accepted\n", __FILE__, __LINE__, #got);                            \
+      ++failures;                                                                                \
+    }                                                                                            \
+  } while (0)
+
 static void put_u32(uint8_t* p, uint32_t v) {
   p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
 }
@@ -107,8 +115,10 @@ static void test_corrupt(void) {
   uint32_t size = make_image(img, sizeof(img)), i;
   memcpy(bad, img, size); bad[0] = 'X';
   CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_MAGIC);
-  memcpy(bad, img, size); put_u32(bad + 4, 2); seal(bad);
+  memcpy(bad, img, size); put_u32(bad + 4, 3); seal(bad);
   CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_VERSION);
+  memcpy(bad, img, size); put_u32(bad + 4, 2); seal(bad); /* a version-1 layout claiming version 2 */
+  CHECK_NE_OK(open_mem(&im, &fl, &mem, bad, size, table, 8));
   /* every single-bit flip in header or table is caught */
   for (i = 8 * 8; i < 8 * (32 + 48); ++i) {
     int rc;
@@ -262,8 +272,93 @@ static void test_async_and_driver_errors(void) {
   CHECK_EQ(strcmp(tswap_strerror(12345), "unknown tswap status"), 0);
 }
 
+/* Version 2: three segments (40, 7, 64 bytes) and two tile entries {first, tiles, channels,
+ * tile_channels}: {0, 2, 7, 4} and {2, 1, 3, 3}. Returns the image size. */
+static uint32_t make_tiled_image(uint8_t* img, uint32_t cap, const uint32_t tiles[2][4]) {
+  const uint32_t sizes[3] = {40, 7, 64}, header = 48 + 16 * (3 + 2);
+  uint32_t offset = header, i, j;
+  memset(img, 0, cap);
+  memcpy(img, "TSWI", 4);
+  put_u32(img + 4, 2);
+  put_u32(img + 8, header);
+  put_u32(img + 12, 3);
+  put_u32(img + 20, 16);
+  put_u32(img + 28, 2);
+  for (i = 0; i < 3; ++i) {
+    offset = (offset + 15u) & ~15u;
+    for (j = 0; j < sizes[i]; ++j) img[offset + j] = (uint8_t)(i * 50 + j + 1);
+    put_u32(img + 48 + 16 * i, offset);
+    put_u32(img + 52 + 16 * i, sizes[i]);
+    put_u32(img + 56 + 16 * i, tswap_crc32(img + offset, sizes[i]));
+    offset += sizes[i];
+  }
+  for (i = 0; i < 2; ++i) {
+    for (j = 0; j < 4; ++j) put_u32(img + 48 + 16 * (3 + i) + 4 * j, tiles[i][j]);
+  }
+  put_u32(img + 16, offset);
+  put_u32(img + 24, tswap_crc32(img + 48, 16u * 5u));
+  put_u32(img + 44, tswap_crc32(img, 44));
+  return offset;
+}
+
+static void test_tile_table(void) {
+  static const uint32_t good[2][4] = {{0, 2, 7, 4}, {2, 1, 3, 3}};
+  static const uint32_t bad_entries[][4] = {
+      {0, 0, 0, 4}, {0, 2, 7, 0}, {2, 2, 7, 4}, {0, 2, 9, 4}, {0, 2, 4, 4}, {4, 1, 3, 3}, {0, 2, 7, 0x80000000u}};
+  uint8_t img[1024], bad[1024];
+  uint32_t entries[2][4];
+  tswap_segment table[8];
+  tswap_flash fl;
+  tswap_memory_flash mem;
+  tswap_image im;
+  tswap_tile tile;
+  uint32_t size = make_tiled_image(img, sizeof(img), good), i, len;
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, size, table, 8), TSWAP_OK);
+  CHECK_EQ(im.segment_count, 3);
+  CHECK_EQ(im.tile_count, 2);
+  CHECK_EQ(tswap_tile_get(&im, 0, &tile), TSWAP_OK);
+  CHECK_EQ(tile.first_segment, 0);
+  CHECK_EQ(tile.tiles, 2);
+  CHECK_EQ(tile.channels, 7);
+  CHECK_EQ(tile.tile_channels, 4);
+  CHECK_EQ(tswap_tile_get(&im, 1, &tile), TSWAP_OK);
+  CHECK_EQ(tile.first_segment, 2);
+  CHECK_EQ(tswap_tile_get(&im, 2, &tile), TSWAP_ERR_TILE);
+  CHECK_EQ(tswap_tile_get(NULL, 0, &tile), TSWAP_ERR_ARG);
+  CHECK_EQ(tswap_load(&im, 2, 0, bad, 64, 1), TSWAP_OK);
+  CHECK_EQ(strcmp(tswap_strerror(TSWAP_ERR_TILE), "tile-table entry out of range or inconsistent"), 0);
+  for (len = 0; len < size; ++len) CHECK_NE_OK(open_mem(&im, &fl, &mem, img, len, table, 8));
+  for (i = 0; i < 8 * (48 + 16 * 5); ++i) { /* every single-bit flip of header and tables is caught */
+    memcpy(bad, img, size);
+    bad[i / 8] ^= (uint8_t)(1u << (i % 8));
+    if (open_mem(&im, &fl, &mem, bad, size, table, 8) == TSWAP_OK) {
+      printf("FAIL bit flip %u in the v2 header/tables went unnoticed\n", (unsigned)i);
+      ++failures;
+    }
+  }
+  for (i = 0; i < sizeof(bad_entries) / sizeof(bad_entries[0]); ++i) { /* valid CRCs, inconsistent entry */
+    memcpy(entries[0], bad_entries[i], sizeof(entries[0]));
+    memcpy(entries[1], good[1], sizeof(entries[1]));
+    size = make_tiled_image(bad, sizeof(bad), (const uint32_t(*)[4])entries);
+    CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TILE);
+  }
+  size = make_tiled_image(bad, sizeof(bad), good);
+  put_u32(bad + 36, 1); /* reserved word */
+  put_u32(bad + 44, tswap_crc32(bad, 44));
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  size = make_tiled_image(bad, sizeof(bad), good);
+  put_u32(bad + 28, 0x0fffffffu); /* tile count overflowing the header size */
+  put_u32(bad + 44, tswap_crc32(bad, 44));
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_TABLE);
+  size = make_tiled_image(bad, sizeof(bad), good); /* a version-1 image has no tile table */
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, make_image(img, sizeof(img)), table, 8), TSWAP_OK);
+  CHECK_EQ(im.tile_count, 0);
+  CHECK_EQ(tswap_tile_get(&im, 0, &tile), TSWAP_ERR_TILE);
+}
+
 int main(void) {
   test_valid();
+  test_tile_table();
   test_truncated();
   test_corrupt();
   test_inconsistent();
