@@ -26,9 +26,9 @@ def native_or_skip(builder):
         pytest.skip(str(exc))
 
 
-def test_c_core_unit_tests_pass_under_sanitizers():
+def test_c_core_unit_tests_pass_under_sanitizers(tmp_path):
     binary = native_or_skip(build_unit_tests)
-    proc = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(binary), str(tmp_path / "image.bin")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok: 0 failure(s)" in proc.stdout
 

@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_tflm_arguments(c)
     c.set_defaults(func=_cmd_convert)
+    from .micro.cli import add_mcu_parser
+
+    add_mcu_parser(sub)
 
     i = sub.add_parser("inspect", help="per-operator memory table, strategies, lower bounds and a plot")
     _plan_options(i)

@@ -15,6 +15,7 @@ interrupted (KeyboardInterrupt included). Only a killed process can leave one be
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -250,6 +251,15 @@ def _undo(moved: list[tuple[Path, Path | None]], created: list[Path]) -> None:
 
 
 # ------------------------------------------------------------------------------------- data files
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_npy(path: PathLike):
     """The array of an `.npy` file; TflmSwapError naming the file when it is not a plain numeric
     `.npy` (pickles refused) or declares more data than it holds (checked before allocating)."""

@@ -1,6 +1,7 @@
 /* File-backed flash driver for hosted builds; see tswap_file_flash.h. */
 #include "tswap_file_flash.h"
 
+#include <limits.h>
 #include <string.h>
 
 static int file_read(void* ctx, uint32_t addr, void* dst, uint32_t len) {
@@ -26,13 +27,24 @@ static int file_poll(void* ctx) {
   return file_read(ctx, ff->pending_addr, ff->pending_dst, ff->pending_len) == 0 ? 1 : -1;
 }
 
+/* A file size the 32-bit flash address space can hold. Where long is 32 bits every non-negative
+ * long fits (comparing with (long)UINT32_MAX there would compare with -1 and refuse every file). */
+static int size_fits(long size) {
+#if LONG_MAX > 0xFFFFFFFF
+  return size <= 0xFFFFFFFFL;
+#else
+  (void)size;
+  return 1;
+#endif
+}
+
 int tswap_file_flash_open(tswap_flash* flash, tswap_file_flash* ff, const char* path, int deferred) {
   long size;
   memset(ff, 0, sizeof(*ff));
   memset(flash, 0, sizeof(*flash));
   ff->file = fopen(path, "rb");
   if (ff->file == NULL) return -1;
-  if (fseek(ff->file, 0, SEEK_END) != 0 || (size = ftell(ff->file)) < 0 || size > (long)UINT32_MAX) {
+  if (fseek(ff->file, 0, SEEK_END) != 0 || (size = ftell(ff->file)) < 0 || !size_fits(size)) {
     fclose(ff->file);
     ff->file = NULL;
     return -1;

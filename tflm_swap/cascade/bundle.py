@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TflmSwapError
-from ..fileio import write_atomic
+from ..fileio import file_sha256, write_atomic
 from ..format.manifest import read_manifest
 from ..format.model import Model
 from .groups import check_partition
@@ -334,14 +334,7 @@ def extract_member(directory: str | Path, name: str, data: bytes) -> Path:
     the same: two bundles sharing a directory never run each other's members."""
     digest = hashlib.sha256(data).hexdigest()
     path = Path(directory) / f"{digest[:16]}-{member_name(name)}"
-    if path.is_file() and _file_sha256(path) == digest:
+    if path.is_file() and file_sha256(path) == digest:
         return path
     return write_atomic(path, data)
 
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

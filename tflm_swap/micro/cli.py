@@ -19,7 +19,11 @@ def add_tflm_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--verify-crc", action="store_true", help="check each segment's CRC32 on every load")
     g.add_argument("--alignment", type=int, default=DEFAULT_ALIGNMENT, help="segment alignment in the image")
     g.add_argument("--arena-size", type=int, default=None,
-                   help="arena bytes for the generated header (default: measured on the host TFLM)")
+                   help="arena bytes for the generated header (default: measured on the host TFLM, and on "
+                        "--arena-board for 32-bit targets)")
+    g.add_argument("--arena-board", default="auto",
+                   help="measure the header's arena on this emulated board (32-bit, QEMU): 'auto' (default: "
+                        "mps2-an386 when its toolchain is installed, else the host figure), a board name, or 'host'")
     g.add_argument("--ram-budget", default=None,
                    help="whole TFLM arena to fit (e.g. 48KiB): picks per operator the weight tiles needed")
     g.add_argument("--offline-plan", action=argparse.BooleanOptionalAction, default=None,
@@ -37,15 +41,21 @@ def convert_tflm(model: SegmentedModel, model_path: str, args) -> int:
                              verify_crc=args.verify_crc, alignment=args.alignment,
                              arena_size=args.arena_size or None, min_segment_bytes=args.min_segment_bytes,
                              source=model_path, ram_budget=args.ram_budget, tiles=parse_tiles(args.tile),
-                             offline_plan=args.offline_plan)
+                             offline_plan=args.offline_plan,
+                             arena_board=None if args.arena_board == "host" else args.arena_board)
     if project.arena_note:
         print(f"note: {project.arena_note}; arena predicted by the planner", file=sys.stderr)
+    if project.board_note:
+        print(f"note: arena not measured on a 32-bit board ({project.board_note}); the header carries "
+              "the 64-bit host figure, an upper bound on 32-bit targets", file=sys.stderr)
     prefix = project.prefix
+    on_board = (f" on a 64-bit host, {project.mcu_arena_size} bytes on 32-bit ({project.arena_board})"
+                if project.arena_board else "")
     print(f"wrote {len(project.files)} files to {args.output}: graph {project.graph_bytes} bytes "
           f"({prefix}_model_data.cc), image {project.image_bytes} bytes ({prefix}_image.bin), "
           f"{project.load_ops} load operators, {len(project.micro.tiled)} tiled operators, "
           f"{project.flash_bytes_per_inference} flash bytes per inference in {project.micro.reads_per_inference} "
-          f"reads, arena {project.arena_size} bytes")
+          f"reads, arena {project.arena_size} bytes{on_board}")
     for t in project.micro.tiled:
         print(f"operator {t.source_op} ({t.kind}): {t.tiles} tiles of {t.tile_channels} channels"
               + (", prefetched" if t.prefetch else ""))
@@ -89,4 +99,57 @@ def plan_tflm(model_path: str, args) -> int:
         print(f"  operator {t.source_op} ({t.kind}): {t.tiles} tiles of {t.tile_channels} channels")
     if not micro.tiled:
         print("  no operator needs tiles")
+
+
+def add_mcu_parser(sub) -> None:
+    """`tflm-swap mcu run PROJECT --board BOARD`: a generated project on an emulated Cortex-M."""
+    from .mcu import BOARDS, DEFAULT_BOARD
+
+    m = sub.add_parser("mcu", help="build a generated TFLM project for an emulated Cortex-M and run it under QEMU")
+    msub = m.add_subparsers(dest="mcu_command", required=True)
+    r = msub.add_parser("run", help="cross-compile PROJECT (from convert --target tflm) with TFLM, run it under "
+                                    "QEMU, print its outputs, 32-bit arena, flash bytes and instruction counts")
+    r.add_argument("project", help="directory written by `tflm-swap convert MODEL --target tflm -o DIR`")
+    r.add_argument("--board", default=DEFAULT_BOARD, choices=sorted(BOARDS), help="emulated board")
+    r.add_argument("--inputs", help=".npy of input 0 values, one per inference along the first axis "
+                                    "(or a single value); default: one inference on zeros")
+    r.add_argument("--arena-size", type=int, default=None, help="override the header's arena (bytes)")
+    r.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    r.set_defaults(func=run_mcu)
+
+
+def run_mcu(args) -> int:
+    """Run a generated project on the board and print what it reported."""
+    import json
+
+    import numpy as np
+
+    from ..errors import TflmSwapError
+    from .host import io_specs
+    from .mcu import read_project, run_project
+
+    inputs = None
+    if args.inputs:
+        try:
+            values = np.load(args.inputs, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise TflmSwapError(f"cannot read the inputs {args.inputs}: {exc}") from exc
+        shape, _ = io_specs(read_project(args.project).graph, "inputs")[0]
+        per = int(np.prod(shape, dtype=np.int64))
+        if values.size % per:
+            raise TflmSwapError(f"{args.inputs}: {values.size} values is not a whole number of inputs of shape {shape}")
+        inputs = list(values.reshape(-1, *shape))
+    run = run_project(args.project, inputs, board_name=args.board, arena_size=args.arena_size)
+    report = {"board": args.board, "arena_used_bytes": run.arena_used_bytes, "arena_used_rounded": run.smallest_arena,
+              "flash_bytes_read": run.flash_bytes_read, "invoke_instructions": run.invoke_instructions,
+              "outputs": [[o.tolist() for o in outs] for outs in run.outputs]}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for n, outs in enumerate(run.outputs):
+        for k, o in enumerate(outs):
+            print(f"inference {n} output {k}: {' '.join(str(v) for v in o.ravel().tolist())}")
+        print(f"inference {n} instructions: {run.invoke_instructions[n]}")
+    print(f"arena_used_bytes: {run.arena_used_bytes} (rounded up to 16: {run.smallest_arena})")
+    print(f"flash_bytes_read: {run.flash_bytes_read}")
     return 0

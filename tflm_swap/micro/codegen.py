@@ -46,10 +46,14 @@ def c_array(name: str, data: bytes) -> str:
             f"const unsigned int {name}_len = {len(data)};\n")
 
 
+HOST_ARENA_ORIGIN = "measured or predicted on a 64-bit host; a 32-bit MCU needs less persistent space"
+
+
 def generate_project(micro: MicroModel, out_dir: str | Path, prefix: str, arena_size: int,
-                     inputs: tuple[str | Path, ...] = ()) -> list[Path]:
+                     inputs: tuple[str | Path, ...] = (), mcu_arena: tuple[int, str] | None = None) -> list[Path]:
     """Write the project files into `out_dir` (atomically; never over one of `inputs`: every
-    destination is checked before the first file is written)."""
+    destination is checked before the first file is written). `mcu_arena`: (bytes, where measured)
+    of the arena on 32-bit targets; the header then uses `arena_size` only where pointers are 64-bit."""
     check_options(prefix, arena_size)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -60,7 +64,7 @@ def generate_project(micro: MicroModel, out_dir: str | Path, prefix: str, arena_
         f"{prefix}_model_data.h": _model_header(prefix),
         f"{prefix}_model_data.cc": (f'#include "{prefix}_model_data.h"\n\n'
                                     + c_array(f"{prefix}_model_data", micro.graph)),
-        f"{prefix}_tswap.h": _segments_header(micro, prefix, upper, arena_size),
+        f"{prefix}_tswap.h": _segments_header(micro, prefix, upper, arena_size, mcu_arena),
         "main.cc": _main(prefix, upper, ops),
         "README.md": _readme(prefix),
     }
@@ -107,7 +111,27 @@ def _model_header(prefix: str) -> str:
             f"extern const unsigned int {prefix}_model_data_len;\n\n#endif  // {guard}\n")
 
 
-def _segments_header(micro: MicroModel, prefix: str, upper: str, arena_size: int) -> str:
+def _arena_lines(upper: str, arena_size: int, mcu_arena: tuple[int, str] | None) -> str:
+    if mcu_arena is None:
+        return f"""/* Arena for TFLM (activations + staged weights + TFLM's own data), {HOST_ARENA_ORIGIN}.
+ * Define {upper}_ARENA_SIZE yourself to override it. */
+#ifndef {upper}_ARENA_SIZE
+#define {upper}_ARENA_SIZE {arena_size}u
+#endif"""
+    size, origin = mcu_arena
+    return f"""/* Arena for TFLM (activations + staged weights + TFLM's own data); TFLM's records hold pointers,
+ * so 64-bit hosts need more than 32-bit MCUs. Define {upper}_ARENA_SIZE yourself to override it. */
+#ifndef {upper}_ARENA_SIZE
+#if UINTPTR_MAX > 0xFFFFFFFFu
+#define {upper}_ARENA_SIZE {arena_size}u /* 64-bit host: measured or predicted on the host TFLM */
+#else
+#define {upper}_ARENA_SIZE {size}u /* 32-bit: {origin} */
+#endif
+#endif"""
+
+
+def _segments_header(micro: MicroModel, prefix: str, upper: str, arena_size: int,
+                     mcu_arena: tuple[int, str] | None) -> str:
     rows = "\n".join(f"    {{{s.offset}u, {s.size}u, 0x{s.crc32:08x}u}},  /* {s.id}: {name} */"
                      for s, name in zip(micro.segments, micro.segment_names))
     n_ops = len(_graph(micro).operators)
@@ -124,9 +148,7 @@ def _segments_header(micro: MicroModel, prefix: str, upper: str, arena_size: int
 #define {upper}_FLASH_BYTES_PER_INFERENCE {micro.flash_bytes_per_inference}u
 #define {upper}_LOAD_OPS {len(micro.loads)}u /* of {n_ops} operators in the graph */
 #define {upper}_PREFETCH {1 if micro.prefetch else 0}
-/* Arena for TFLM (activations + staged weights + TFLM's own data), measured or predicted on a
- * 64-bit host; a 32-bit MCU needs less persistent space. */
-#define {upper}_ARENA_SIZE {arena_size}u
+{_arena_lines(upper, arena_size, mcu_arena)}
 
 /* offset from the image start, size, crc32 */
 static const tswap_segment {prefix}_segments[{max(len(micro.segments), 1)}] = {{

@@ -14,7 +14,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +48,9 @@ class TflmProject:
     arena_size: int  # bytes, as in {PREFIX}_ARENA_SIZE of {prefix}_tswap.h
     arena_measured: bool  # True: measured on the host TFLM; False: predicted by the planner, or given
     arena_note: str = ""  # why the arena was predicted (the host TFLM's error); "" otherwise
+    mcu_arena_size: int | None = None  # 32-bit targets' arena in the header: the smallest that runs on arena_board
+    arena_board: str = ""  # the board (32-bit, under QEMU) mcu_arena_size was measured on; "": none
+    board_note: str = ""  # why the arena was not measured on a board ("" when it was, or was given)
 
     @property
     def graph_bytes(self) -> int:
@@ -101,6 +104,7 @@ def export_project(
     ram_budget: int | str | None = None,
     tiles: Mapping[int, int | TileChoice] | None = None,
     offline_plan: bool | None = None,
+    arena_board: str | None = "auto",
 ) -> TflmProject:
     """Write a TFLite Micro project for `model` into `out_dir`, with its weights in a flash image.
 
@@ -118,6 +122,13 @@ def export_project(
     finest tiles do not fit, or when the arena measured on the host TFLM exceeds the budget.
     `offline_plan` (default: on with `ram_budget`, else off) writes the planner's packed arena
     layout into the graph as TFLM's `OfflineMemoryAllocation` plan.
+
+    `arena_board`: where the header's arena for 32-bit targets is measured when `arena_size` is not
+    given: "auto" (default) builds the project for the emulated Cortex-M4 `mps2-an386` and measures
+    the smallest arena that runs there (`mcu_arena_size`; `tflm_swap.micro.mcu`) when the
+    arm-none-eabi toolchain, QEMU and the pinned TFLM archives are available, else keeps the 64-bit
+    host figure for every target and says why in `board_note`; a board name requires that board;
+    None keeps the host figure. `arena_size` stays the host figure (64-bit builds of the example).
 
     `source`: the file the model came from, when `model` is not a path: names the default prefix
     and error messages. No output is written over `model`'s or `source`'s file: every destination
@@ -144,7 +155,31 @@ def export_project(
                           f"{budget} bytes that the planner's prediction fitted")
     inputs = (origin,) if origin else ()
     files = generate_project(micro, out_dir, prefix, arena.size, inputs=inputs)
-    return TflmProject(Path(out_dir), prefix, files, micro, arena.size, arena.measured, arena.note)
+    project = TflmProject(Path(out_dir), prefix, files, micro, arena.size, arena.measured, arena.note)
+    return project if arena_size is not None or arena_board is None else _board_arena(project, arena_board, inputs)
+
+
+def _board_arena(project: TflmProject, arena_board: str, inputs: tuple[str, ...]) -> TflmProject:
+    """`project` with the arena measured on the board (header rewritten), or unchanged with a
+    `board_note` when `arena_board` is "auto" and the board cannot be used here."""
+    from . import mcu
+
+    name = mcu.DEFAULT_BOARD if arena_board == "auto" else arena_board
+    why = mcu.available(name)
+    if why:
+        if arena_board != "auto":
+            raise NativeToolError(f"cannot measure the arena on {name}: {why}")
+        return replace(project, board_note=why)
+    try:
+        size = mcu.measure_arena(project, name, start=project.arena_size)
+    except TflmSwapError as exc:  # e.g. an operator without a reference kernel in the pinned TFLM
+        if arena_board != "auto":
+            raise
+        return replace(project, board_note=f"building or running it on {name} failed: {str(exc)[:500]}")
+    origin = f"measured on {name} under QEMU, the smallest arena that runs there"
+    files = generate_project(project.micro, project.out_dir, project.prefix, project.arena_size, inputs=inputs,
+                             mcu_arena=(size, origin))
+    return replace(project, files=files, mcu_arena_size=size, arena_board=name)
 
 
 def _budget(ram_budget: int | str | None, tiles) -> int | None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,13 +108,20 @@ def build(name: str, sources: list[Path], command: list[str], extra_key: str = "
     out = cache_dir() / f"{name}-{digest.hexdigest()[:16]}"
     if out.is_file():
         return out
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    run_to_file(command, out, f"building {name} failed:\n{' '.join(command)}")
+    return out
+
+
+def run_to_file(command: list[str], out: Path, failure: str) -> None:
+    """Run a compiler or linker `command` (ending before '-o OUT') into a temporary sibling of `out`,
+    renamed into place on success; on failure raise NativeToolError(`failure` + the tool's stderr)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     proc = subprocess.run([*command, "-o", str(tmp)], capture_output=True, text=True, errors="replace")
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise NativeToolError(f"building {name} failed:\n{' '.join(command)}\n{proc.stderr[-4000:]}")
+        raise NativeToolError(f"{failure}\n{proc.stderr[-4000:]}")
     os.replace(tmp, out)
-    return out
 
 
 def c_objects_command(sources: list[Path], extra: list[str] | None = None) -> list[str]:
@@ -158,10 +166,11 @@ def build_example(project: str | Path, prefix: str) -> Path:
 
 
 def build_unit_tests() -> Path:
-    """The C core's unit tests (delegates/micro/tests) with AddressSanitizer and UBSan."""
+    """The C core's unit tests (delegates/micro/tests) with AddressSanitizer and UBSan; run it with a
+    scratch file path as its argument."""
     root = native_sources()
     sources = [root / "micro" / "tests" / "test_tswap_micro.c", root / "micro" / "tswap_micro.c",
-               root / "common" / "tswap_crc32.c"]
+               root / "common" / "tswap_crc32.c", root / "micro" / "tswap_file_flash.c"]
     command = c_objects_command(sources, ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
     return build("test_tswap_micro", sources, command)
 

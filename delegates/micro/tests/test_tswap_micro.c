@@ -1,9 +1,13 @@
-/* Unit tests of the tflm_swap micro core (tswap_micro.c). Built with -fsanitize=address,undefined
- * by tests/test_micro_native.py. Prints one line per failed check; exit status = failures. */
+/* Unit tests of the tflm_swap micro core (tswap_micro.c) and the file flash driver
+ * (tswap_file_flash.c). Built with -fsanitize=address,undefined by tests/test_micro_native.py, and
+ * for Cortex-M4 (32-bit long, semihosted file I/O) under QEMU by tests/test_mcu.py.
+ * Usage: test_tswap_micro SCRATCH_FILE (the file driver tests write and read it).
+ * Prints one line per failed check; exit status = failures. */
 #include <stdio.h>
 #include <string.h>
 
 #include "tswap_crc32.h"
+#include "tswap_file_flash.h"
 #include "tswap_micro.h"
 
 static int failures = 0;
@@ -356,7 +360,43 @@ static void test_tile_table(void) {
   CHECK_EQ(tswap_tile_get(&im, 0, &tile), TSWAP_ERR_TILE);
 }
 
-int main(void) {
+/* The file-backed driver opens an image file, reports its size and reads it, blocking and deferred. */
+static void test_file_flash(const char* path) {
+  uint8_t img[512], dst[64];
+  tswap_segment table[8];
+  tswap_flash fl;
+  tswap_file_flash ff;
+  tswap_image im;
+  uint32_t size = make_image(img, sizeof(img));
+  FILE* f = fopen(path, "wb");
+  CHECK_EQ(f != NULL, 1);
+  if (f == NULL) return;
+  CHECK_EQ(fwrite(img, 1, size, f), size);
+  CHECK_EQ(fclose(f), 0);
+  CHECK_EQ(tswap_file_flash_open(&fl, &ff, path, 0), 0);
+  CHECK_EQ(fl.size, size);
+  CHECK_EQ(fl.start == NULL, 1);
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_OK);
+  CHECK_EQ(tswap_load(&im, 2, 0, dst, 64, 1), TSWAP_OK);
+  CHECK_EQ(memcmp(dst, img + table[2].offset, 64), 0);
+  tswap_file_flash_close(&ff);
+  CHECK_EQ(tswap_file_flash_open(&fl, &ff, path, 1), 0);
+  CHECK_EQ(tswap_image_open(&im, &fl, table, 8), TSWAP_OK);
+  CHECK_EQ(tswap_load_start(&im, 0, 0, dst, 40), TSWAP_OK);
+  CHECK_EQ(tswap_load_wait(&im), TSWAP_OK);
+  CHECK_EQ(memcmp(dst, img + table[0].offset, 40), 0);
+  tswap_file_flash_close(&ff);
+  /* a missing file fails cleanly */
+  CHECK_EQ(remove(path), 0);
+  CHECK_EQ(tswap_file_flash_open(&fl, &ff, path, 0), -1);
+  CHECK_EQ(ff.file == NULL, 1);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    printf("usage: %s SCRATCH_FILE\n", argv[0]);
+    return 2;
+  }
   test_valid();
   test_tile_table();
   test_truncated();
@@ -364,6 +404,7 @@ int main(void) {
   test_inconsistent();
   test_requests();
   test_async_and_driver_errors();
+  test_file_flash(argv[1]);
   printf("%s: %d failure(s)\n", failures ? "FAILED" : "ok", failures);
   return failures;
 }

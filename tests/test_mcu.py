@@ -1,0 +1,194 @@
+"""Generated TFLM projects on an emulated Cortex-M4 (mps2-an386 under QEMU, 32-bit).
+
+Every MLPerf Tiny int8 model's project (blocking and prefetch) and the stock model run on TFLM
+built from the pinned archives in ../shared/vendor; their outputs must be bit-identical to the host
+TFLM running the original model, and the header's arena must be the smallest that runs on 32-bit.
+The C core's unit tests (with the file flash driver) run there too: `long` is 32 bits.
+
+Needs gcc-arm-none-eabi, libnewlib-arm-none-eabi, libstdc++-arm-none-eabi-newlib and qemu-system-arm
+(skipped without them, failed under CI) and ../shared/vendor (`missing_shared`). TFLM is compiled
+once and cached in the build directory (TFLM_SWAP_MCU_BUILD, else tflm_swap's native cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import redirect_stdout
+from io import StringIO
+
+import numpy as np
+import pytest
+from conftest import SHARED_DIR, missing_shared, require_model
+
+from tflm_swap.errors import TflmSwapError
+from tflm_swap.micro import export_project, run_host_tflm
+from tflm_swap.micro.host import io_specs
+from tflm_swap.micro.toolchain import NativeToolError
+
+pytestmark = pytest.mark.native
+
+INT8_MODELS = ("ad01_int8", "kws_ref_model", "pretrainedResnet_quant", "vww_96_int8")
+N_INPUTS = 5
+NO_LOADS = 1 << 30  # min_segment_bytes that keeps every weight in the graph: the stock model
+
+
+@pytest.fixture(scope="session")
+def mcu():
+    """tflm_swap.micro.mcu once the toolchain and the pinned archives are known to be here."""
+    from tflm_swap.micro import mcu as module
+
+    os.environ.setdefault("TFLM_SWAP_VENDOR", str(SHARED_DIR / "vendor"))
+    try:
+        module.vendor_dir()
+    except NativeToolError as exc:
+        missing_shared(str(exc))
+    try:
+        module.toolchain()
+    except NativeToolError as exc:
+        if os.environ.get("CI") or os.environ.get("TFLM_SWAP_REQUIRE_SHARED", "") not in ("", "0"):
+            pytest.fail(f"the Cortex-M toolchain is required in CI: {exc}")
+        pytest.skip(str(exc))
+    return module
+
+
+def _inputs(graph: bytes, seed: int) -> list[np.ndarray]:
+    (shape, dtype), = io_specs(graph, "inputs")
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype) if dtype.kind in "iu" else None
+    if info is None:
+        return [rng.standard_normal(shape).astype(dtype) for _ in range(N_INPUTS)]
+    return [rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype) for _ in range(N_INPUTS)]
+
+
+@pytest.fixture(scope="session")
+def model_runs(mcu, tmp_path_factory):
+    """Per model: the stock, blocking and prefetch projects (header arena measured on the board),
+    their runs on N_INPUTS inputs under QEMU, and the host TFLM's outputs for the original model."""
+    cache: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in cache:
+            path = require_model(name)
+            data = path.read_bytes()
+            inputs = _inputs(data, seed=len(name))
+            host = run_host_tflm(data, None, [[x] for x in inputs])
+            out = tmp_path_factory.mktemp(name)
+            projects = {
+                # stock: the host figure (runs); its smallest 32-bit arena takes a search (benchmarks/micro_qemu.py)
+                "stock": export_project(path, out / "stock", min_segment_bytes=NO_LOADS, arena_board=None),
+                "blocking": export_project(path, out / "blocking"),
+                "prefetch": export_project(path, out / "prefetch", prefetch=True),
+            }
+            runs = {k: mcu.run_project(p, inputs) for k, p in projects.items()}
+            cache[name] = {"inputs": inputs, "host": host, "projects": projects, "runs": runs}
+        return cache[name]
+
+    return get
+
+
+def test_c_unit_tests_pass_on_cortex_m4(mcu):
+    """The C core and the file flash driver where `long` is 32 bits (the driver refused every image
+    there while it compared the size with (long)UINT32_MAX)."""
+    status, output = mcu.run_unit_tests()
+    assert status == 0, output
+    assert "ok: 0 failure(s)" in output
+
+
+@pytest.mark.parametrize("name", INT8_MODELS)
+@pytest.mark.parametrize("variant", ["stock", "blocking", "prefetch"])
+def test_outputs_match_host_tflm_bit_for_bit(model_runs, name, variant):
+    got = model_runs(name)
+    run, project = got["runs"][variant], got["projects"][variant]
+    assert len(run.outputs) == N_INPUTS
+    for n, (ours, host) in enumerate(zip(run.outputs, got["host"].outputs)):
+        for k, (a, b) in enumerate(zip(ours, host)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert np.array_equal(a, b), f"{name} {variant}: inference {n} output {k} differs from the host TFLM"
+    assert run.flash_bytes_read == N_INPUTS * project.flash_bytes_per_inference
+    assert len(run.invoke_ticks) == N_INPUTS and min(run.invoke_ticks) > 0
+    if variant == "stock":
+        assert project.load_ops == 0 and run.flash_bytes_read == 0
+
+
+@pytest.mark.parametrize("name", INT8_MODELS)
+@pytest.mark.parametrize("variant", ["blocking", "prefetch"])
+def test_header_arena_is_the_smallest_that_runs_on_32_bit(mcu, model_runs, name, variant):
+    got = model_runs(name)
+    project, run = got["projects"][variant], got["runs"][variant]
+    header = project.header_path.read_text()
+    upper = project.prefix.upper()
+    assert f"#define {upper}_ARENA_SIZE {project.mcu_arena_size}u /* 32-bit: measured on mps2-an386" in header
+    assert f"#define {upper}_ARENA_SIZE {project.arena_size}u /* 64-bit host" in header
+    assert project.arena_board == "mps2-an386"
+    # sufficient (the run above used the header's figure: the firmware is 32-bit) and at most 64
+    # bytes above the smallest that runs
+    assert run.arena_used_bytes <= project.mcu_arena_size <= run.smallest_arena + 64
+    assert project.mcu_arena_size % mcu.ARENA_ALIGNMENT == 0
+    # 16 bytes less does not run: the figure is the smallest arena
+    with pytest.raises(TflmSwapError, match="arena too small"):
+        mcu.run_project(project, None, arena_size=project.mcu_arena_size - mcu.ARENA_ALIGNMENT)
+    # and it is below the 64-bit host figure, which the header carried alone before
+    assert project.mcu_arena_size < project.arena_size
+
+
+def test_cli_mcu_run_prints_the_run(mcu, model_runs, tmp_path):
+    from tflm_swap.cli import main
+
+    got = model_runs("kws_ref_model")
+    project = got["projects"]["prefetch"]
+    np.save(tmp_path / "inputs.npy", np.stack(got["inputs"][:2]))
+    out = StringIO()
+    with redirect_stdout(out):
+        status = main(["mcu", "run", str(project.out_dir), "--board", "mps2-an386", "--inputs",
+                       str(tmp_path / "inputs.npy"), "--json"])
+    assert status == 0
+    report = json.loads(out.getvalue())
+    expected = got["runs"]["prefetch"]
+    assert report["outputs"] == [[o.tolist() for o in outs] for outs in expected.outputs[:2]]
+    assert report["arena_used_bytes"] == expected.arena_used_bytes
+    assert report["invoke_instructions"] == expected.invoke_instructions[:2]
+
+
+def test_bad_project_and_board_are_named(mcu, tmp_path):
+    (tmp_path / "main.cc").write_text("int main() { return 0; }\n")
+    with pytest.raises(TflmSwapError, match=str(tmp_path)):
+        mcu.run_project(tmp_path)
+    with pytest.raises(TflmSwapError, match="unknown board 'nrf52'"):
+        mcu.board("nrf52")
+
+
+def test_print_32_bit_figures_next_to_stock(model_runs, capsys):
+    """The CI log's table: 32-bit arenas and instructions per inference, stock TFLM vs ours."""
+    lines = ["", "| model | host arena (64-bit) | ours 32-bit | prefetch 32-bit | stock used 32-bit | "
+             "instr stock | instr blocking | instr prefetch |", "|---|---|---|---|---|---|---|---|"]
+    for name in INT8_MODELS:
+        got = model_runs(name)
+        p, r = got["projects"], got["runs"]
+        instr = {k: int(np.median(r[k].invoke_instructions)) for k in r}
+        assert all(v > 0 for v in instr.values())
+        assert p["blocking"].mcu_arena_size < p["blocking"].arena_size
+        lines.append(f"| {name} | {p['blocking'].arena_size:,} | {p['blocking'].mcu_arena_size:,} | "
+                     f"{p['prefetch'].mcu_arena_size:,} | {r['stock'].arena_used_bytes:,} | {instr['stock']:,} | "
+                     f"{instr['blocking']:,} | {instr['prefetch']:,} |")
+    with capsys.disabled():
+        print("\n".join(lines))
+
+
+def test_auto_board_falls_back_to_the_host_figure_when_the_board_fails(monkeypatch, tmp_path):
+    """arena_board='auto' must not make an export fail when the board build does (say, an operator
+    without a reference kernel): the host figure stays, with the reason; a named board raises."""
+    from tflm_swap.micro import mcu as module
+
+    def broken(*args, **kwargs):
+        raise TflmSwapError("no reference kernel defines Register_FOO")
+
+    monkeypatch.setattr(module, "available", lambda name="": "")
+    monkeypatch.setattr(module, "measure_arena", broken)
+    kws = require_model("kws_ref_model")
+    project = export_project(kws, tmp_path / "auto")
+    assert project.mcu_arena_size is None and "Register_FOO" in project.board_note
+    assert "UINTPTR_MAX" not in project.header_path.read_text()
+    assert f"_ARENA_SIZE {project.arena_size}u" in project.header_path.read_text()
+    with pytest.raises(TflmSwapError, match="Register_FOO"):
+        export_project(kws, tmp_path / "named", arena_board="mps2-an386")
