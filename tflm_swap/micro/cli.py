@@ -99,6 +99,7 @@ def plan_tflm(model_path: str, args) -> int:
         print(f"  operator {t.source_op} ({t.kind}): {t.tiles} tiles of {t.tile_channels} channels")
     if not micro.tiled:
         print("  no operator needs tiles")
+    return 0
 
 
 def add_mcu_parser(sub) -> None:

@@ -90,6 +90,8 @@ CORE_SOURCES = (
     "tensorflow/lite/micro/tflite_bridge/micro_error_reporter.cc",
 )
 KERNELS_DIR = "tensorflow/lite/micro/kernels"
+# The parameter helpers our tiled kernels (delegates/micro/tswap_tiled.cc) share with TFLM's own.
+TILED_KERNEL_SOURCES = tuple(f"{KERNELS_DIR}/{k}_common.cc" for k in ("conv", "depthwise_conv", "fully_connected"))
 RESOLVER_HEADER = "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 MCU_DIR = "micro/mcu"  # our board files, under native_sources()
 
@@ -332,7 +334,7 @@ def tflm_library(methods: Sequence[str], board_name: str = DEFAULT_BOARD) -> Pat
     static library cached under a hash of its inputs (archive hashes, source list, flags, compiler
     version); objects are shared between libraries of different kernel sets."""
     b, tools, sources = board(board_name), toolchain(), extract_sources()
-    srcs = [*CORE_SOURCES, *kernel_sources(sources, methods)]
+    srcs = list(dict.fromkeys([*CORE_SOURCES, *TILED_KERNEL_SOURCES, *kernel_sources(sources, methods)]))
     base = _flags(tools, b, sources, cxx=True)
     obj_key = hashlib.sha256(f"{sources.key}|{tools.version}|{' '.join(base)}".encode()).hexdigest()[:16]
     lib_key = hashlib.sha256(f"{obj_key}|{'|'.join(sorted(srcs))}".encode()).hexdigest()[:16]
@@ -416,7 +418,7 @@ def build_firmware(project: ProjectFiles, board_name: str = DEFAULT_BOARD, arena
     includes = [f"-I{project.directory}", f"-I{tswap}", f"-I{mcu}"]
     c_files = [tswap / "tswap_micro.c", tswap / "tswap_crc32.c", mcu / "startup.c", mcu / "board_flash.c"]
     cc_files = [project.main, project.directory / f"{project.prefix}_model_data.cc", tswap / "tswap_tflm.cc",
-                mcu / "micro_time.cc"]
+                tswap / "tswap_tiled.cc", mcu / "micro_time.cc"]
     jobs, objects = [], []
     for src in c_files + cc_files:
         cmd = [*_flags(tools, b, sources, src.suffix == ".cc"), "-Wall", *defines, *per_file.get(src.name, []),
