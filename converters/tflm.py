@@ -142,8 +142,11 @@ def rewrite_for_tflm(
     if min_segment_bytes < 1:
         raise UnsupportedModelError(f"minimum segment size {min_segment_bytes} must be >= 1 byte")
     model = data if isinstance(data, Model) else Model.from_bytes(data, source=source)
-    model.check_single_graph()
+    model.check_single_graph(allow_call_once=True)  # stateful models: resource variables set up by CALL_ONCE
     _refuse_offline_plan(model)
+    if offline_plan and len(model.fb.subgraphs) > 1:
+        raise UnsupportedModelError(f"{model.source}: an offline arena plan covers one subgraph; this model has "
+                                    f"{len(model.fb.subgraphs)} (leave the plan off)")
     geometries = _tile_geometries(model, dict(tiles or {}))
     picks = _pick_loads(model, min_segment_bytes, skip=set(geometries))
     buffers = list(dict.fromkeys(b for _, _, b in picks))
@@ -273,7 +276,7 @@ def _strip(model: Model, loaded: set[int], detached: set[int] = frozenset()) -> 
         fb.subgraphs[0].tensors[t].buffer = 0
     for t in detached:
         detach_tensor(Model(fb, buffers, b"", model.source), t)
-    still_used = {int(tensor.buffer) for tensor in fb.subgraphs[0].tensors} | {
+    still_used = {int(tensor.buffer) for sg in fb.subgraphs for tensor in sg.tensors or []} | {
         int(m.buffer) for m in fb.metadata or []}
     for b in range(1, len(buffers)):
         if b not in still_used:

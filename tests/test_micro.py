@@ -27,7 +27,7 @@ from tflm_swap.micro import (
     run_example,
     run_host_tflm,
 )
-from tflm_swap.micro.host import io_specs
+from tflm_swap.micro.host import host_ops_source, io_specs
 from tflm_swap.micro.toolchain import build_host_runner
 
 MLPERF = ["kws_ref_model", "vww_96_int8", "pretrainedResnet_quant", "ad01_int8"]
@@ -39,7 +39,7 @@ LITERT_TFLM_LSB = {"ad01_int8": 3}
 
 @pytest.fixture(scope="module")
 def runner():
-    return native_or_skip(build_host_runner)
+    return native_or_skip(lambda: build_host_runner(host_ops_source(["CONV_2D"])))
 
 
 def _inputs(graph: bytes, n: int, seed: int = 0) -> list[list[np.ndarray]]:

@@ -19,7 +19,7 @@ from tflm_swap.format.flash_image import TileEntry, parse_image, parse_tile_tabl
 from tflm_swap.format.model import Model
 from tflm_swap.interpreters import random_inputs
 from tflm_swap.micro import export_project, rewrite_for_tflm, run_example, run_host_tflm
-from tflm_swap.micro.host import io_specs
+from tflm_swap.micro.host import host_ops_source, io_specs
 from tflm_swap.micro.predict import predict_head, predict_tail
 from tflm_swap.micro.tiles import choose_tiles, smallest_tiling, tileable_operators
 from tflm_swap.micro.toolchain import build_host_runner
@@ -30,7 +30,7 @@ INFERENCES = 20
 
 @pytest.fixture(scope="module")
 def runner():
-    return native_or_skip(build_host_runner)
+    return native_or_skip(lambda: build_host_runner(host_ops_source(["CONV_2D"])))
 
 
 def _inputs(graph: bytes, n: int = INFERENCES, seed: int = 0) -> list[list[np.ndarray]]:

@@ -162,20 +162,39 @@ class Model:
                 raise MalformedModelError(f"{where}: metadata {m.name!r} refers to missing buffer {m.buffer}")
 
     # ------------------------------------------------------------------------------- the graph
-    def check_single_graph(self) -> None:
-        """Raise UnsupportedModelError unless the model is one subgraph without control flow."""
-        if len(self.fb.subgraphs) != 1:
+    def check_single_graph(self, allow_call_once: bool = False) -> None:
+        """Raise UnsupportedModelError unless the model is one subgraph without control flow.
+
+        `allow_call_once`: also accept further subgraphs run only by CALL_ONCE (the initialiser of a
+        stateful model's resource variables); the main subgraph's operators still run in list order."""
+        allowed = {"CALL_ONCE"} if allow_call_once else set()
+        for s, name in self.all_operator_names():
+            if name in CONTROL_FLOW_OPS and name not in allowed:
+                raise UnsupportedModelError(
+                    f"{self.source}: subgraph {s} has {name}, a control-flow op calling other subgraphs; "
+                    f"tflm_swap does not handle control flow{' other than CALL_ONCE' if allowed else ''}"
+                )
+        if len(self.fb.subgraphs) != 1 and not allowed:
             raise UnsupportedModelError(
                 f"{self.source}: model has {len(self.fb.subgraphs)} subgraphs; tflm_swap handles "
-                "single-subgraph models (no control flow)"
+                "single-subgraph models here (the TFLM target also takes stateful models with CALL_ONCE)"
             )
-        for i in range(len(self.operators)):
-            name = self.opcode_name(i)
-            if name in CONTROL_FLOW_OPS:
-                raise UnsupportedModelError(
-                    f"{self.source}: operator {i} is {name}, a control-flow op calling other "
-                    "subgraphs; tflm_swap does not handle control flow"
-                )
+
+    def all_operator_names(self) -> list[tuple[int, str]]:
+        """(subgraph, builtin name) of every operator of every subgraph (custom ops as 'CUSTOM:<code>')."""
+        return [(s, self._code_name(op.opcodeIndex)) for s, sg in enumerate(self.fb.subgraphs)
+                for op in sg.operators or []]
+
+    def resource_variable_count(self) -> int:
+        """Distinct resource variables (VAR_HANDLE container/shared name pairs) over all subgraphs."""
+        names = set()
+        for sg in self.fb.subgraphs:
+            for op in sg.operators or []:
+                if self._code_name(op.opcodeIndex) == "VAR_HANDLE":
+                    options = op.builtinOptions
+                    names.add((text(getattr(options, "container", None) or b""),
+                               text(getattr(options, "sharedName", None) or b"")))
+        return len(names)
 
     @property
     def subgraph(self) -> tfl.SubGraphT:
@@ -200,7 +219,10 @@ class Model:
 
     def opcode_name(self, op_index: int) -> str:
         """Builtin name of an operator (custom ops as 'CUSTOM:<code>')."""
-        code = self.fb.operatorCodes[self.operators[op_index].opcodeIndex]
+        return self._code_name(self.operators[op_index].opcodeIndex)
+
+    def _code_name(self, opcode_index: int) -> str:
+        code = self.fb.operatorCodes[opcode_index]
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         if builtin == tfl.BuiltinOperator.CUSTOM:
             return f"CUSTOM:{text(code.customCode)}"

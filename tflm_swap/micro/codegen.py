@@ -59,13 +59,13 @@ def generate_project(micro: MicroModel, out_dir: str | Path, prefix: str, arena_
     if out.exists() and not out.is_dir():
         raise TflmSwapError(f"output {out} exists and is not a directory; the tflm target writes a directory")
     upper = prefix.upper()
-    ops = _builtin_ops(_graph(micro))
+    ops = builtin_ops(_graph(micro))
     files = {
         f"{prefix}_model_data.h": _model_header(prefix),
         f"{prefix}_model_data.cc": (f'#include "{prefix}_model_data.h"\n\n'
                                     + c_array(f"{prefix}_model_data", micro.graph)),
         f"{prefix}_tswap.h": _segments_header(micro, prefix, upper, arena_size, mcu_arena),
-        "main.cc": _main(prefix, upper, ops),
+        "main.cc": _main(prefix, upper, ops, _graph(micro).resource_variable_count()),
         "README.md": _readme(prefix),
     }
     root = native_sources()
@@ -89,14 +89,22 @@ def check_options(prefix: str, arena_size: int | None = None) -> None:
         raise TflmSwapError(f"arena size {arena_size} must be positive")
 
 
-def _builtin_ops(graph: bytes | Model) -> list[str]:
+def builtin_ops(graph: bytes | Model) -> list[str]:
+    """The builtin operators of every subgraph of `graph` (sorted), which a resolver must register
+    next to tflm_swap's own; raises UnsupportedModelError for another custom operator."""
     model = graph if isinstance(graph, Model) else Model.from_bytes(graph)
-    names = sorted({model.opcode_name(i) for i in range(len(model.operators))} - _OUR_OPS)
+    names = sorted({name for _, name in model.all_operator_names()} - _OUR_OPS)
     custom = [n for n in names if n.startswith("CUSTOM:")]
     if custom:
         raise UnsupportedModelError(f"the graph uses custom operators {custom}; the generated example "
                                     "cannot register them (add them to main.cc's resolver yourself)")
     return names
+
+
+def resolver_lines(ops: list[str], fail: str) -> str:
+    """C++ lines registering `ops` on `resolver`; `fail` is the statement run on failure, with {op}
+    standing for the operator's name."""
+    return "\n".join(f"  if (resolver.{resolver_method(o)}() != kTfLiteOk) {fail.format(op=o)}" for o in ops)
 
 
 def _graph(micro: MicroModel) -> Model:
@@ -159,12 +167,25 @@ static const tswap_segment {prefix}_segments[{max(len(micro.segments), 1)}] = {{
 """
 
 
-def _main(prefix: str, upper: str, ops: list[str]) -> str:
+def _main(prefix: str, upper: str, ops: list[str], variables: int) -> str:
     template = (native_sources() / "micro" / "example" / "main.cc.in").read_text()
-    lines = "\n".join(f"  if (resolver.{resolver_method(o)}() != kTfLiteOk) return Fail(\"resolver: {o}\", 0);"
-                      for o in ops)
-    return string.Template(template).substitute(name=prefix, upper=upper, op_count=len(ops) + _OUR_SLOTS,
-                                                resolver_lines=lines)
+    return string.Template(template).substitute(
+        name=prefix, upper=upper, op_count=len(ops) + _OUR_SLOTS,
+        resolver_lines=resolver_lines(ops, 'return Fail("resolver: {op}", 0);'),
+        interpreter_lines=_interpreter_lines(variables))
+
+
+def _interpreter_lines(variables: int) -> str:
+    """main.cc's interpreter: with `variables` resource variables (a stateful model), made on an
+    allocator that keeps them in the arena."""
+    if variables == 0:
+        return "  static tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, sizeof(tensor_arena));"
+    return f"""  // The model's state between invocations: {variables} resource variable(s), kept in the arena.
+  tflite::MicroAllocator* allocator = tflite::MicroAllocator::Create(tensor_arena, sizeof(tensor_arena));
+  if (allocator == nullptr) return Fail("arena too small for the allocator", 0);
+  tflite::MicroResourceVariables* variables = tflite::MicroResourceVariables::Create(allocator, {variables});
+  if (variables == nullptr) return Fail("arena too small for the resource variables", 0);
+  static tflite::MicroInterpreter interpreter(model, resolver, allocator, variables);"""
 
 
 def _readme(prefix: str) -> str:

@@ -131,16 +131,30 @@ def c_objects_command(sources: list[Path], extra: list[str] | None = None) -> li
             f"-I{root / 'micro'}", f"-I{root / 'common'}", *(extra or []), *map(str, sources)]
 
 
-def build_host_runner() -> Path:
-    """The host runner (delegates/micro/host/tswap_host_runner.cc) linked to the host TFLM."""
+def build_host_runner(ops_source: str) -> Path:
+    """The host runner (delegates/micro/host/tswap_host_runner.cc) linked to the host TFLM, with
+    `ops_source`: the C++ definitions of tswap_host_ops.h for a model (its operators and resource
+    variables). The runner's fixed part is compiled once; each distinct `ops_source` adds one small
+    object and a link, all cached by content."""
     root, tflm = native_sources(), host_tflm()
     c_src = [root / f for f in CORE_FILES + HOST_FILES if f.endswith(".c")]
     cc_src = [root / "micro" / "host" / "tswap_host_runner.cc", root / "micro" / "tswap_tflm.cc",
               root / "micro" / "tswap_tiled.cc"]
+    flags = [compiler("g++"), "-O2", "-Wall", *tflm.cxx_flags(), f"-I{root / 'micro'}",
+             f"-I{root / 'micro' / 'host'}", f"-I{root / 'common'}", "-c"]
     objects = [build_c_object(src) for src in c_src]
-    command = [compiler("g++"), "-O2", "-Wall", *tflm.cxx_flags(), f"-I{root / 'micro'}",
-               f"-I{root / 'common'}", *map(str, cc_src), *map(str, objects), *tflm.link_flags()]
-    return build("tswap_host_runner", c_src + cc_src, command, str(tflm.library))
+    objects += [build(f"host-{src.stem}.o", [src], [*flags, str(src)], str(tflm.library)) for src in cc_src]
+    digest = hashlib.sha256(ops_source.encode()).hexdigest()[:16]
+    generated = cache_dir() / "host_ops" / f"tswap_host_ops-{digest}.cc"
+    if not generated.is_file():
+        generated.parent.mkdir(parents=True, exist_ok=True)
+        tmp = generated.with_name(f"{generated.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(ops_source)
+        os.replace(tmp, generated)
+    header = root / "micro" / "host" / "tswap_host_ops.h"
+    objects.append(build(f"host-ops-{digest}.o", [generated, header], [*flags, str(generated)], str(tflm.library)))
+    link = [compiler("g++"), *map(str, objects), *tflm.link_flags()]
+    return build(f"tswap_host_runner-{digest}", objects, link, str(tflm.library))
 
 
 def build_c_object(source: Path, extra: list[str] | None = None) -> Path:

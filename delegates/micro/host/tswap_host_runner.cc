@@ -1,5 +1,7 @@
 // Host runner: runs a .tflite on a real TFLite Micro (xmos-ai-tools' host library) with the
 // tflm_swap load operators registered, and reports the arena TFLM's RecordingMicroAllocator saw.
+// The model's own operators and its resource variables come from tswap_host_ops.h, whose
+// definitions tflm_swap generates from the model (tflm_swap/micro/host.py).
 //
 //   tswap_host_runner MODEL IMAGE|- INPUTS OUTPUTS COUNT [deferred]
 //
@@ -12,9 +14,11 @@
 
 #include <vector>
 
-#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/micro/micro_resource_variable.h"
+#include "tensorflow/lite/micro/recording_micro_allocator.h"
 #include "tensorflow/lite/micro/recording_micro_interpreter.h"
 #include "tswap_file_flash.h"
+#include "tswap_host_ops.h"
 #include "tswap_tflm.h"
 
 namespace {
@@ -38,23 +42,6 @@ bool ReadFile(const char* path, std::vector<uint8_t>* out) {
 int Fail(const char* what) {
   fprintf(stderr, "tswap_host_runner: %s\n", what);
   return 1;
-}
-
-using Resolver = tflite::MicroMutableOpResolver<48>;
-
-TfLiteStatus AddBuiltins(Resolver& r) {
-  TfLiteStatus s = kTfLiteOk;
-  auto add = [&s](TfLiteStatus x) { if (x != kTfLiteOk) s = x; };
-  add(r.AddAdd()); add(r.AddAveragePool2D()); add(r.AddConv2D()); add(r.AddDepthwiseConv2D());
-  add(r.AddFullyConnected()); add(r.AddMaxPool2D()); add(r.AddSoftmax()); add(r.AddReshape());
-  add(r.AddQuantize()); add(r.AddDequantize()); add(r.AddMul()); add(r.AddSub()); add(r.AddRelu());
-  add(r.AddRelu6()); add(r.AddLogistic()); add(r.AddTanh()); add(r.AddPad()); add(r.AddPadV2());
-  add(r.AddMean()); add(r.AddConcatenation()); add(r.AddStridedSlice()); add(r.AddTranspose());
-  add(r.AddHardSwish()); add(r.AddSqueeze()); add(r.AddShape()); add(r.AddPack()); add(r.AddUnpack());
-  add(r.AddLeakyRelu()); add(r.AddMaximum()); add(r.AddMinimum()); add(r.AddTransposeConv());
-  add(r.AddResizeNearestNeighbor()); add(r.AddSplit()); add(r.AddGather());
-  add(r.AddExpandDims()); add(r.AddArgMax()); add(r.AddSlice()); add(r.AddSum()); add(r.AddCast());
-  return s;
 }
 
 }  // namespace
@@ -82,9 +69,19 @@ int main(int argc, char** argv) {
     }
   }
   const tflite::Model* model = tflite::GetModel(model_bytes.data());
-  static Resolver resolver;
-  if (AddBuiltins(resolver) != kTfLiteOk || tswap::AddLoadOps(resolver) != kTfLiteOk) return Fail("op resolver full");
-  tflite::RecordingMicroInterpreter interpreter(model, resolver, g_arena, kArenaBytes);
+  static tswap_host::Resolver resolver;
+  if (tswap_host::AddModelOps(resolver) != kTfLiteOk || tswap::AddLoadOps(resolver) != kTfLiteOk) {
+    return Fail("op resolver full");
+  }
+  // Resource variables (stateful models) live in the arena's persistent part, as on a device.
+  tflite::RecordingMicroAllocator* allocator = tflite::RecordingMicroAllocator::Create(g_arena, kArenaBytes);
+  if (allocator == nullptr) return Fail("cannot create the allocator");
+  tflite::MicroResourceVariables* variables = nullptr;
+  if (tswap_host::kResourceVariables > 0) {
+    variables = tflite::MicroResourceVariables::Create(allocator, tswap_host::kResourceVariables);
+    if (variables == nullptr) return Fail("cannot create the resource variables");
+  }
+  tflite::RecordingMicroInterpreter interpreter(model, resolver, allocator, variables);
   TfLiteStatus setup = has_image ? tswap::SetUp(interpreter, &image) : interpreter.AllocateTensors();
   if (setup != kTfLiteOk) return Fail("AllocateTensors failed");
 
