@@ -1,4 +1,5 @@
-"""Run a model on a real TFLite Micro on the host (xmos-ai-tools' TFLM) with our load operators.
+"""Run a model on a real TFLite Micro on the host (xmos-ai-tools' TFLM, or TFLM built from the pinned
+sources for a model with resource variables) with our load operators.
 
 `run_host_tflm` feeds inputs to the compiled host runner (delegates/micro/host/tswap_host_runner.cc)
 and returns the outputs with the arena figures TFLM's RecordingMicroAllocator reports.
@@ -16,8 +17,8 @@ import numpy as np
 
 from ..errors import TflmSwapError
 from ..format.model import Model, numpy_dtype
-from .codegen import builtin_ops, resolver_lines
-from .toolchain import build_host_runner
+from .codegen import builtin_ops, resolver_lines, resolver_method
+from .toolchain import NativeToolError, build_host_runner
 
 
 @dataclass
@@ -54,7 +55,7 @@ def run_host_tflm(graph: bytes, image: bytes | None, inputs: list[list[np.ndarra
             raise TflmSwapError(f"inference {n}: {len(arrays)} inputs given, the model has {len(in_specs)}")
         for (shape, dtype), x in zip(in_specs, arrays):
             blob += np.ascontiguousarray(x, dtype=dtype).reshape(shape).tobytes()
-    runner = build_host_runner(host_ops_source(builtin_ops(parsed), parsed.resource_variable_count()))
+    runner = host_runner(parsed)
     with tempfile.TemporaryDirectory(prefix="tswap_host_") as tmp:
         d = Path(tmp)
         (d / "model.tflite").write_bytes(graph)
@@ -73,6 +74,23 @@ def run_host_tflm(graph: bytes, image: bytes | None, inputs: list[list[np.ndarra
         raw = (d / "outputs.bin").read_bytes()
     return HostRun(_split_outputs(raw, out_specs, len(inputs)), report["arena_total"], report["arena_head"],
                    report["arena_tail"], report["flash_bytes"])
+
+
+def host_runner(model: Model) -> Path:
+    """The host runner for `model`'s operators. Against xmos-ai-tools' TFLM, except for a model with
+    resource variables: that library crashes in MicroResourceVariables::Allocate, so such a model
+    runs on TFLM built for this machine from the pinned sources (`mcu.source_host_tflm`)."""
+    ops, variables = builtin_ops(model), model.resource_variable_count()
+    tflm = None
+    if variables:
+        from . import mcu
+
+        try:
+            tflm = mcu.source_host_tflm([resolver_method(o) for o in ops])
+        except NativeToolError as exc:
+            raise NativeToolError(f"the model has resource variables, which need TFLM built from the pinned "
+                                  f"sources (xmos-ai-tools' host TFLM crashes on them): {exc}") from exc
+    return build_host_runner(host_ops_source(ops, variables), tflm)
 
 
 def host_ops_source(ops: list[str], resource_variables: int = 0) -> str:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import TflmSwapError
 from ..fileio import file_sha256
-from .toolchain import NativeToolError, cache_dir, native_sources, run_to_file
+from .toolchain import HostTflm, NativeToolError, cache_dir, compiler, native_sources, run_to_file
 
 INSTRUCTIONS_PER_TICK = 40  # SysTick at 25 MHz, qemu -icount shift=0: 1 instruction per ns
 ARENA_ALIGNMENT = 16  # TFLM aligns the arena; the smallest arena that runs is arena_used rounded up to this
@@ -113,6 +113,12 @@ BOARDS = {
                         "ARMCM4", "mps2.ld", 0x21000000, 16 << 20),
 }
 DEFAULT_BOARD = "mps2-an386"
+# This machine, built with its own gcc: the stock TFLM from the pinned sources, for what xmos-ai-tools'
+# host library cannot run (resource variables crash in its MicroResourceVariables::Allocate).
+HOST_BOARD = Board("host", (), "", "", 0, 0)
+# The host runner reports the arena through TFLM's recording allocator.
+HOST_SOURCES = ("tensorflow/lite/micro/recording_micro_allocator.cc",
+                "tensorflow/lite/micro/arena_allocator/recording_single_arena_buffer_allocator.cc")
 
 COMMON_FLAGS = ("-O2", "-ffunction-sections", "-fdata-sections", "-funsigned-char", "-DTF_LITE_STATIC_MEMORY",
                 "-DNDEBUG", "-DTF_LITE_STRIP_ERROR_STRINGS")
@@ -122,6 +128,8 @@ C_FLAGS = ("-std=c99",)
 
 def board(name: str) -> Board:
     """The board called `name`; TflmSwapError naming the known boards otherwise."""
+    if name == HOST_BOARD.name:
+        return HOST_BOARD
     if name not in BOARDS:
         raise TflmSwapError(f"unknown board {name!r}; known boards: {', '.join(sorted(BOARDS))}")
     return BOARDS[name]
@@ -141,9 +149,13 @@ class Toolchain:
     version: str  # first line of `arm-none-eabi-gcc --version`, part of the library's cache key
 
 
-def toolchain() -> Toolchain:
-    """Locate arm-none-eabi-gcc/g++/ar and qemu-system-arm; NativeToolError naming the Debian
-    packages when one is missing."""
+def toolchain(board_name: str = DEFAULT_BOARD) -> Toolchain:
+    """Locate arm-none-eabi-gcc/g++/ar and qemu-system-arm (for the host board: gcc, g++ and ar);
+    NativeToolError naming the Debian packages when one is missing."""
+    if board_name == HOST_BOARD.name:
+        gcc, ar = compiler("gcc"), shutil.which("ar") or "ar"
+        proc = subprocess.run([gcc, "--version"], capture_output=True, text=True)
+        return Toolchain(gcc, compiler("g++"), ar, "", proc.stdout.splitlines()[0])
     tools = {t: shutil.which(f"arm-none-eabi-{t}") for t in ("gcc", "g++", "ar")}
     tools["qemu"] = shutil.which("qemu-system-arm")
     missing = [t for t, p in tools.items() if p is None]
@@ -217,11 +229,16 @@ class Sources:
     def tflm(self) -> Path:
         return self.root / "tflite-micro"
 
-    def include_flags(self, device: str) -> list[str]:
+    def include_dirs(self, device: str = "") -> list[Path]:
+        """TFLM's include directories, and CMSIS's for a Cortex-M `device` ("" for the host)."""
         r = self.root
-        return [f"-I{r / 'tflite-micro'}", f"-I{r / 'flatbuffers' / 'include'}", f"-I{r / 'gemmlowp'}",
-                f"-I{r / 'ruy'}", f"-I{r / 'CMSIS_6' / 'CMSIS' / 'Core' / 'Include'}",
-                f"-I{r / 'Cortex_DFP' / 'Device' / device / 'Include'}"]
+        dirs = [r / "tflite-micro", r / "flatbuffers" / "include", r / "gemmlowp", r / "ruy"]
+        if device:
+            dirs += [r / "CMSIS_6" / "CMSIS" / "Core" / "Include", r / "Cortex_DFP" / "Device" / device / "Include"]
+        return dirs
+
+    def include_flags(self, device: str = "") -> list[str]:
+        return [f"-I{d}" for d in self.include_dirs(device)]
 
 
 def extract_sources(vendor: Path | None = None) -> Sources:
@@ -333,8 +350,9 @@ def tflm_library(methods: Sequence[str], board_name: str = DEFAULT_BOARD) -> Pat
     """TFLM built for the board with the kernels the resolver methods need (`kernel_sources`), as a
     static library cached under a hash of its inputs (archive hashes, source list, flags, compiler
     version); objects are shared between libraries of different kernel sets."""
-    b, tools, sources = board(board_name), toolchain(), extract_sources()
-    srcs = list(dict.fromkeys([*CORE_SOURCES, *TILED_KERNEL_SOURCES, *kernel_sources(sources, methods)]))
+    b, tools, sources = board(board_name), toolchain(board_name), extract_sources()
+    extra = HOST_SOURCES if b is HOST_BOARD else ()
+    srcs = list(dict.fromkeys([*CORE_SOURCES, *extra, *TILED_KERNEL_SOURCES, *kernel_sources(sources, methods)]))
     base = _flags(tools, b, sources, cxx=True)
     obj_key = hashlib.sha256(f"{sources.key}|{tools.version}|{' '.join(base)}".encode()).hexdigest()[:16]
     lib_key = hashlib.sha256(f"{obj_key}|{'|'.join(sorted(srcs))}".encode()).hexdigest()[:16]
@@ -354,6 +372,14 @@ def tflm_library(methods: Sequence[str], board_name: str = DEFAULT_BOARD) -> Pat
             raise NativeToolError(f"archiving {lib} failed: {proc.stderr}")
         os.replace(tmp, lib)
     return lib
+
+
+def source_host_tflm(methods: Sequence[str]) -> HostTflm:
+    """TFLM built for this machine from the pinned sources with the kernels `methods` need, as a
+    HostTflm to build the host runner or a project against."""
+    lib, sources = tflm_library(methods, HOST_BOARD.name), extract_sources()
+    defines = [f for f in COMMON_FLAGS if f.startswith("-D")]  # as the library was compiled
+    return HostTflm(lib, (*CXX_FLAGS[:1], *defines, *sources.include_flags()), (str(lib),))
 
 
 # ------------------------------------------------------------------------------------------ projects

@@ -52,18 +52,18 @@ def compiler(name: str) -> str:
 
 @dataclass(frozen=True)
 class HostTflm:
-    """Where the host TFLM headers and library are, and the flags to compile against them."""
+    """A TFLM library for this machine and the flags to compile and link against it: xmos-ai-tools'
+    (`host_tflm`) or one built from the pinned sources (`mcu.source_host_tflm`)."""
 
-    include: Path
     library: Path
-    gemmlowp: Path
+    compile_flags: tuple[str, ...]
+    link: tuple[str, ...]
 
     def cxx_flags(self) -> list[str]:
-        return ["-std=c++17", "-Dtflite=tflite_micro", "-isystem", str(self.include),
-                "-isystem", str(self.gemmlowp)]
+        return list(self.compile_flags)
 
     def link_flags(self) -> list[str]:
-        return [str(self.library), f"-Wl,-rpath,{self.library.parent}"]
+        return list(self.link)
 
 
 def host_tflm() -> HostTflm:
@@ -80,7 +80,8 @@ def host_tflm() -> HostTflm:
     gemm = next((Path(d) for d in GEMMLOWP_DIRS if Path(d, "fixedpoint").is_dir()), None)
     if gemm is None:
         raise NativeToolError("gemmlowp headers not found (Debian: apt-get install libgemmlowp-dev)")
-    return HostTflm(include, libs[0], gemm)
+    flags = ("-std=c++17", "-Dtflite=tflite_micro", "-isystem", str(include), "-isystem", str(gemm))
+    return HostTflm(libs[0], flags, (str(libs[0]), f"-Wl,-rpath,{libs[0].parent}"))
 
 
 def cache_dir() -> Path:
@@ -131,12 +132,12 @@ def c_objects_command(sources: list[Path], extra: list[str] | None = None) -> li
             f"-I{root / 'micro'}", f"-I{root / 'common'}", *(extra or []), *map(str, sources)]
 
 
-def build_host_runner(ops_source: str) -> Path:
+def build_host_runner(ops_source: str, tflm: HostTflm | None = None) -> Path:
     """The host runner (delegates/micro/host/tswap_host_runner.cc) linked to the host TFLM, with
     `ops_source`: the C++ definitions of tswap_host_ops.h for a model (its operators and resource
     variables). The runner's fixed part is compiled once; each distinct `ops_source` adds one small
-    object and a link, all cached by content."""
-    root, tflm = native_sources(), host_tflm()
+    object and a link, all cached by content. `tflm`: the TFLM to link (xmos-ai-tools' by default)."""
+    root, tflm = native_sources(), tflm or host_tflm()
     c_src = [root / f for f in CORE_FILES + HOST_FILES if f.endswith(".c")]
     cc_src = [root / "micro" / "host" / "tswap_host_runner.cc", root / "micro" / "tswap_tflm.cc",
               root / "micro" / "tswap_tiled.cc"]
