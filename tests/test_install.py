@@ -41,3 +41,16 @@ def test_pip_install_copies_converters_into_the_package(tmp_path: Path) -> None:
     converters_file, has_native = _probe(str(target), tmp_path)
     assert Path(converters_file) == target / "tflm_swap" / "converters" / "__init__.py"
     assert has_native == "True"
+
+
+def test_every_micro_source_is_packaged() -> None:
+    """A wheel carries delegates/micro and delegates/common as data files (setup.cfg): a source the
+    micro target uses but the list forgets works from a checkout and breaks an installed package."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    listed = {line.strip() for value in config["options.data_files"].values() for line in value.splitlines()}
+    sources = {str(p.relative_to(REPO)) for d in ("delegates/micro", "delegates/common") for p in (REPO / d).rglob("*")
+               if p.is_file() and p.suffix in (".c", ".cc", ".h", ".in", ".cmake", ".ld")}
+    assert sources - listed == set()

@@ -7,7 +7,7 @@ The C core's unit tests (with the file flash driver) run there too: `long` is 32
 
 Needs gcc-arm-none-eabi, libnewlib-arm-none-eabi, libstdc++-arm-none-eabi-newlib and qemu-system-arm
 (skipped without them, failed under CI) and ../shared/vendor (`missing_shared`). TFLM is compiled
-once and cached in the build directory (TFLM_SWAP_MCU_BUILD, else tflm_swap's native cache).
+once and cached in the build directory (TFLM_SWAP_MCU_BUILD, else build/mcu in the checkout).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ Files (prefix = a C identifier, e.g. `kws`):
     {prefix}_tswap.h           segment table, image size/CRC32, arena size, load-op count
     main.cc                    a minimal example (file-backed flash on a host, your driver on a device)
     tswap/                     the tflm_swap micro library (C99 core, CRC32, TFLM kernels, file driver)
+    CMakeLists.txt             static library + example (plain CMake, or an ESP-IDF component)
+    idf_component.yml          ESP-IDF component manifest (TFLM from espressif/esp-tflite-micro)
+    cmake/arm-none-eabi.cmake  CMake toolchain file for Cortex-M
     README.md                  how to build it
 """
 
@@ -31,6 +34,8 @@ _RESOLVER_NAMES = {
 }
 _OUR_OPS = {f"CUSTOM:{k}" for k in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, *TILED_KERNELS.values())}
 _OUR_SLOTS = len(_OUR_OPS)  # tswap::AddLoadOps registers them all (tswap::kResolverSlots)
+EXAMPLE_DIR = Path("micro") / "example"  # templates of the generated files, under native_sources()
+TOOLCHAIN_FILE = "cmake/arm-none-eabi.cmake"  # CMake toolchain file for Cortex-M, copied into projects
 
 
 def resolver_method(builtin: str) -> str:
@@ -66,17 +71,20 @@ def generate_project(micro: MicroModel, out_dir: str | Path, prefix: str, arena_
                                     + c_array(f"{prefix}_model_data", micro.graph)),
         f"{prefix}_tswap.h": _segments_header(micro, prefix, upper, arena_size, mcu_arena),
         "main.cc": _main(prefix, upper, ops, _graph(micro).resource_variable_count()),
+        "CMakeLists.txt": _template("CMakeLists.txt.in", name=prefix),
+        "idf_component.yml": _template("idf_component.yml.in", name=prefix),
         "README.md": _readme(prefix),
     }
     root = native_sources()
     library = {out / "tswap" / Path(rel).name: root / rel for rel in CORE_FILES + TFLM_FILES + HOST_FILES}
+    library[out / TOOLCHAIN_FILE] = root / EXAMPLE_DIR / TOOLCHAIN_FILE
     contents = {**{n: text.encode() for n, text in files.items()}, f"{prefix}_image.bin": micro.image}
     refuse_inputs([*(out / n for n in contents), *library], inputs)
     with staged_directory(out, inputs) as stage:  # the whole project, or nothing
         for name, data in contents.items():
             (stage / name).write_bytes(data)
-        (stage / "tswap").mkdir()
         for dest, src in library.items():
+            (stage / dest.relative_to(out)).parent.mkdir(exist_ok=True)
             shutil.copyfile(src, stage / dest.relative_to(out))
     return [*(out / n for n in contents), *library]
 
@@ -167,9 +175,14 @@ static const tswap_segment {prefix}_segments[{max(len(micro.segments), 1)}] = {{
 """
 
 
+def _template(template: str, **values) -> str:
+    """delegates/micro/example/`template` with `values` substituted (string.Template: $$ is a literal $)."""
+    return string.Template((native_sources() / EXAMPLE_DIR / template).read_text()).substitute(values)
+
+
 def _main(prefix: str, upper: str, ops: list[str], variables: int) -> str:
-    template = (native_sources() / "micro" / "example" / "main.cc.in").read_text()
-    return string.Template(template).substitute(
+    return _template(
+        "main.cc.in",
         name=prefix, upper=upper, op_count=len(ops) + _OUR_SLOTS,
         resolver_lines=resolver_lines(ops, 'return Fail("resolver: {op}", 0);'),
         interpreter_lines=_interpreter_lines(variables))
@@ -199,7 +212,18 @@ def _readme(prefix: str) -> str:
 - `main.cc`: the example. On a device build with `-DTSWAP_BOARD_FLASH` and implement
   `int tswap_board_flash_init(tswap_flash*)` (blocking `read`; optional DMA `start`/`poll`).
 
-Host build against a TFLM library (here xmos-ai-tools' host TFLM, namespace `tflite_micro`):
+CMake (a static library `{prefix}_tswap` + `{prefix}_example`; TFLM is a library you built for the target):
+
+```
+cmake -S . -B build -DTFLM_LIBRARY=/path/libtensorflow-microlite.a \\
+      -DTFLM_INCLUDE_DIRS="/path/tflite-micro;/path/flatbuffers/include;/path/gemmlowp;/path/ruy"
+cmake --build build && ./build/{prefix}_example {prefix}_image.bin [input.bin]
+```
+
+Cortex-M: add `-DCMAKE_TOOLCHAIN_FILE=cmake/arm-none-eabi.cmake -DTSWAP_BOARD_FLASH=ON` and your board's
+`TSWAP_BOARD_SOURCES` / `TSWAP_BOARD_LINK_OPTIONS`. ESP-IDF: put this directory under `components/`
+(`idf_component.yml` pulls `espressif/esp-tflite-micro`). Without CMake, against xmos-ai-tools' host TFLM
+(namespace `tflite_micro`):
 
 ```
 gcc -std=c99 -O2 -Itswap -c tswap/tswap_micro.c tswap/tswap_crc32.c tswap/tswap_file_flash.c

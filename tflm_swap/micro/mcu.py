@@ -7,7 +7,7 @@
 
 Third-party sources come only from the pinned archives in the vendor directory (`TFLM_SWAP_VENDOR`,
 else `../shared/vendor` beside the checkout): they are extracted into the build directory
-(`TFLM_SWAP_MCU_BUILD`, else `mcu/` in tflm_swap's native cache), never into the repository. The
+(`TFLM_SWAP_MCU_BUILD`, else the checkout's git-ignored `build/mcu`), never into tracked files. The
 TFLM library is compiled once per set of inputs (archive hashes, source list, flags, compiler
 version) and cached there; the board files are ours (`delegates/micro/mcu/`).
 
@@ -116,8 +116,8 @@ DEFAULT_BOARD = "mps2-an386"
 # This machine, built with its own gcc: the stock TFLM from the pinned sources, for what xmos-ai-tools'
 # host library cannot run (resource variables crash in its MicroResourceVariables::Allocate).
 HOST_BOARD = Board("host", (), "", "", 0, 0)
-# The host runner reports the arena through TFLM's recording allocator.
-HOST_SOURCES = ("tensorflow/lite/micro/recording_micro_allocator.cc",
+# The host runner reports the arena through TFLM's recording allocator; main.cc reads TFLM's timer.
+HOST_SOURCES = ("tensorflow/lite/micro/micro_time.cc", "tensorflow/lite/micro/recording_micro_allocator.cc",
                 "tensorflow/lite/micro/arena_allocator/recording_single_arena_buffer_allocator.cc")
 
 COMMON_FLAGS = ("-O2", "-ffunction-sections", "-fdata-sections", "-funsigned-char", "-DTF_LITE_STATIC_MEMORY",
@@ -179,10 +179,17 @@ def vendor_dir() -> Path:
 
 
 def build_root() -> Path:
-    """Where sources are extracted and objects, libraries and firmware are cached
-    (TFLM_SWAP_MCU_BUILD, else `mcu/` in tflm_swap's native cache)."""
+    """Where sources are extracted and objects, libraries and firmware are cached, keyed by their
+    inputs: TFLM_SWAP_MCU_BUILD, else `build/mcu` in the checkout tflm_swap runs from (git-ignored),
+    else (an installed package) `mcu/` in tflm_swap's native cache."""
     env = os.environ.get("TFLM_SWAP_MCU_BUILD")
-    path = Path(env) if env else cache_dir() / "mcu"
+    checkout = Path(__file__).resolve().parents[2]
+    if env:
+        path = Path(env)
+    elif (checkout / "setup.cfg").is_file() and (checkout / "delegates").is_dir():
+        path = checkout / "build" / "mcu"
+    else:
+        path = cache_dir() / "mcu"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
