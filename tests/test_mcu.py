@@ -171,3 +171,17 @@ def test_auto_board_falls_back_to_the_host_figure_when_the_board_fails(monkeypat
     assert f"_ARENA_SIZE {project.arena_size}u" in project.header_path.read_text()
     with pytest.raises(TflmSwapError, match="Register_FOO"):
         export_project(kws, tmp_path / "named", arena_board="mps2-an386")
+
+
+def test_cortex_m7_runs_bit_exact_with_its_own_arena(mcu, model_runs, tmp_path):
+    """mps2-an500 (Cortex-M7, fpv5-d16): TFLM and the project built for it, the header's 32-bit arena
+    measured there, the outputs those of the host TFLM."""
+    got = model_runs("kws_ref_model")
+    project = export_project(require_model("kws_ref_model"), tmp_path / "m7", prefetch=True, arena_board="mps2-an500")
+    assert project.arena_board == "mps2-an500" and project.mcu_arena_size < project.arena_size
+    run = mcu.run_project(project, got["inputs"], board_name="mps2-an500")
+    for ours, host in zip(run.outputs, got["host"].outputs):
+        assert np.array_equal(ours[0], host[0])
+    assert run.arena_used_bytes <= project.mcu_arena_size <= run.smallest_arena + 64
+    print(f"\nkws prefetch on mps2-an500: arena {project.mcu_arena_size:,} B, "
+          f"{int(np.median(run.invoke_instructions)):,} instructions per inference")

@@ -25,7 +25,7 @@ from .toolchain import NativeToolError, native_sources
 def cmake_arguments(project: str | Path, board_name: str = mcu.HOST_BOARD.name) -> list[str]:
     """`cmake -S project` options building it for `board_name` ("host", or a board of `mcu.BOARDS`)."""
     files = mcu.read_project(Path(project))
-    b, sources = mcu.board(board_name), mcu.extract_sources()
+    b, sources = mcu.build_target(board_name), mcu.extract_sources()
     library = mcu.tflm_library(files.resolver_methods(), board_name)
     defines = [f[2:] for f in mcu.COMMON_FLAGS if f.startswith("-D")]  # as the library was compiled
     args = [f"-DTFLM_LIBRARY={library}", f"-DTFLM_INCLUDE_DIRS={_list(sources.include_dirs(b.device))}",

@@ -12,8 +12,10 @@ TFLM library is compiled once per set of inputs (archive hashes, source list, fl
 version) and cached there; the board files are ours (`delegates/micro/mcu/`).
 
 Boards: `mps2-an386` (Cortex-M4F; 4 MiB code at 0x0, 4 MiB SRAM at 0x20000000, the flash image in
-the 16 MiB PSRAM at 0x21000000). QEMU runs with `-icount shift=0`, so SysTick counts one tick per
-`INSTRUCTIONS_PER_TICK` instructions: figures are instruction counts, not cycles.
+the 16 MiB PSRAM at 0x21000000) and `mps2-an500` (Cortex-M7, same RAMs, the PSRAM at 0x60000000); the
+build target `host` is this machine (TFLM from the same sources, for what xmos-ai-tools' cannot run).
+QEMU runs with `-icount shift=0`, so SysTick counts one tick per `INSTRUCTIONS_PER_TICK`
+instructions: figures are instruction counts, not cycles.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ class Board:
 BOARDS = {
     "mps2-an386": Board("mps2-an386", ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
                         "ARMCM4", "mps2.ld", 0x21000000, 16 << 20),
+    # Cortex-M7 (double-precision FPU): the same code and data RAM as AN386, its PSRAM at 0x60000000
+    "mps2-an500": Board("mps2-an500", ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"),
+                        "ARMCM7", "mps2.ld", 0x60000000, 16 << 20),
 }
 DEFAULT_BOARD = "mps2-an386"
 # This machine, built with its own gcc: the stock TFLM from the pinned sources, for what xmos-ai-tools'
@@ -128,11 +133,14 @@ C_FLAGS = ("-std=c99",)
 
 def board(name: str) -> Board:
     """The board called `name`; TflmSwapError naming the known boards otherwise."""
-    if name == HOST_BOARD.name:
-        return HOST_BOARD
     if name not in BOARDS:
         raise TflmSwapError(f"unknown board {name!r}; known boards: {', '.join(sorted(BOARDS))}")
     return BOARDS[name]
+
+
+def build_target(name: str) -> Board:
+    """What TFLM and projects can be built for: a board, or this machine (`HOST_BOARD`, "host")."""
+    return HOST_BOARD if name == HOST_BOARD.name else board(name)
 
 
 # --------------------------------------------------------------------------------------------- tools
@@ -357,7 +365,7 @@ def tflm_library(methods: Sequence[str], board_name: str = DEFAULT_BOARD) -> Pat
     """TFLM built for the board with the kernels the resolver methods need (`kernel_sources`), as a
     static library cached under a hash of its inputs (archive hashes, source list, flags, compiler
     version); objects are shared between libraries of different kernel sets."""
-    b, tools, sources = board(board_name), toolchain(board_name), extract_sources()
+    b, tools, sources = build_target(board_name), toolchain(board_name), extract_sources()
     extra = HOST_SOURCES if b is HOST_BOARD else ()
     srcs = list(dict.fromkeys([*CORE_SOURCES, *extra, *TILED_KERNEL_SOURCES, *kernel_sources(sources, methods)]))
     base = _flags(tools, b, sources, cxx=True)
