@@ -1,13 +1,16 @@
 """TFLM on an emulated Cortex-M4 (mps2-an386, QEMU): every MLPerf Tiny int8 model in ../shared, stock
 TFLM vs our projects (blocking loads, prefetch), 32-bit arenas and instruction counts side by side.
 
-    python benchmarks/micro_qemu.py [--shared ../shared] [--inferences 5] [--json micro_qemu.json]
+    python benchmarks/micro_qemu.py [--shared ../shared] [--inferences 5] [--kernels cmsis-nn] [--json F]
 
 Per model: the 64-bit host arena of our blocking project (what the header carried before), the
 32-bit arenas measured under QEMU (the smallest that runs; stock TFLM's too, the stock model run
 with every weight in the graph), TFLM's arena_used_bytes there, instructions per inference (SysTick
 under -icount shift=0: ticks x 40, instructions, not cycles) for stock, blocking and prefetch, flash
-bytes read per inference, and whether all outputs are bit-identical to the host TFLM.
+bytes read per inference, and whether all outputs are bit-identical to the host TFLM (which runs
+the reference kernels). `--kernels cmsis-nn`: TFLM's CMSIS-NN kernels for stock and ours; the 32-bit
+arenas are then measured with them (CMSIS-NN keeps scratch buffers in the arena), not read from the
+header, which is sized for the reference kernels.
 
 QEMU has no DMA: the prefetch build's flash driver completes a read when polled, so its count is
 the blocking count plus the cost of the asynchronous path, not the overlap a real DMA would give.
@@ -40,7 +43,7 @@ def _inputs(data: bytes, n: int) -> list[np.ndarray]:
     return [rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype) for _ in range(n)]
 
 
-def measure(path: Path, work: Path, inferences: int) -> dict:
+def measure(path: Path, work: Path, inferences: int, kernels: str = "reference") -> dict:
     """All figures for one model."""
     data = path.read_bytes()
     inputs = _inputs(data, inferences)
@@ -51,9 +54,10 @@ def measure(path: Path, work: Path, inferences: int) -> dict:
     exact = True
     for name, options in variants.items():
         project = export_project(path, work / name, **options)
-        run = mcu.run_project(project, inputs)
+        arena = project.mcu_arena_size if kernels == "reference" else mcu.measure_arena(project, kernels=kernels)
+        run = mcu.run_project(project, inputs, kernels=kernels, arena_size=arena)
         exact &= all(np.array_equal(a, b) for ours, ref in zip(run.outputs, host.outputs) for a, b in zip(ours, ref))
-        row[f"{name}_arena_32bit"] = project.mcu_arena_size
+        row[f"{name}_arena_32bit"] = arena
         row[f"{name}_arena_used"] = run.arena_used_bytes
         row[f"{name}_instructions"] = int(np.median(run.invoke_instructions))
         row[f"{name}_flash_bytes"] = run.flash_bytes_read // inferences
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared"))
     p.add_argument("--inferences", type=int, default=5)
+    p.add_argument("--kernels", choices=mcu.KERNEL_SETS, default="reference", help="TFLM kernel set")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     os.environ.setdefault("TFLM_SWAP_VENDOR", str(Path(args.shared) / "vendor"))
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(args.shared) / "models" / "mlperf_tiny" / f"{name}.tflite"
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="tswap_qemu_") as tmp:
-            rows.append(measure(path, Path(tmp), args.inferences))
+            rows.append(measure(path, Path(tmp), args.inferences, args.kernels))
         print(f"{name}: {time.monotonic() - start:.0f} s", file=sys.stderr)
     print(table(rows))
     if args.json:

@@ -185,3 +185,22 @@ def test_cortex_m7_runs_bit_exact_with_its_own_arena(mcu, model_runs, tmp_path):
     assert run.arena_used_bytes <= project.mcu_arena_size <= run.smallest_arena + 64
     print(f"\nkws prefetch on mps2-an500: arena {project.mcu_arena_size:,} B, "
           f"{int(np.median(run.invoke_instructions)):,} instructions per inference")
+
+
+def test_cmsis_nn_kernels_are_bit_exact_stock_and_ours(mcu, model_runs, tmp_path):
+    """TFLM's CMSIS-NN kernels (the CMSIS-NN library built from its pinned archive): the blocking
+    project and the stock model give the host's reference-kernel outputs, in far fewer instructions;
+    the arena is measured with them (scratch buffers), not read from the header."""
+    got = model_runs("kws_ref_model")
+    runs = {}
+    for variant in ("stock", "blocking"):
+        project = got["projects"][variant]
+        arena = mcu.measure_arena(project, kernels="cmsis-nn")
+        runs[variant] = mcu.run_project(project, got["inputs"], kernels="cmsis-nn", arena_size=arena)
+        for ours, host in zip(runs[variant].outputs, got["host"].outputs):
+            assert np.array_equal(ours[0], host[0])
+    instr = {k: int(np.median(r.invoke_instructions)) for k, r in runs.items()}
+    reference = int(np.median(got["runs"]["blocking"].invoke_instructions))
+    assert instr["blocking"] < reference / 2
+    print(f"\nkws with CMSIS-NN on mps2-an386: {instr['stock']:,} instructions stock, {instr['blocking']:,} ours "
+          f"(reference kernels: {reference:,})")

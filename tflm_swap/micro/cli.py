@@ -104,7 +104,7 @@ def plan_tflm(model_path: str, args) -> int:
 
 def add_mcu_parser(sub) -> None:
     """`tflm-swap mcu run PROJECT --board BOARD`: a generated project on an emulated Cortex-M."""
-    from .mcu import BOARDS, DEFAULT_BOARD
+    from .mcu import BOARDS, DEFAULT_BOARD, KERNEL_SETS
 
     m = sub.add_parser("mcu", help="build a generated TFLM project for an emulated Cortex-M and run it under QEMU")
     msub = m.add_subparsers(dest="mcu_command", required=True)
@@ -112,6 +112,9 @@ def add_mcu_parser(sub) -> None:
                                     "QEMU, print its outputs, 32-bit arena, flash bytes and instruction counts")
     r.add_argument("project", help="directory written by `tflm-swap convert MODEL --target tflm -o DIR`")
     r.add_argument("--board", default=DEFAULT_BOARD, choices=sorted(BOARDS), help="emulated board")
+    r.add_argument("--kernels", default="reference", choices=KERNEL_SETS,
+                   help="TFLM's reference kernels, or its CMSIS-NN kernels (their scratch buffers need more arena "
+                        "than the header's: it is measured first unless --arena-size is given)")
     r.add_argument("--inputs", help=".npy of input 0 values, one per inference along the first axis "
                                     "(or a single value); default: one inference on zeros")
     r.add_argument("--arena-size", type=int, default=None, help="override the header's arena (bytes)")
@@ -127,7 +130,7 @@ def run_mcu(args) -> int:
 
     from ..errors import TflmSwapError
     from .host import io_specs
-    from .mcu import read_project, run_project
+    from .mcu import measure_arena, read_project, run_project
 
     inputs = None
     if args.inputs:
@@ -140,7 +143,10 @@ def run_mcu(args) -> int:
         if values.size % per:
             raise TflmSwapError(f"{args.inputs}: {values.size} values is not a whole number of inputs of shape {shape}")
         inputs = list(values.reshape(-1, *shape))
-    run = run_project(args.project, inputs, board_name=args.board, arena_size=args.arena_size)
+    arena = args.arena_size
+    if arena is None and args.kernels != "reference":  # the header is sized for the reference kernels
+        arena = measure_arena(args.project, args.board, kernels=args.kernels)
+    run = run_project(args.project, inputs, board_name=args.board, arena_size=arena, kernels=args.kernels)
     report = {"board": args.board, "arena_used_bytes": run.arena_used_bytes, "arena_used_rounded": run.smallest_arena,
               "flash_bytes_read": run.flash_bytes_read, "invoke_instructions": run.invoke_instructions,
               "outputs": [[o.tolist() for o in outs] for outs in run.outputs]}

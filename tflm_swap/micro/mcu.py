@@ -52,6 +52,7 @@ ARCHIVES = {
     "ruy": "ruy-d3712831.tar.gz",
     "CMSIS_6": "cmsis6-5782d6f8.tar.gz",
     "Cortex_DFP": "cortex-dfp-c2c70a97.tar.gz",
+    "CMSIS-NN": "cmsis-nn-4ab83cc3.tar.gz",
 }
 FLATBUFFERS_PATCH = "tflite-micro/tensorflow/lite/micro/tools/make/flatbuffers.patch"
 
@@ -92,6 +93,12 @@ CORE_SOURCES = (
     "tensorflow/lite/micro/tflite_bridge/micro_error_reporter.cc",
 )
 KERNELS_DIR = "tensorflow/lite/micro/kernels"
+# Kernel sets: TFLM's reference kernels, or its CMSIS-NN kernels (kernels/cmsis_nn/, the operators
+# CMSIS-NN has; reference kernels for the rest) with the CMSIS-NN library built from its archive,
+# as TFLM's make does with OPTIMIZED_KERNEL_DIR=cmsis_nn (float16/float32 CMSIS-NN functions off).
+KERNEL_SETS = ("reference", "cmsis-nn")
+CMSIS_NN_DIR = f"{KERNELS_DIR}/cmsis_nn"
+CMSIS_NN_FLAGS = ("-DCMSIS_NN", "-DARM_NN_ENABLE_F16=0", "-DARM_NN_ENABLE_F32=0")
 # The parameter helpers our tiled kernels (delegates/micro/tswap_tiled.cc) share with TFLM's own.
 TILED_KERNEL_SOURCES = tuple(f"{KERNELS_DIR}/{k}_common.cc" for k in ("conv", "depthwise_conv", "fully_connected"))
 RESOLVER_HEADER = "tensorflow/lite/micro/micro_mutable_op_resolver.h"
@@ -308,18 +315,22 @@ def resolver_registrations(sources: Sources) -> dict[str, str]:
     return found
 
 
-def kernel_sources(sources: Sources, methods: Sequence[str]) -> list[str]:
+def kernel_sources(sources: Sources, methods: Sequence[str], kernels: str = "reference") -> list[str]:
     """TFLM kernel sources (relative to tflite-micro/) that the resolver methods in `methods` need:
-    the file defining each registration function and its `<kernel>_common.cc` when there is one."""
+    the file defining each registration function (in kernels/cmsis_nn/ first for the CMSIS-NN set)
+    and its `<kernel>_common.cc` when there is one."""
+    if kernels not in KERNEL_SETS:
+        raise TflmSwapError(f"unknown kernel set {kernels!r}; known: {', '.join(KERNEL_SETS)}")
     registrations = resolver_registrations(sources)
-    kernels = sources.tflm / KERNELS_DIR
-    defined: dict[str, str] = {}
-    for path in sorted(kernels.glob("*.cc")):
-        if path.name.endswith("_test.cc"):
-            continue
-        for name in re.findall(r"^TFLMRegistration\*?\s+(Register_\w+)\s*\(\s*\)\s*\{", path.read_text(),
-                               re.MULTILINE):
-            defined.setdefault(name, path.name)
+    dirs = [CMSIS_NN_DIR, KERNELS_DIR] if kernels == "cmsis-nn" else [KERNELS_DIR]
+    defined: dict[str, str] = {}  # registration -> its file, relative to tflite-micro/
+    for directory in dirs:
+        for path in sorted((sources.tflm / directory).glob("*.cc")):
+            if path.name.endswith("_test.cc"):
+                continue
+            for name in re.findall(r"^TFLMRegistration\*?\s+(Register_\w+)\s*\(\s*\)\s*\{", path.read_text(),
+                                   re.MULTILINE):
+                defined.setdefault(name, f"{directory}/{path.name}")
     result: list[str] = []
     for method in methods:
         if method not in registrations:
@@ -327,12 +338,17 @@ def kernel_sources(sources: Sources, methods: Sequence[str]) -> list[str]:
         reg = registrations[method]
         if reg not in defined:
             raise TflmSwapError(f"no reference kernel in {KERNELS_DIR} defines {reg} (used by {method})")
-        stem = defined[reg][: -len(".cc")]
-        for name in (f"{stem}.cc", f"{stem}_common.cc"):
-            rel = f"{KERNELS_DIR}/{name}"
+        common = f"{KERNELS_DIR}/{Path(defined[reg]).stem}_common.cc"  # shared by both kernel sets
+        for rel in (defined[reg], common):
             if (sources.tflm / rel).is_file() and rel not in result:
                 result.append(rel)
     return result
+
+
+def cmsis_nn_sources(sources: Sources) -> list[str]:
+    """The CMSIS-NN library's C sources (relative to the extracted root), int8/int16 only."""
+    found = sorted(p.relative_to(sources.root).as_posix() for p in (sources.root / "CMSIS-NN" / "Source").rglob("*.c"))
+    return [f for f in found if not f.endswith(("_f16.c", "_f32.c", "/arm_nntables_flt.c"))]
 
 
 # ---------------------------------------------------------------------------------------- compiling
@@ -361,24 +377,33 @@ def _flags(tools: Toolchain, b: Board, sources: Sources, cxx: bool) -> list[str]
             *sources.include_flags(b.device)]
 
 
-def tflm_library(methods: Sequence[str], board_name: str = DEFAULT_BOARD) -> Path:
-    """TFLM built for the board with the kernels the resolver methods need (`kernel_sources`), as a
-    static library cached under a hash of its inputs (archive hashes, source list, flags, compiler
-    version); objects are shared between libraries of different kernel sets."""
+def tflm_library(methods: Sequence[str], board_name: str = DEFAULT_BOARD, kernels: str = "reference") -> Path:
+    """TFLM built for the board with the kernels the resolver methods need from the kernel set
+    (`kernel_sources`; "cmsis-nn" adds the CMSIS-NN library), as a static library cached under a hash
+    of its inputs (archive hashes, source list, flags, compiler version); objects are shared between
+    libraries of different operator sets."""
     b, tools, sources = build_target(board_name), toolchain(board_name), extract_sources()
+    if kernels == "cmsis-nn" and b is HOST_BOARD:
+        raise TflmSwapError("CMSIS-NN kernels are built for Cortex-M boards only")
     extra = HOST_SOURCES if b is HOST_BOARD else ()
-    srcs = list(dict.fromkeys([*CORE_SOURCES, *extra, *TILED_KERNEL_SOURCES, *kernel_sources(sources, methods)]))
-    base = _flags(tools, b, sources, cxx=True)
-    obj_key = hashlib.sha256(f"{sources.key}|{tools.version}|{' '.join(base)}".encode()).hexdigest()[:16]
+    tflm_srcs = [*CORE_SOURCES, *extra, *TILED_KERNEL_SOURCES, *kernel_sources(sources, methods, kernels)]
+    srcs = list(dict.fromkeys(f"tflite-micro/{s}" for s in tflm_srcs))  # relative to the extracted root
+    cxx, cc = _flags(tools, b, sources, cxx=True), _flags(tools, b, sources, cxx=False)
+    if kernels == "cmsis-nn":
+        srcs += cmsis_nn_sources(sources)
+        nn = [*CMSIS_NN_FLAGS, f"-I{sources.root / 'CMSIS-NN'}", f"-I{sources.root / 'CMSIS-NN' / 'Include'}"]
+        cxx, cc = cxx + nn, cc + nn
+    obj_key = hashlib.sha256(f"{sources.key}|{tools.version}|{' '.join(cxx + cc)}".encode()).hexdigest()[:16]
     lib_key = hashlib.sha256(f"{obj_key}|{'|'.join(sorted(srcs))}".encode()).hexdigest()[:16]
-    lib = build_root() / "lib" / f"libtflm-{b.name}-{lib_key}.a"
+    suffix = "" if kernels == "reference" else f"-{kernels}"
+    lib = build_root() / "lib" / f"libtflm-{b.name}{suffix}-{lib_key}.a"
     if lib.is_file():
         return lib
-    obj_dir = build_root() / "obj" / f"{b.name}-{obj_key}"
+    obj_dir = build_root() / "obj" / f"{b.name}{suffix}-{obj_key}"
     objects = [obj_dir / (s.replace("/", "_") + ".o") for s in srcs]
+    jobs = [([*(cc if s.endswith(".c") else cxx), "-c", str(sources.root / s)], o) for s, o in zip(srcs, objects)]
     with _locked(obj_dir.with_suffix(".lock")):
-        _compile_all([([*base, "-c", str(sources.tflm / s)], o) for s, o in zip(srcs, objects)],
-                     f"TFLM sources for {b.name}")
+        _compile_all(jobs, f"TFLM sources for {b.name}{suffix}")
         lib.parent.mkdir(parents=True, exist_ok=True)
         tmp = lib.with_name(f"{lib.name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
@@ -444,11 +469,13 @@ def read_project(directory: str | os.PathLike[str]) -> ProjectFiles:
     return ProjectFiles(d, prefix, graph, flag.group(1) == "1")
 
 
-def build_firmware(project: ProjectFiles, board_name: str = DEFAULT_BOARD, arena_size: int | None = None) -> Path:
+def build_firmware(project: ProjectFiles, board_name: str = DEFAULT_BOARD, arena_size: int | None = None,
+                   kernels: str = "reference") -> Path:
     """Cross-compile and link the project (main.cc, graph, tswap library, our board files) against
-    TFLM for the board; `arena_size` overrides {PREFIX}_ARENA_SIZE. Cached by content."""
+    TFLM for the board with the kernel set `kernels`; `arena_size` overrides {PREFIX}_ARENA_SIZE.
+    Cached by content."""
     b, tools, sources = board(board_name), toolchain(), extract_sources()
-    lib = tflm_library(project.resolver_methods(), board_name)
+    lib = tflm_library(project.resolver_methods(), board_name, kernels)
     mcu, tswap = native_sources() / MCU_DIR, project.directory / "tswap"
     defines = ["-DTSWAP_BOARD_FLASH", "-DTSWAP_SEMIHOSTING", f'-DCMSIS_DEVICE_HEADER="{b.device}.h"']
     per_file = {  # defines only one file depends on, so that its siblings' objects are reused
@@ -553,11 +580,13 @@ def run_firmware(elf: Path, image: Path, inputs: bytes | None, board_name: str =
 
 
 def run_project(project, inputs: Sequence[np.ndarray] | None = None, *, board_name: str = DEFAULT_BOARD,
-                arena_size: int | None = None, timeout: float = 900) -> McuRun:
+                arena_size: int | None = None, timeout: float = 900, kernels: str = "reference") -> McuRun:
     """Build `project` (a TflmProject or its directory) for the board and run it under QEMU, one
     inference per element of `inputs` (values of input 0; None: one inference on zeros).
-    `arena_size` overrides the header's arena. Raises NativeToolError when the toolchain or the
-    archives are missing and TflmSwapError when the run fails (the message carries its output)."""
+    `arena_size` overrides the header's arena; `kernels`: TFLM's "reference" or "cmsis-nn" kernels
+    (CMSIS-NN keeps scratch buffers in the arena: measure it with `measure_arena(..., kernels=)`).
+    Raises NativeToolError when the toolchain or the archives are missing and TflmSwapError when the
+    run fails (the message carries its output)."""
     from .host import io_specs
 
     files = read_project(getattr(project, "out_dir", project))
@@ -568,7 +597,7 @@ def run_project(project, inputs: Sequence[np.ndarray] | None = None, *, board_na
             blob = b"".join(np.ascontiguousarray(x, dtype=dtype).reshape(shape).tobytes() for x in inputs)
         except ValueError as exc:
             raise TflmSwapError(f"input 0 of {files.directory} has shape {shape}: {exc}") from exc
-    elf = build_firmware(files, board_name, arena_size)
+    elf = build_firmware(files, board_name, arena_size, kernels)
     status, stdout = run_firmware(elf, files.image, blob, board_name, timeout)
     if status != 0 or re.search(r"^(error:|FAULT)", stdout, re.MULTILINE):
         raise TflmSwapError(f"{files.directory} failed on {board_name} (exit status {status}): {stdout[-2000:]}")
@@ -616,7 +645,8 @@ def _values(words: list[str], shape, dtype) -> np.ndarray:
     return values.reshape(shape)
 
 
-def measure_arena(project, board_name: str = DEFAULT_BOARD, start: int | None = None) -> int:
+def measure_arena(project, board_name: str = DEFAULT_BOARD, start: int | None = None,
+                  kernels: str = "reference") -> int:
     """The smallest arena (a multiple of ARENA_ALIGNMENT) the project runs with on the board.
 
     One inference on zeros with `start` bytes (else the header's; doubled until it runs) gives
@@ -627,7 +657,7 @@ def measure_arena(project, board_name: str = DEFAULT_BOARD, start: int | None = 
     align = ARENA_ALIGNMENT
     size = -(-int(start or getattr(project, "arena_size", 0) or 1 << 16) // align) * align
     for _ in range(6):
-        used = _try_arena(project, board_name, size)
+        used = _try_arena(project, board_name, size, kernels)
         if used is not None:
             break
         size *= 2
@@ -636,7 +666,7 @@ def measure_arena(project, board_name: str = DEFAULT_BOARD, start: int | None = 
     low, high = -(-used // align) * align - align, size  # low: does not run (below what TFLM keeps); high runs
     candidate = low + align
     while high - low > align:
-        if _try_arena(project, board_name, candidate) is not None:
+        if _try_arena(project, board_name, candidate, kernels) is not None:
             high = candidate
         else:
             low = candidate
@@ -645,10 +675,10 @@ def measure_arena(project, board_name: str = DEFAULT_BOARD, start: int | None = 
     return high
 
 
-def _try_arena(project, board_name: str, size: int) -> int | None:
+def _try_arena(project, board_name: str, size: int, kernels: str) -> int | None:
     """arena_used_bytes of one inference with a `size`-byte arena; None when the arena is too small."""
     try:
-        return run_project(project, None, board_name=board_name, arena_size=size).arena_used_bytes
+        return run_project(project, None, board_name=board_name, arena_size=size, kernels=kernels).arena_used_bytes
     except NativeToolError:
         raise
     except TflmSwapError as exc:
