@@ -269,7 +269,7 @@ g++ -std=c++17 -O2 -Wall -Werror -Dtflite=tflite_micro -I. -Itswap -isystem $TFL
 class CascadeRun:
     """What the generated example printed, parsed: per inference its scores and statistics."""
 
-    scores: np.ndarray  # [N, n_classes] float64, exactly as printed (hex floats)
+    scores: np.ndarray  # [N, n_classes] float64, exactly as computed (printed as IEEE-754 bits)
     groups_run: list[list[int]]
     monolithic: list[bool]
     members_run: list[list[int]]  # member indices (container order), router first
@@ -280,27 +280,39 @@ class CascadeRun:
     stdout: str
 
 
-def run_project(project: CascadeProject, x: np.ndarray, *, image: bytes | None = None,
-                timeout: float = 600) -> CascadeRun:
-    """Build the project's `main.cc` on the host TFLM (-Wall -Werror; cached by content) and classify
-    each of `x` ([N, *input_shape] floats). `image`: run with these flash bytes instead of the
-    project's (to test what a wrong image does). Raises `TflmSwapError` with what the example printed
-    when it fails (e.g. at `tswap_cascade_init`)."""
+def run_project(project: CascadeProject, x: np.ndarray, *, board: str = "host", image: bytes | None = None,
+                timeout: float = 900) -> CascadeRun:
+    """Build the project's `main.cc` and classify each of `x` ([N, *input_shape] floats).
+
+    `board` "host": on the host TFLM (xmos-ai-tools; -Wall -Werror; cached by content); a board name
+    (e.g. "mps2-an386"): cross-built with the pinned TFLM and run under QEMU (`tflm_swap.micro.mcu`).
+    `image`: run with these flash bytes instead of the project's (to test what a wrong image does).
+    Raises `NativeToolError` when the toolchain is missing and `TflmSwapError` with what the example
+    printed when it fails (e.g. at `tswap_cascade_init`)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if list(x.shape[1:]) != list(project.bundle.input_shape):
         raise TflmSwapError(f"inputs of shape {list(x.shape[1:])}; the cascade takes {project.bundle.input_shape}")
-    exe = build_cascade_example(project.out_dir, project.prefix)
     with tempfile.TemporaryDirectory(prefix="tswap_cascade_") as tmp:
         flash = project.image_path
         if image is not None:
             flash = Path(tmp) / "image.bin"
             flash.write_bytes(image)
-        (Path(tmp) / "inputs.bin").write_bytes(x.tobytes())
-        proc = subprocess.run([str(exe), str(flash), str(Path(tmp) / "inputs.bin")], capture_output=True, text=True,
-                              errors="replace", timeout=timeout)
-    if proc.returncode != 0:
-        raise TflmSwapError(f"the generated cascade example failed: {(proc.stdout + proc.stderr).strip()[-2000:]}")
-    return _parse_run(proc.stdout, len(x))
+        if board == "host":
+            exe = build_cascade_example(project.out_dir, project.prefix)
+            (Path(tmp) / "inputs.bin").write_bytes(x.tobytes())
+            proc = subprocess.run([str(exe), str(flash), str(Path(tmp) / "inputs.bin")], capture_output=True,
+                                  text=True, errors="replace", timeout=timeout)
+            status, stdout = proc.returncode, proc.stdout + proc.stderr
+        else:
+            from ..micro import mcu
+
+            files = mcu.ProjectFiles(project.out_dir, project.prefix, b"", False,
+                                     (f"{project.prefix}_cascade.cc", "tswap/tswap_cascade.cc"))
+            elf = mcu.build_firmware(files, board)
+            status, stdout = mcu.run_firmware(elf, flash, x.tobytes(), board, timeout)
+    if status != 0 or re.search(r"^(error:|FAULT)", stdout, re.M):
+        raise TflmSwapError(f"the generated cascade example failed on {board}: {stdout.strip()[-2000:]}")
+    return _parse_run(stdout, len(x))
 
 
 def _ints(text: str) -> list[int]:
@@ -309,12 +321,12 @@ def _ints(text: str) -> list[int]:
 
 def _parse_run(stdout: str, count: int) -> CascadeRun:
     """main.cc prints per inference `scores N: <hex floats>` and `info N: key=value ...`, then `arena_size: N`."""
-    scores = [[float.fromhex(v) for v in m.group(1).split()] for m in re.finditer(r"^scores \d+:(.*)$", stdout, re.M)]
+    scores = [[int(v, 16) for v in m.group(1).split()] for m in re.finditer(r"^scores \d+:(.*)$", stdout, re.M)]
     infos = [dict(kv.split("=", 1) for kv in m.group(1).split()) for m in re.finditer(r"^info \d+:(.*)$", stdout, re.M)]
     arena = re.search(r"^arena_size: (\d+)$", stdout, re.M)
     if len(scores) != count or len(infos) != count or arena is None:
         raise TflmSwapError(f"the generated cascade example printed {len(scores)} of {count} results: {stdout[-2000:]}")
-    return CascadeRun(np.array(scores, dtype=np.float64), [_ints(i["groups"]) for i in infos],
+    return CascadeRun(np.array(scores, dtype=np.uint64).view(np.float64), [_ints(i["groups"]) for i in infos],
                       [i["monolithic"] == "1" for i in infos], [_ints(i["members"]) for i in infos],
                       [_ints(i["member_bytes"]) for i in infos], [int(i["bytes"]) for i in infos],
                       [int(i["setups"]) for i in infos], int(arena.group(1)), stdout)
