@@ -97,3 +97,24 @@ def require_tflm_arena_tools() -> None:
 
     if importlib.util.find_spec("xmos_ai_tools") is None and importlib.util.find_spec("tflite_micro") is None:
         pytest.skip("sizing a TFLM arena needs xmos-ai-tools or tflite-micro (pip install .[micro])")
+
+
+@pytest.fixture(scope="session")
+def mcu():
+    """tflm_swap.micro.mcu once the Cortex-M toolchain and the pinned archives are known to be here
+    (skips without them; without the toolchain fails under CI)."""
+    from tflm_swap.micro import mcu as module
+    from tflm_swap.micro.toolchain import NativeToolError
+
+    os.environ.setdefault("TFLM_SWAP_VENDOR", str(SHARED_DIR / "vendor"))
+    try:
+        module.vendor_dir()
+    except NativeToolError as exc:
+        missing_shared(str(exc))
+    try:
+        module.toolchain()
+    except NativeToolError as exc:
+        if os.environ.get("CI") or os.environ.get("TFLM_SWAP_REQUIRE_SHARED", "") not in ("", "0"):
+            pytest.fail(f"the Cortex-M toolchain is required in CI: {exc}")
+        pytest.skip(str(exc))
+    return module

@@ -13,43 +13,22 @@ once and cached in the build directory (TFLM_SWAP_MCU_BUILD, else tflm_swap's na
 from __future__ import annotations
 
 import json
-import os
 from contextlib import redirect_stdout
 from io import StringIO
 
 import numpy as np
 import pytest
-from conftest import SHARED_DIR, missing_shared, require_model
+from conftest import require_model
 
 from tflm_swap.errors import TflmSwapError
 from tflm_swap.micro import export_project, run_host_tflm
 from tflm_swap.micro.host import io_specs
-from tflm_swap.micro.toolchain import NativeToolError
 
 pytestmark = pytest.mark.native
 
 INT8_MODELS = ("ad01_int8", "kws_ref_model", "pretrainedResnet_quant", "vww_96_int8")
 N_INPUTS = 5
 NO_LOADS = 1 << 30  # min_segment_bytes that keeps every weight in the graph: the stock model
-
-
-@pytest.fixture(scope="session")
-def mcu():
-    """tflm_swap.micro.mcu once the toolchain and the pinned archives are known to be here."""
-    from tflm_swap.micro import mcu as module
-
-    os.environ.setdefault("TFLM_SWAP_VENDOR", str(SHARED_DIR / "vendor"))
-    try:
-        module.vendor_dir()
-    except NativeToolError as exc:
-        missing_shared(str(exc))
-    try:
-        module.toolchain()
-    except NativeToolError as exc:
-        if os.environ.get("CI") or os.environ.get("TFLM_SWAP_REQUIRE_SHARED", "") not in ("", "0"):
-            pytest.fail(f"the Cortex-M toolchain is required in CI: {exc}")
-        pytest.skip(str(exc))
-    return module
 
 
 def _inputs(graph: bytes, seed: int) -> list[np.ndarray]:

@@ -148,7 +148,8 @@ def parse_container(image: bytes, check_payloads: bool = True) -> list[ImageMemb
     """Validate a version-3 container as the C core does (`tswap_container_open`), and each member's
     image with `parse_image`; return the member table."""
     if len(image) < HEADER_BYTES_V2:
-        raise SegmentIntegrityError(f"container of {len(image)} bytes is shorter than its {HEADER_BYTES_V2}-byte header")
+        raise SegmentIntegrityError(f"container of {len(image)} bytes is shorter than its "
+                                    f"{HEADER_BYTES_V2}-byte header")
     magic, version, header_size, count, image_size, alignment = HEADER.unpack_from(image)
     if magic != MAGIC or version != VERSION_MEMBERS:
         raise SegmentIntegrityError(f"not a tflm_swap cascade container (magic {magic!r}, version {version})")
