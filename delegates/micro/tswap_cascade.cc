@@ -48,12 +48,69 @@ bool SameTable(const tswap_image& image, const tswap_cascade_member& m) {
   return true;
 }
 
-// Opens member `index`'s image in `slot` and checks it against the generated segment table.
+// Index in c->cached of member `index`'s cached image, or -1.
+int Cached(const tswap_cascade* c, int32_t index) {
+  for (uint32_t k = 0; k < c->cached_count; ++k) {
+    if (c->cached[k].member == index) return static_cast<int>(k);
+  }
+  return -1;
+}
+
+uint32_t CacheUsed(const tswap_cascade* c) {
+  return c->cached_count == 0 ? 0u : c->cached[c->cached_count - 1].offset + AlignUp(c->cached[c->cached_count - 1].size);
+}
+
+// Drops the least recently used cached image, moving the later ones down.
+void Evict(tswap_cascade* c) {
+  uint32_t victim = 0;
+  for (uint32_t k = 1; k < c->cached_count; ++k) victim = c->cached[k].last_use < c->cached[victim].last_use ? k : victim;
+  const uint32_t gap = AlignUp(c->cached[victim].size), from = c->cached[victim].offset + gap;
+  memmove(c->cache + c->cached[victim].offset, c->cache + from, CacheUsed(c) - from);
+  for (uint32_t k = victim + 1; k < c->cached_count; ++k) {
+    c->cached[k].offset -= gap;
+    c->cached[k - 1] = c->cached[k];
+  }
+  --c->cached_count;
+}
+
+// Reads member `index`'s whole image into the cache when it fits (evicting the least recently used);
+// `*read` is the flash bytes that took (0 when it does not fit).
+int Admit(tswap_cascade* c, int32_t index, uint64_t* read) {
+  tswap_member entry;
+  *read = 0;
+  int rc = tswap_container_member(&c->container, static_cast<uint32_t>(index), &entry);
+  if (rc != TSWAP_OK) return Fail(c, TSWAP_CASCADE_ERR_IMAGE, "member %d: %s", (int)index, tswap_strerror(rc));
+  if (AlignUp(entry.size) > c->cache_size) return TSWAP_CASCADE_OK;
+  while (c->cached_count == kTswapCascadeMaxCached || CacheUsed(c) + AlignUp(entry.size) > c->cache_size) Evict(c);
+  const tswap_flash* flash = c->container.flash;
+  tswap_cascade_cached& slot = c->cached[c->cached_count];
+  slot.offset = CacheUsed(c);
+  if (flash->read(flash->ctx, flash->base + entry.offset, c->cache + slot.offset, entry.size) != 0) {
+    return Fail(c, TSWAP_CASCADE_ERR_INVOKE, "member '%s': reading its image into the cache failed",
+                Member(c, index).name);
+  }
+  slot.member = index;
+  slot.size = entry.size;
+  slot.last_use = c->clock;
+  ++c->cached_count;
+  *read = entry.size;
+  return TSWAP_CASCADE_OK;
+}
+
+// Opens member `index`'s image in `slot` (from the cache when it is there) and checks it against the
+// generated segment table.
 int OpenMember(tswap_cascade* c, int slot, int32_t index) {
   const tswap_cascade_member& m = Member(c, index);
   tswap_member entry;
+  const int cached = slot == 1 ? Cached(c, index) : -1;
   int rc = tswap_container_member(&c->container, static_cast<uint32_t>(index), &entry);
-  if (rc == TSWAP_OK) rc = tswap_member_flash(&c->container, &entry, &c->flash[slot]);
+  if (rc == TSWAP_OK && cached >= 0) {
+    tswap_flash_from_memory(&c->flash[slot], &c->cache_flash, c->cache + c->cached[cached].offset,
+                            c->cached[cached].size);
+  } else if (rc == TSWAP_OK) {
+    rc = tswap_member_flash(&c->container, &entry, &c->flash[slot]);
+  }
+  if (slot == 1) c->current_cached = cached >= 0;
   if (rc == TSWAP_OK) rc = tswap_image_open(&c->image[slot], &c->flash[slot], c->table[slot], m.segment_count);
   if (rc == TSWAP_ERR_CAPACITY) {
     return Fail(c, TSWAP_CASCADE_ERR_MISMATCH, "member '%s': its image has more segments than the %u generated",
@@ -175,13 +232,28 @@ void SetInput(TfLiteTensor* tensor, const float* input, uint32_t n) {
   }
 }
 
+// Sets member `index` up in slot 1 unless it is, reading its image into the cache first when one is
+// in use and it is not there; `*fill` is the flash bytes that took.
+int Prepare(tswap_cascade* c, int32_t index, uint64_t* fill, tswap_cascade_info* info) {
+  int rc = TSWAP_CASCADE_OK;
+  *fill = 0;
+  if (c->cache_size != 0 && Cached(c, index) < 0 && (rc = Admit(c, index, fill)) != TSWAP_CASCADE_OK) return rc;
+  const int cached = Cached(c, index);
+  if (cached >= 0) c->cached[cached].last_use = ++c->clock;
+  if (c->current != index) {
+    ++info->setups;
+    return SetUpMember(c, 1, index);
+  }
+  return (cached >= 0) != c->current_cached ? OpenMember(c, 1, index) : TSWAP_CASCADE_OK;  // now in the cache
+}
+
 // Runs member `index` (set up in `slot`) on `input`; returns its int8 logits in `logits`.
 int Run(tswap_cascade* c, int slot, int32_t index, const float* input, const int8_t** logits,
         tswap_cascade_info* info) {
-  if (slot == 1 && c->current != index) {
-    const int rc = SetUpMember(c, 1, index);
+  uint64_t fill = 0;
+  if (slot == 1) {
+    const int rc = Prepare(c, index, &fill, info);
     if (rc != TSWAP_CASCADE_OK) return rc;
-    ++info->setups;
   }
   tflite::MicroInterpreter* interpreter = c->interpreter[slot];
   SetInput(interpreter->input(0), input, c->config->input_size);
@@ -189,7 +261,11 @@ int Run(tswap_cascade* c, int slot, int32_t index, const float* input, const int
   if (interpreter->Invoke() != kTfLiteOk) {
     return Fail(c, TSWAP_CASCADE_ERR_INVOKE, "member '%s': Invoke failed", Member(c, index).name);
   }
-  const uint64_t bytes = c->image[slot].bytes_read - before;
+  uint64_t bytes = c->image[slot].bytes_read - before;
+  if (slot == 1 && c->current_cached) {  // the loads read RAM; the flash was read to fill the cache
+    info->cache_bytes += bytes;
+    bytes = fill;
+  }
   if (info->n_members_run < kTswapCascadeMaxRun) {
     info->members_run[info->n_members_run] = static_cast<uint32_t>(index);
     info->member_bytes[info->n_members_run] = bytes;
@@ -333,6 +409,17 @@ int tswap_cascade_classify(tswap_cascade* cascade, const float* input, double* s
     for (uint32_t j = 0; j < m.outputs; ++j) scores[config->classes[first + j]] = p[g] * (m.exp_table[most - q[j]] / sum);
   }
   cascade->message[0] = '\0';
+  return TSWAP_CASCADE_OK;
+}
+
+int tswap_cascade_use_cache(tswap_cascade* cascade, uint8_t* buffer, uint32_t size) {
+  if (cascade == nullptr || cascade->config == nullptr || (buffer == nullptr && size != 0)) return TSWAP_CASCADE_ERR_ARG;
+  TearDown(cascade, 1);  // slot 1 may read the old cache
+  const uint32_t skip = buffer == nullptr ? 0u : (kAlign - reinterpret_cast<uintptr_t>(buffer) % kAlign) % kAlign;
+  cascade->cache = buffer == nullptr ? nullptr : buffer + skip;
+  cascade->cache_size = size > skip ? size - skip : 0u;
+  cascade->cached_count = 0;
+  cascade->current_cached = false;
   return TSWAP_CASCADE_OK;
 }
 

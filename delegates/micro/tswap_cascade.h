@@ -9,6 +9,9 @@
 //   tswap_cascade_init      checks the container against the generated config (member names, graph
 //                           CRC32 and size, segment tables), every segment's CRC32, sets up every
 //                           member once (AllocateTensors, tensor shapes) and leaves the router ready.
+//   tswap_cascade_use_cache optional: a RAM buffer holding the images of recently run members (not the
+//                           router) up to its size, least recently used evicted first: a member that
+//                           ran before and still fits is read from RAM instead of flash.
 //   tswap_cascade_classify  quantizes the float input for each member, runs the router, applies the
 //                           bundle's fallback policy, runs the chosen specialist(s) or the monolithic
 //                           model and writes scores over the original classes (they sum to 1).
@@ -29,6 +32,7 @@
 constexpr uint32_t kTswapCascadeMaxGroups = 64;
 constexpr uint32_t kTswapCascadeMaxRun = 3;  // router + two specialists, or router + monolithic
 constexpr uint32_t kTswapCascadeExpTable = 256;
+constexpr uint32_t kTswapCascadeMaxCached = 16;  // members the RAM cache holds at once
 
 enum tswap_cascade_policy { TSWAP_FALLBACK_TOP2 = 0, TSWAP_FALLBACK_FULL = 1, TSWAP_FALLBACK_NONE = 2 };
 
@@ -83,7 +87,16 @@ struct tswap_cascade_info {
   uint64_t member_bytes[kTswapCascadeMaxRun];  // flash bytes each of them read
   uint32_t n_members_run;
   uint64_t bytes_loaded;                       // flash bytes read by this classification
+  uint64_t cache_bytes;                        // bytes read from the RAM cache instead
   uint32_t setups;                             // interpreters set up (member switches)
+};
+
+// One member's image held in the RAM cache.
+struct tswap_cascade_cached {
+  int32_t member;
+  uint32_t offset;  // in the cache buffer
+  uint32_t size;
+  uint32_t last_use;
 };
 
 struct tswap_cascade {
@@ -98,6 +111,13 @@ struct tswap_cascade {
   tflite::MicroInterpreter* interpreter[2];
   alignas(tflite::MicroInterpreter) unsigned char storage[2][sizeof(tflite::MicroInterpreter)];
   int32_t current;  // member set up in slot 1, -1 none
+  bool current_cached;  // slot 1's image is read from the cache
+  tswap_memory_flash cache_flash;
+  uint8_t* cache;
+  uint32_t cache_size;
+  tswap_cascade_cached cached[kTswapCascadeMaxCached];
+  uint32_t cached_count;
+  uint32_t clock;
   double router_p[kTswapCascadeMaxGroups];
   char message[192];
 };
@@ -115,6 +135,10 @@ uint32_t tswap_cascade_table_size(const tswap_cascade_config* config);
 int tswap_cascade_init(tswap_cascade* cascade, const tswap_cascade_config* config,
                        const tflite::MicroOpResolver& resolver, const tswap_flash* flash, uint8_t* arena,
                        uint32_t arena_size, tswap_segment* table, uint32_t table_capacity);
+
+// Keep the images of recently run members (not the router) in `buffer` (16-byte aligned use) up to
+// `size` bytes, least recently used evicted first; size 0 turns the cache off. Call after init.
+int tswap_cascade_use_cache(tswap_cascade* cascade, uint8_t* buffer, uint32_t size);
 
 // Classify one input (`config->input_size` floats, the bundle's input layout) into `scores`
 // (`config->n_classes` doubles). `info` may be NULL.

@@ -62,6 +62,8 @@ def register(sub) -> None:
                    help="include the monolithic model (default: only with fallback policy 'full')")
     x.add_argument("--prefetch", action="store_true", help="asynchronous weight reads one operator early")
     x.add_argument("--verify-crc", action="store_true", help="check each segment's CRC32 at every load")
+    x.add_argument("--cache", default="0", help="RAM cache for recently run specialists' weights, e.g. 32KiB "
+                   "(default 0: none)")
     x.set_defaults(func=cmd_export)
 
 
@@ -174,7 +176,7 @@ def cmd_export(args) -> int:
     from .tflm_project import export_project
 
     project = export_project(args.bundle, args.output, prefix=args.prefix, monolithic=args.monolithic,
-                             prefetch=args.prefetch, verify_crc=args.verify_crc)
+                             prefetch=args.prefetch, verify_crc=args.verify_crc, cache_size=parse_size(args.cache))
     print(f"wrote {project.out_dir}: {len(project.members)} members in {format_bytes(len(project.image))} of "
           f"flash image, arena {project.arena_size} bytes ({project.prefix.upper()}_ARENA_SIZE)")
     for m in project.members:

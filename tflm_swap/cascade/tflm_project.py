@@ -22,7 +22,7 @@ import string
 import subprocess
 import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,7 @@ class CascadeProject:
     members: list[ProjectMember]  # container order, the router first
     image: bytes
     bundle: CascadeBundle
+    cache_size: int = 0  # {PREFIX}_CACHE_SIZE: RAM for recently run members' images (hot specialists)
 
     @property
     def arena_size(self) -> int:
@@ -93,7 +94,7 @@ class CascadeProject:
 def export_project(bundle: CascadeBundle | str | os.PathLike[str] | bytes, out_dir: str | os.PathLike[str], *,
                    prefix: str = "cascade", monolithic: bool | None = None, prefetch: bool = False,
                    verify_crc: bool = False, alignment: int = DEFAULT_ALIGNMENT,
-                   min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES) -> CascadeProject:
+                   min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES, cache_size: int = 0) -> CascadeProject:
     """Write a TFLite Micro project running the cascade `bundle` (a `CascadeBundle`, or a bundle
     file's path or bytes) into `out_dir`.
 
@@ -101,7 +102,9 @@ def export_project(bundle: CascadeBundle | str | os.PathLike[str] | bytes, out_d
     or by default when the bundle's fallback policy is 'full') is rewritten for TFLM with load
     operators (`prefetch`, `verify_crc`, `alignment`, `min_segment_bytes` as in
     `tflm_swap.micro.export_project`) and its arena measured on the host TFLM (predicted without
-    it). Raises `TflmSwapError` (or a subclass) for a bundle the C API cannot run (more than 64
+    it). `cache_size` (bytes, default 0: none) gives the example a RAM cache of recently run members'
+    images (`tswap_cascade_use_cache`: a specialist that ran before and still fits is not read from
+    flash again). Raises `TflmSwapError` (or a subclass) for a bundle the C API cannot run (more than 64
     groups, a member without int8 output, policy 'full' without the monolithic model)."""
     bundle = _as_bundle(bundle)
     check_options(prefix)
@@ -118,8 +121,10 @@ def export_project(bundle: CascadeBundle | str | os.PathLike[str] | bytes, out_d
     options = dict(min_segment_bytes=min_segment_bytes, prefetch=prefetch, verify_crc=verify_crc, alignment=alignment)
     members = [_member(bundle, name, group, info, options) for name, group, info in chosen]
     image, _ = build_container([(m.name, m.micro.image, m.micro.graph) for m in members], alignment)
-    project = CascadeProject(Path(out_dir), prefix, [], members, image, bundle)
-    return CascadeProject(project.out_dir, prefix, _write(project), members, image, bundle)
+    if not isinstance(cache_size, int) or cache_size < 0:
+        raise TflmSwapError(f"cache size {cache_size!r} must be a number of bytes >= 0")
+    project = CascadeProject(Path(out_dir), prefix, [], members, image, bundle, cache_size)
+    return replace(project, files=_write(project))
 
 
 def _member(bundle: CascadeBundle, name: str, group: int | None, info: MemberInfo, options: dict) -> ProjectMember:
@@ -187,6 +192,10 @@ def _header(project: CascadeProject) -> str:
 #define {upper}_ARENA_SIZE {project.arena_size}u
 #endif
 #define {upper}_TABLE_SIZE {len(table[0]) + table[1]}u /* segment-table entries (12 bytes each) */
+/* RAM cache of recently run members' images (0: none; tswap_cascade_use_cache). */
+#ifndef {upper}_CACHE_SIZE
+#define {upper}_CACHE_SIZE {project.cache_size}u
+#endif
 /* Flash bytes each member's load operators read per run. */
 {flash}
 
@@ -274,7 +283,8 @@ class CascadeRun:
     monolithic: list[bool]
     members_run: list[list[int]]  # member indices (container order), router first
     member_bytes: list[list[int]]  # flash bytes each of them read
-    bytes_loaded: list[int]
+    bytes_loaded: list[int]  # flash bytes
+    cache_bytes: list[int]  # bytes the members' loads read from the RAM cache instead
     setups: list[int]  # interpreters set up by the inference (specialist switches)
     arena_size: int
     stdout: str
@@ -329,4 +339,5 @@ def _parse_run(stdout: str, count: int) -> CascadeRun:
     return CascadeRun(np.array(scores, dtype=np.uint64).view(np.float64), [_ints(i["groups"]) for i in infos],
                       [i["monolithic"] == "1" for i in infos], [_ints(i["members"]) for i in infos],
                       [_ints(i["member_bytes"]) for i in infos], [int(i["bytes"]) for i in infos],
-                      [int(i["setups"]) for i in infos], int(arena.group(1)), stdout)
+                      [int(i["cache_bytes"]) for i in infos], [int(i["setups"]) for i in infos],
+                      int(arena.group(1)), stdout)
