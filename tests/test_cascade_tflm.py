@@ -126,13 +126,18 @@ def _host_outputs(member, x: np.ndarray) -> _Replay:
     return _Replay({xi[np.newaxis].tobytes(): out[0] for xi, out in zip(x, run.outputs)}, detail_out)
 
 
-def test_project_on_host_tflm_computes_the_python_cascade(project, bundle, digits):
-    _, _, x = digits
-    x = np.asarray(x, np.float32)
+@pytest.fixture(scope="module")
+def host_run(project, digits):
+    """The project built on the host TFLM and run on the test inputs."""
     try:
-        run = run_project(project, x)
+        return run_project(project, digits[2])
     except NativeToolError as exc:
         pytest.skip(str(exc))
+
+
+def test_project_on_host_tflm_computes_the_python_cascade(project, bundle, digits, host_run):
+    _, _, x = digits
+    x, run = np.asarray(x, np.float32), host_run
     replays = {m.name: _host_outputs(m, x) for m in project.members}
 
     class HostCascade(CascadeInterpreter):
@@ -147,6 +152,25 @@ def test_project_on_host_tflm_computes_the_python_cascade(project, bundle, digit
     assert np.array_equal(run.scores.view(np.uint64), scores.view(np.uint64))
     _check_statistics(run, project, records)
     assert run.arena_size == project.arena_size
+
+
+def test_hot_specialists_are_read_from_the_ram_cache(project, bundle, digits, host_run, tmp_path):
+    """With a cache holding every specialist's image, each is read from flash once (its whole image,
+    the first time it runs); afterwards only the router reads flash. Scores do not change."""
+    _, _, x = digits
+    sizes = {m.name: len(m.micro.image) for m in project.members}
+    cached = export_project(bundle, tmp_path / "cached", prefix="digits",
+                            cache_size=sum(-(-s // 16) * 16 for s in sizes.values()))
+    run = run_project(cached, x)
+    assert np.array_equal(run.scores.view(np.uint64), host_run.scores.view(np.uint64))
+    seen = set()
+    for k, members in enumerate(run.members_run):
+        assert run.member_bytes[k][0] == project.members[0].flash_bytes_per_inference  # the router: no cache
+        for m, flash in zip(members[1:], run.member_bytes[k][1:]):
+            assert flash == (0 if m in seen else sizes[project.members[m].name])
+            seen.add(m)
+        assert run.cache_bytes[k] == sum(host_run.member_bytes[k][1:])  # the loads read the same bytes, from RAM
+    assert sum(run.bytes_loaded) < sum(host_run.bytes_loaded) / 2
 
 
 def _corrupt(project, member: str) -> bytes:
