@@ -301,6 +301,35 @@ void TopTwo(const double* p, uint32_t n, uint32_t* first, uint32_t* second) {
   }
 }
 
+// The config is self-consistent: class map, member indices, output widths, policy.
+int CheckConfig(tswap_cascade* c) {
+  const tswap_cascade_config* config = c->config;
+  const auto member_ok = [config](int32_t m) { return m > 0 && static_cast<uint32_t>(m) < config->member_count; };
+  if (config->group_start[0] != 0 || config->group_start[config->n_groups] != config->n_classes ||
+      config->members[0].outputs != config->n_groups) {
+    return Fail(c, TSWAP_CASCADE_ERR_ARG, "config: the groups do not cover the %u classes", (unsigned)config->n_classes);
+  }
+  for (uint32_t g = 0; g < config->n_groups; ++g) {
+    const uint32_t size = config->group_start[g + 1] - config->group_start[g];
+    const int32_t m = config->specialist[g];
+    if (config->group_start[g + 1] < config->group_start[g] || size == 0 || (m < 0 && size != 1) ||
+        (m >= 0 && (!member_ok(m) || config->members[m].outputs != size))) {
+      return Fail(c, TSWAP_CASCADE_ERR_ARG, "config: group %u's specialist does not match its classes", (unsigned)g);
+    }
+  }
+  for (uint32_t j = 0; j < config->n_classes; ++j) {
+    if (config->classes[j] >= config->n_classes) return Fail(c, TSWAP_CASCADE_ERR_ARG, "config: class out of range");
+  }
+  if (config->policy == TSWAP_FALLBACK_FULL &&
+      (!member_ok(config->monolithic) || config->members[config->monolithic].outputs != config->n_classes)) {
+    return Fail(c, TSWAP_CASCADE_ERR_ARG, "config: fallback 'full' needs the monolithic member");
+  }
+  if (config->policy < TSWAP_FALLBACK_TOP2 || config->policy > TSWAP_FALLBACK_NONE) {
+    return Fail(c, TSWAP_CASCADE_ERR_ARG, "config: unknown fallback policy %d", config->policy);
+  }
+  return TSWAP_CASCADE_OK;
+}
+
 }  // namespace
 
 uint32_t tswap_cascade_arena_size(const tswap_cascade_config* config) {
@@ -328,12 +357,14 @@ int tswap_cascade_init(tswap_cascade* cascade, const tswap_cascade_config* confi
   }
   cascade->config = config;
   cascade->resolver = &resolver;
+  int rc = CheckConfig(cascade);
+  if (rc != TSWAP_CASCADE_OK) return rc;
   if (arena_size < tswap_cascade_arena_size(config) || table_capacity < tswap_cascade_table_size(config)) {
     return Fail(cascade, TSWAP_CASCADE_ERR_ARENA, "arena of %u bytes and %u table entries given; the cascade needs %u "
                 "and %u", (unsigned)arena_size, (unsigned)table_capacity, (unsigned)tswap_cascade_arena_size(config),
                 (unsigned)tswap_cascade_table_size(config));
   }
-  int rc = tswap_container_open(&cascade->container, flash);
+  rc = tswap_container_open(&cascade->container, flash);
   if (rc != TSWAP_OK) return Fail(cascade, TSWAP_CASCADE_ERR_IMAGE, "cascade image: %s", tswap_strerror(rc));
   if ((rc = CheckMembers(cascade)) != TSWAP_CASCADE_OK) return rc;
   uint8_t* start = arena + ((kAlign - reinterpret_cast<uintptr_t>(arena) % kAlign) % kAlign);
