@@ -217,3 +217,16 @@ def test_cli_export(bundle, tmp_path, capsys):
     assert "router" in out and "arena" in out and (tmp_path / "p" / "cascade_image.bin").is_file()
     assert main(["cascade", "export", str(path), "-o", str(tmp_path / "q")]) != 0
     assert "--target" in capsys.readouterr().err and not (tmp_path / "q").exists()
+
+
+def test_export_refuses_bad_options_before_any_work(bundle, tmp_path):
+    import copy
+
+    full = copy.copy(bundle)
+    full.fallback = {"policy": "full", "threshold": 0.9}
+    cases = [({"cache_size": -1}, "cache size"), ({"prefix": "1x"}, "C identifier"),
+             ({"monolithic": False, "bundle": full}, "cannot be left out")]
+    for options, message in cases:
+        with pytest.raises(TflmSwapError, match=message):
+            export_project(options.pop("bundle", bundle), tmp_path / "p", **options)
+    assert not (tmp_path / "p").exists()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..converters.flash_image import build_container
 from ..converters.tflm import MicroModel, rewrite_for_tflm
@@ -94,7 +95,8 @@ class CascadeProject:
 def export_project(bundle: CascadeBundle | str | os.PathLike[str] | bytes, out_dir: str | os.PathLike[str], *,
                    prefix: str = "cascade", monolithic: bool | None = None, prefetch: bool = False,
                    verify_crc: bool = False, alignment: int = DEFAULT_ALIGNMENT,
-                   min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES, cache_size: int = 0) -> CascadeProject:
+                   min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES, cache_size: int = 0,
+                   progress: bool = True) -> CascadeProject:
     """Write a TFLite Micro project running the cascade `bundle` (a `CascadeBundle`, or a bundle
     file's path or bytes) into `out_dir`.
 
@@ -104,14 +106,19 @@ def export_project(bundle: CascadeBundle | str | os.PathLike[str] | bytes, out_d
     `tflm_swap.micro.export_project`) and its arena measured on the host TFLM (predicted without
     it). `cache_size` (bytes, default 0: none) gives the example a RAM cache of recently run members'
     images (`tswap_cascade_use_cache`: a specialist that ran before and still fits is not read from
-    flash again). Raises `TflmSwapError` (or a subclass) for a bundle the C API cannot run (more than 64
-    groups, a member without int8 output, policy 'full' without the monolithic model)."""
+    flash again). `progress`: a progress bar over the members on stderr. Raises `TflmSwapError` (or a
+    subclass) for a bundle the C API cannot run (more than 64 groups, a member without int8 output,
+    policy 'full' without the monolithic model)."""
     bundle = _as_bundle(bundle)
     check_options(prefix)
+    if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+        raise TflmSwapError(f"cache size {cache_size!r} must be a number of bytes >= 0")
     policy = bundle.fallback["policy"]
     with_mono = policy == "full" if monolithic is None else monolithic
     if policy == "full" and not with_mono:
         raise TflmSwapError(f"{bundle.source}: fallback policy 'full' runs the monolithic model; it cannot be left out")
+    if with_mono and bundle.monolithic is None:
+        raise TflmSwapError(f"{bundle.source}: the bundle has no monolithic model to include")
     if len(bundle.groups) > MAX_GROUPS:
         raise UnsupportedModelError(f"{bundle.source}: {len(bundle.groups)} groups; the C API runs up to {MAX_GROUPS}")
     chosen: list[tuple[str, int | None, MemberInfo]] = [("router", None, bundle.router)]
@@ -119,10 +126,9 @@ def export_project(bundle: CascadeBundle | str | os.PathLike[str] | bytes, out_d
     if with_mono:
         chosen.append(("monolithic", None, bundle.monolithic))
     options = dict(min_segment_bytes=min_segment_bytes, prefetch=prefetch, verify_crc=verify_crc, alignment=alignment)
-    members = [_member(bundle, name, group, info, options) for name, group, info in chosen]
+    members = [_member(bundle, name, group, info, options)
+               for name, group, info in tqdm(chosen, desc="cascade members", unit="model", disable=not progress)]
     image, _ = build_container([(m.name, m.micro.image, m.micro.graph) for m in members], alignment)
-    if not isinstance(cache_size, int) or cache_size < 0:
-        raise TflmSwapError(f"cache size {cache_size!r} must be a number of bytes >= 0")
     project = CascadeProject(Path(out_dir), prefix, [], members, image, bundle, cache_size)
     return replace(project, files=_write(project))
 
