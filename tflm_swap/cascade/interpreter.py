@@ -4,9 +4,10 @@ return scores in the original label space, keeping the hottest specialists resid
 Scores: with router probabilities p over groups and a specialist's probabilities q over its
 classes, class c of an evaluated group g scores p[g] * q[c]; a class of a group that was not run
 scores p[g] / |g| (uniform within the group); a single-class group needs no specialist (p[g]). The
-scores of one input sum to 1. Fallback when the router's top probability is below the threshold:
-'top2' runs the two most likely groups' specialists, 'full' runs the monolithic model instead,
-'none' trusts the router.
+scores of one input sum to 1. Probabilities come from int8 logits through an exp table
+(`scores.int8_softmax`), as the generated C API computes them, so both give the same bits.
+Fallback when the router's top probability is below the threshold: 'top2' runs the two most
+likely groups' specialists, 'full' runs the monolithic model instead, 'none' trusts the router.
 
 Memory: `ram_budget` counts the weight bytes of the models held (router always; specialists
 while resident). A specialist that is not resident is loaded (its weight bytes are counted as
