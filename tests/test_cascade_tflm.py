@@ -4,9 +4,9 @@ One digits cascade is trained per module (as in test_cascade.py). The generated 
   - under QEMU on a Cortex-M4 with the pinned TFLM (the TFLM that `CascadeInterpreter(backend="tflm")`
     runs through tflite-micro's Python interpreter): scores bit-identical for 200 test inputs;
   - on the host TFLM (xmos-ai-tools, -Wall -Werror): its kernels compute these members' int8 outputs
-    differently from the official TFLM (an older MEAN), so there the scores are compared bit for bit
-    with the Python cascade fed that same TFLM's member outputs (each member run once on every input
-    through the host runner);
+    differently from the official TFLM (up to 43 int8 steps; which kernel differs was not traced),
+    so there the scores are compared bit for bit with the Python cascade fed that same TFLM's member
+    outputs (each member run once on every input through the host runner);
 and init refuses an image of another cascade, a corrupt member segment and a truncated image.
 """
 
