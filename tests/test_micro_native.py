@@ -8,8 +8,9 @@ import zlib
 
 import pytest
 
-from tflm_swap.errors import SegmentIntegrityError
-from tflm_swap.format.flash_image import TileEntry
+from tflm_swap.converters.flash_image import build_container
+from tflm_swap.errors import SegmentIntegrityError, TflmSwapError
+from tflm_swap.format.flash_image import TileEntry, parse_container
 from tflm_swap.micro import build_image, parse_image
 from tflm_swap.micro.toolchain import NativeToolError, build_fuzzer, build_unit_tests
 
@@ -42,6 +43,8 @@ def test_fuzz_image_reader_briefly(tmp_path):
     (corpus / "empty_table").write_bytes(build_image([])[0])
     (corpus / "tiled").write_bytes(build_image([bytes(range(40)), b"\x07" * 7, bytes(30)],
                                                tiles=[TileEntry(0, 2, 7, 4), TileEntry(2, 1, 3, 3)])[0])
+    (corpus / "container").write_bytes(build_container([("router", image, b"graph"),
+                                                        ("specialist_0", build_image([b"\x05" * 20])[0], b"g2")])[0])
     # The target allocates nothing; libFuzzer's corpus and ASan's quarantine make the process RSS.
     # Bounding input length and quarantine keeps that well under the limit on a loaded machine.
     env = {**os.environ, "ASAN_OPTIONS": "quarantine_size_mb=32:malloc_context_size=5"}
@@ -93,3 +96,33 @@ def test_c_core_compiles_freestanding_for_cortex_m4(tmp_path):
                               capture_output=True, text=True, errors="replace")
         assert proc.returncode == 0, proc.stderr
         assert obj.stat().st_size > 0
+
+
+def test_python_container_round_trip_and_rejections():
+    one, _ = build_image([b"a" * 33, b"\x01\x02\x03"])
+    two, _ = build_image([bytes(range(100))], tiles=[TileEntry(0, 1, 4, 4)])
+    image, table = build_container([("router", one, b"graph one"), ("specialist_1", two, b"graph two")], alignment=64)
+    assert parse_container(image) == table
+    assert [(m.name, m.size, m.graph_size) for m in table] == [("router", len(one), 9), ("specialist_1", len(two), 9)]
+    assert all(m.offset % 64 == 0 and image[m.offset : m.offset + m.size] == data
+               for m, data in zip(table, (one, two)))
+    assert table[0].graph_crc32 == zlib.crc32(b"graph one")
+    with pytest.raises(SegmentIntegrityError, match="parse_container"):
+        parse_image(image)
+    with pytest.raises(SegmentIntegrityError, match="not a tflm_swap cascade container"):
+        parse_container(one)
+    bad = bytearray(image)
+    bad[table[1].offset + table[1].size - 1] ^= 1  # the last byte of member 1's only segment
+    with pytest.raises(SegmentIntegrityError, match=r"member 1 \(specialist_1\): segment 0 fails its CRC32"):
+        parse_container(bytes(bad))
+    bad = bytearray(image)
+    bad[48 + 32 + 16] = ord("-")  # a name character outside [A-Za-z0-9_]
+    with pytest.raises(SegmentIntegrityError, match="CRC mismatch"):  # the table CRC catches it first
+        parse_container(bytes(bad))
+    with pytest.raises(SegmentIntegrityError, match="shorter than"):
+        parse_container(image[:20])
+    with pytest.raises(SegmentIntegrityError, match="inconsistent"):
+        parse_container(image[:-1])
+    for names in (["router", "router"], ["a-b", "c"], ["x" * 16, "y"]):
+        with pytest.raises(TflmSwapError, match="unique"):
+            build_container([(n, one, b"") for n in names])

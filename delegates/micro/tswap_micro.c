@@ -34,6 +34,7 @@ static int check_header(const uint8_t* h, const tswap_flash* flash, uint32_t cap
   uint32_t version, n, m, entries;
   if (memcmp(h, TSWAP_IMAGE_MAGIC, 4) != 0) return TSWAP_ERR_MAGIC;
   version = get_u32(h + 4);
+  if (version == TSWAP_IMAGE_VERSION_MEMBERS) return TSWAP_ERR_CONTAINER;
   if (version != TSWAP_IMAGE_VERSION && version != TSWAP_IMAGE_VERSION_TILES) return TSWAP_ERR_VERSION;
   out->base = version == TSWAP_IMAGE_VERSION ? TSWAP_HEADER_BYTES : TSWAP_HEADER_BYTES_V2;
   if (tswap_crc32(h, out->base - 4u) != get_u32(h + out->base - 4u)) return TSWAP_ERR_HEADER_CRC;
@@ -207,6 +208,99 @@ int tswap_image_verify(tswap_image* img, uint8_t* scratch, uint32_t scratch_len)
   return TSWAP_OK;
 }
 
+/* A member name: 1..15 characters [A-Za-z0-9_], then NULs up to 16 bytes. */
+static int check_name(const char* name) {
+  uint32_t i;
+  int ended = 0;
+  for (i = 0; i < TSWAP_MEMBER_NAME_BYTES; ++i) {
+    const char ch = name[i];
+    if (ended || ch == '\0') {
+      if (ch != '\0' || i == 0u) return TSWAP_ERR_MEMBER;
+      ended = 1;
+    } else if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_')) {
+      return TSWAP_ERR_MEMBER;
+    }
+  }
+  return ended ? TSWAP_OK : TSWAP_ERR_MEMBER;
+}
+
+/* One member-table entry: aligned, at or after `prev_end`, inside the container, at least a header. */
+static int check_member(const uint8_t* e, uint32_t prev_end, const tswap_container* c, tswap_member* out) {
+  out->offset = get_u32(e);
+  out->size = get_u32(e + 4);
+  out->graph_crc32 = get_u32(e + 8);
+  out->graph_size = get_u32(e + 12);
+  memcpy(out->name, e + 16, TSWAP_MEMBER_NAME_BYTES);
+  if (out->offset % c->alignment != 0u) return TSWAP_ERR_ALIGN;
+  if (out->offset < prev_end || out->offset > c->image_size || out->size > c->image_size - out->offset) {
+    return TSWAP_ERR_MEMBER;
+  }
+  if (out->size < TSWAP_HEADER_BYTES) return TSWAP_ERR_MEMBER;
+  return check_name(out->name);
+}
+
+static uint32_t container_header_size(uint32_t members) {
+  return TSWAP_HEADER_BYTES_V2 + members * TSWAP_MEMBER_BYTES;
+}
+
+int tswap_container_open(tswap_container* c, const tswap_flash* flash) {
+  uint8_t h[TSWAP_HEADER_BYTES_V2];
+  uint8_t entry[TSWAP_MEMBER_BYTES];
+  tswap_member member;
+  uint32_t i, k, crc = 0, end;
+  int rc;
+  if (c == NULL || flash == NULL || flash->read == NULL) return TSWAP_ERR_ARG;
+  if ((flash->start == NULL) != (flash->poll == NULL) || (flash->align > 1u && !is_pow2(flash->align))) {
+    return TSWAP_ERR_ARG;
+  }
+  memset(c, 0, sizeof(*c));
+  if ((rc = flash_read(flash, 0, h, sizeof(h))) != TSWAP_OK) return rc;
+  if (memcmp(h, TSWAP_IMAGE_MAGIC, 4) != 0) return TSWAP_ERR_MAGIC;
+  if (get_u32(h + 4) != TSWAP_IMAGE_VERSION_MEMBERS) return TSWAP_ERR_VERSION;
+  if (tswap_crc32(h, TSWAP_HEADER_BYTES_V2 - 4u) != get_u32(h + TSWAP_HEADER_BYTES_V2 - 4u)) return TSWAP_ERR_HEADER_CRC;
+  if ((get_u32(h + 28) | get_u32(h + 32) | get_u32(h + 36) | get_u32(h + 40)) != 0u) return TSWAP_ERR_TABLE;
+  k = get_u32(h + 12);
+  c->image_size = get_u32(h + 16);
+  c->alignment = get_u32(h + 20);
+  if (k > (UINT32_MAX - TSWAP_HEADER_BYTES_V2) / TSWAP_MEMBER_BYTES) return TSWAP_ERR_TABLE;
+  if (get_u32(h + 8) != container_header_size(k) || c->image_size < container_header_size(k)) return TSWAP_ERR_TABLE;
+  if (!is_pow2(c->alignment) || c->alignment < driver_align(flash)) return TSWAP_ERR_ALIGN;
+  if (flash->size != 0u && c->image_size > flash->size) return TSWAP_ERR_TRUNCATED;
+  end = container_header_size(k);
+  for (i = 0; i < k; ++i) {
+    if ((rc = flash_read(flash, TSWAP_HEADER_BYTES_V2 + i * TSWAP_MEMBER_BYTES, entry, sizeof(entry))) != TSWAP_OK) {
+      return rc;
+    }
+    crc = tswap_crc32_update(crc, entry, sizeof(entry));
+    if ((rc = check_member(entry, end, c, &member)) != TSWAP_OK) return rc;
+    end = member.offset + member.size;
+  }
+  if (crc != get_u32(h + 24)) return TSWAP_ERR_HEADER_CRC;
+  c->flash = flash;
+  c->member_count = k;
+  return TSWAP_OK;
+}
+
+int tswap_container_member(const tswap_container* c, uint32_t index, tswap_member* out) {
+  uint8_t entry[TSWAP_MEMBER_BYTES];
+  int rc;
+  if (c == NULL || c->flash == NULL || out == NULL) return TSWAP_ERR_ARG;
+  if (index >= c->member_count) return TSWAP_ERR_MEMBER;
+  rc = flash_read(c->flash, TSWAP_HEADER_BYTES_V2 + index * TSWAP_MEMBER_BYTES, entry, sizeof(entry));
+  if (rc != TSWAP_OK) return rc;
+  return check_member(entry, container_header_size(c->member_count), c, out);
+}
+
+int tswap_member_flash(const tswap_container* c, const tswap_member* member, tswap_flash* out) {
+  if (c == NULL || c->flash == NULL || member == NULL || out == NULL) return TSWAP_ERR_ARG;
+  if (member->offset > c->image_size || member->size > c->image_size - member->offset) return TSWAP_ERR_MEMBER;
+  if (member->offset > UINT32_MAX - c->flash->base) return TSWAP_ERR_RANGE;
+  *out = *c->flash;
+  out->base = c->flash->base + member->offset;
+  out->size = member->size;
+  return TSWAP_OK;
+}
+
 static int memory_read(void* ctx, uint32_t addr, void* dst, uint32_t len) {
   const tswap_memory_flash* mem = (const tswap_memory_flash*)ctx;
   if (addr > mem->len || len > mem->len - addr) return -1;
@@ -241,6 +335,8 @@ const char* tswap_strerror(int status) {
     case TSWAP_ERR_BUSY: return "a load is already in flight";
     case TSWAP_ERR_IDLE: return "no load in flight";
     case TSWAP_ERR_TILE: return "tile-table entry out of range or inconsistent";
+    case TSWAP_ERR_MEMBER: return "member-table entry out of range or inconsistent";
+    case TSWAP_ERR_CONTAINER: return "a cascade container, not one model's image (open a member)";
     default: return "unknown tswap status";
   }
 }

@@ -18,6 +18,17 @@
  *  48  segment table (segment_count x 16 bytes), then the tile table: tile_count x
  *      { first_segment, tiles, channels, tile_channels } (16 bytes each); header_size = 48 + 16 (n + m)
  *
+ * Version 3 is a container ("cascade image"): several members' images in one flash image, each a
+ * complete version-1 or -2 image, named in a member table:
+ *
+ *   0  magic "TSWI"    12 member_count k   24 table_crc32 (member table)   28..43 reserved (0)
+ *   4  version (3)     16 image_size       44 header_crc32 (of bytes 0..43)
+ *   8  header_size     20 alignment (every member offset is a multiple)
+ *  48  member table: k x { offset, size, graph_crc32, graph_size, name[16] } (32 bytes each);
+ *      header_size = 48 + 32 k. Members ascending, non-overlapping, inside image_size, each at least
+ *      a 32-byte header; names 1..15 characters [A-Za-z0-9_], NUL-padded. `graph_crc32` and
+ *      `graph_size` are those of the TFLM graph the member's image belongs to.
+ *
  * A segment holds one constant tensor's bytes, or one weight tile (filter slice, then its bias slice
  * at the next multiple of 4). The TFLM load operator reads segment `id` into its output tensor; a
  * tiled kernel reads the segments first_segment .. first_segment + tiles - 1 of its tile-table entry,
@@ -36,11 +47,14 @@ extern "C" {
 
 #define TSWAP_IMAGE_MAGIC "TSWI"
 #define TSWAP_IMAGE_VERSION 1u      /* without a tile table */
-#define TSWAP_IMAGE_VERSION_TILES 2u /* with a tile table (newest version read) */
+#define TSWAP_IMAGE_VERSION_TILES 2u /* with a tile table */
+#define TSWAP_IMAGE_VERSION_MEMBERS 3u /* a container of member images (tswap_container_open) */
 #define TSWAP_HEADER_BYTES 32u       /* version 1 */
 #define TSWAP_HEADER_BYTES_V2 48u
 #define TSWAP_ENTRY_BYTES 16u
 #define TSWAP_TILE_BYTES 16u
+#define TSWAP_MEMBER_BYTES 32u
+#define TSWAP_MEMBER_NAME_BYTES 16u
 
 typedef enum {
   TSWAP_OK = 0,
@@ -58,7 +72,9 @@ typedef enum {
   TSWAP_ERR_CRC = -12,         /* segment payload CRC mismatch */
   TSWAP_ERR_BUSY = -13,        /* an asynchronous read is already in flight */
   TSWAP_ERR_IDLE = -14,        /* wait without a started read */
-  TSWAP_ERR_TILE = -15         /* tile-table entry out of range or inconsistent */
+  TSWAP_ERR_TILE = -15,        /* tile-table entry out of range or inconsistent */
+  TSWAP_ERR_MEMBER = -16,      /* member-table entry out of range or inconsistent */
+  TSWAP_ERR_CONTAINER = -17    /* a version-3 container given where one model's image is expected */
 } tswap_status;
 
 /* The user's flash driver. `read` is required and blocking; `start`/`poll` are optional (both or
@@ -102,8 +118,37 @@ typedef struct tswap_image {
   uint32_t tile_table;     /* image offset of the tile table */
 } tswap_image;
 
+/* One member of a version-3 container: where its image is (from the container start), its size, the
+ * CRC32 and size of the graph it belongs to, and its name (NUL-terminated). */
+typedef struct tswap_member {
+  uint32_t offset;
+  uint32_t size;
+  uint32_t graph_crc32;
+  uint32_t graph_size;
+  char name[TSWAP_MEMBER_NAME_BYTES];
+} tswap_member;
+
+typedef struct tswap_container {
+  const tswap_flash* flash;
+  uint32_t member_count;
+  uint32_t image_size;
+  uint32_t alignment;
+} tswap_container;
+
+/* Read and validate a version-3 container's header and member table (which stays in flash): magic,
+ * version, both CRCs, every entry's bounds, order, alignment and name. A version-1/2 image gives
+ * TSWAP_ERR_VERSION. The members' own images are checked when opened (tswap_image_open). */
+int tswap_container_open(tswap_container* c, const tswap_flash* flash);
+
+/* Read and check member `index` (TSWAP_ERR_MEMBER when out of range). */
+int tswap_container_member(const tswap_container* c, uint32_t index, tswap_member* out);
+
+/* The flash driver of one member: `c`'s driver with its base moved to the member and its size the
+ * member's, so that tswap_image_open(&image, out, ...) opens the member's image. */
+int tswap_member_flash(const tswap_container* c, const tswap_member* member, tswap_flash* out);
+
 /* Read and validate the header and segment table through `flash` into `table` (capacity `cap`).
- * Checks magic, version (1 or 2), both CRCs, sizes, alignment, ordering and bounds of every segment
+ * Checks magic, version (1 or 2; a version-3 container gives TSWAP_ERR_CONTAINER), both CRCs, sizes, alignment, ordering and bounds of every segment
  * and, in version 2, every tile-table entry (which stays in flash: see tswap_tile_get). */
 int tswap_image_open(tswap_image* img, const tswap_flash* flash, tswap_segment* table, uint32_t cap);
 

@@ -1,4 +1,4 @@
-"""`tflm-swap cascade build|eval|run`: the cascade subcommands (registered by tflm_swap.cli)."""
+"""`tflm-swap cascade build|eval|run|export`: the cascade subcommands (registered by tflm_swap.cli)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from ..units import at_least, format_bytes, parse_size, probability
 
 
 def register(sub) -> None:
-    """Add the `cascade` command and its `build`, `eval` and `run` subcommands to `sub`."""
-    c = sub.add_parser("cascade", help="router + slimmed specialist cascades: build, eval, run")
+    """Add the `cascade` command and its `build`, `eval`, `run` and `export` subcommands to `sub`."""
+    c = sub.add_parser("cascade", help="router + slimmed specialist cascades: build, eval, run, export")
     csub = c.add_subparsers(dest="cascade_command", required=True)
 
     b = csub.add_parser("build", help="train a cascade from labelled images and write the bundle")
@@ -52,6 +52,19 @@ def register(sub) -> None:
     _runtime_options(r)
     r.add_argument("--prefetch", action="store_true", help="prefetch the most likely next specialist")
     r.set_defaults(func=cmd_run)
+
+    x = csub.add_parser("export", help="write the cascade as one TFLite Micro project (one image, one arena)")
+    x.add_argument("bundle")
+    x.add_argument("--target", choices=("tflm",), required=True, help="tflm: a TFLite Micro C/C++ project")
+    x.add_argument("-o", "--output", required=True, help="project directory to write")
+    x.add_argument("--prefix", default="cascade", help="C identifier prefix of the generated names")
+    x.add_argument("--monolithic", action=argparse.BooleanOptionalAction, default=None,
+                   help="include the monolithic model (default: only with fallback policy 'full')")
+    x.add_argument("--prefetch", action="store_true", help="asynchronous weight reads one operator early")
+    x.add_argument("--verify-crc", action="store_true", help="check each segment's CRC32 at every load")
+    x.add_argument("--cache", default="0", help="RAM cache for recently run specialists' weights, e.g. 32KiB "
+                   "(default 0: none)")
+    x.set_defaults(func=cmd_export)
 
 
 def _runtime_options(p: argparse.ArgumentParser) -> None:
@@ -155,4 +168,19 @@ def cmd_run(args) -> int:
                   f"(p={rec.confidence:.3f}) ran {rec.groups_run or 'monolithic'}; loaded {rec.bytes_loaded} B, "
                   f"weights used {rec.weights_used} B")
     print(json.dumps(stats, indent=1, default=float))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write the cascade's TFLM project and print its figures."""
+    from .tflm_project import export_project
+
+    project = export_project(args.bundle, args.output, prefix=args.prefix, monolithic=args.monolithic,
+                             prefetch=args.prefetch, verify_crc=args.verify_crc, cache_size=parse_size(args.cache))
+    print(f"wrote {project.out_dir}: {len(project.members)} members in {format_bytes(len(project.image))} of "
+          f"flash image, arena {project.arena_size} bytes ({project.prefix.upper()}_ARENA_SIZE)")
+    for m in project.members:
+        how = "measured" if m.arena_measured else "predicted"
+        print(f"  {m.name:<14} graph {len(m.micro.graph):>7} B  arena {m.arena_size:>7} B ({how})  "
+              f"flash {m.flash_bytes_per_inference:>7} B per run")
     return 0

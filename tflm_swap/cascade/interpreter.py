@@ -4,9 +4,10 @@ return scores in the original label space, keeping the hottest specialists resid
 Scores: with router probabilities p over groups and a specialist's probabilities q over its
 classes, class c of an evaluated group g scores p[g] * q[c]; a class of a group that was not run
 scores p[g] / |g| (uniform within the group); a single-class group needs no specialist (p[g]). The
-scores of one input sum to 1. Fallback when the router's top probability is below the threshold:
-'top2' runs the two most likely groups' specialists, 'full' runs the monolithic model instead,
-'none' trusts the router.
+scores of one input sum to 1. Probabilities come from int8 logits through an exp table
+(`scores.int8_softmax`), as the generated C API computes them, so both give the same bits.
+Fallback when the router's top probability is below the threshold: 'top2' runs the two most
+likely groups' specialists, 'full' runs the monolithic model instead, 'none' trusts the router.
 
 Memory: `ram_budget` counts the weight bytes of the models held (router always; specialists
 while resident). A specialist that is not resident is loaded (its weight bytes are counted as
@@ -30,8 +31,9 @@ import numpy as np
 
 from ..errors import BudgetError, TflmSwapError
 from ..format.model import Model
-from ..interpreters import dequantize_output, quantize_input
+from ..interpreters import quantize_input
 from .bundle import FALLBACK_POLICIES, CascadeBundle, MemberInfo, extract_member
+from .scores import probabilities
 
 CACHE_POLICIES = ("lru", "lfu")
 BACKENDS = ("litert", "tflm")
@@ -66,7 +68,7 @@ class _LiteRTRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self.input["index"], quantize_input(x, self.input))
         self.interpreter.invoke()
-        return dequantize_output(self.interpreter.get_tensor(self.output["index"]), self.output)
+        return probabilities(self.interpreter.get_tensor(self.output["index"]), self.output)
 
     def close(self) -> None:
         self.interpreter.close()
@@ -85,7 +87,7 @@ class _TflmRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         self.interpreter.set_input(quantize_input(x, self.input), 0)
         self.interpreter.invoke()
-        return dequantize_output(self.interpreter.get_output(0), self.output)
+        return probabilities(self.interpreter.get_output(0), self.output)
 
     def close(self) -> None:
         self.interpreter = None
@@ -144,14 +146,14 @@ class CascadeInterpreter:
             raise TflmSwapError(f"input shape {list(x.shape)}, expected {self.bundle.input_shape}")
         self._wait_prefetch()
         started = time.perf_counter()
-        p = _softmax(self._router.run(x[np.newaxis]))
+        p = self._router.run(x[np.newaxis])
         order = np.argsort(-p, kind="stable")
         top = int(order[0])
         confident = p[top] >= self.threshold or self.fallback == "none"
         loaded, used = 0, self.bundle.router.weight_bytes
         if not confident and self.fallback == "full":
             runner, loaded = self._acquire(_MONO)
-            scores, run, used = _softmax(runner.run(x[np.newaxis])), [], used + self.bundle.monolithic.weight_bytes
+            scores, run, used = runner.run(x[np.newaxis]), [], used + self.bundle.monolithic.weight_bytes
         else:
             run = [top] if confident else [int(g) for g in order[:2]]
             scores = self._group_prior(p)
@@ -172,7 +174,7 @@ class CascadeInterpreter:
 
     def route(self, x: np.ndarray) -> np.ndarray:
         """Router probabilities [N, n_groups] (no specialist run, nothing recorded)."""
-        return np.stack([_softmax(self._router.run(xi[np.newaxis])) for xi in np.asarray(x, dtype=np.float32)])
+        return np.stack([self._router.run(xi[np.newaxis]) for xi in np.asarray(x, dtype=np.float32)])
 
     def stats(self) -> dict:
         """Totals over the inferences so far."""
@@ -231,7 +233,7 @@ class CascadeInterpreter:
         if self.bundle.specialists[g].member is None:
             return np.ones(1), 0
         runner, loaded = self._acquire(g)
-        return _softmax(runner.run(x[np.newaxis])), loaded
+        return runner.run(x[np.newaxis]), loaded
 
     def _info(self, key: int) -> MemberInfo:
         return self.bundle.monolithic if key == _MONO else self.bundle.specialists[key]
@@ -332,9 +334,3 @@ def _tflm_details(d: dict) -> dict:
     scales, zeros = list(q.get("scales", [])), list(q.get("zero_points", []))
     return {"dtype": d["dtype"], "shape": d["shape"],
             "quantization": (float(scales[0]), int(zeros[0])) if scales else (0.0, 0)}
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64).reshape(-1)
-    e = np.exp(z - z.max())
-    return e / e.sum()

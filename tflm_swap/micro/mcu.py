@@ -433,6 +433,7 @@ class ProjectFiles:
     prefix: str
     graph: bytes  # the graph array of {prefix}_model_data.cc
     prefetch: bool
+    sources: tuple[str, ...] = ()  # the project's C++ files besides main.cc (default {prefix}_model_data.cc)
 
     @property
     def image(self) -> Path:
@@ -485,7 +486,8 @@ def build_firmware(project: ProjectFiles, board_name: str = DEFAULT_BOARD, arena
     }
     includes = [f"-I{project.directory}", f"-I{tswap}", f"-I{mcu}"]
     c_files = [tswap / "tswap_micro.c", tswap / "tswap_crc32.c", mcu / "startup.c", mcu / "board_flash.c"]
-    cc_files = [project.main, project.directory / f"{project.prefix}_model_data.cc", tswap / "tswap_tflm.cc",
+    own = project.sources or (f"{project.prefix}_model_data.cc",)
+    cc_files = [project.main, *(project.directory / f for f in own), tswap / "tswap_tflm.cc",
                 tswap / "tswap_tiled.cc", mcu / "micro_time.cc"]
     jobs, objects = [], []
     for src in c_files + cc_files:

@@ -24,6 +24,7 @@ from ..errors import TflmSwapError
 CORE_FILES = ("micro/tswap_micro.h", "micro/tswap_micro.c", "common/tswap_crc32.h", "common/tswap_crc32.c")
 TFLM_FILES = ("micro/tswap_tflm.h", "micro/tswap_tflm.cc", "micro/tswap_tiled.cc")
 HOST_FILES = ("micro/tswap_file_flash.h", "micro/tswap_file_flash.c")
+CASCADE_FILES = ("micro/tswap_cascade.h", "micro/tswap_cascade.cc")  # cascade projects only
 GEMMLOWP_DIRS = ("/usr/include/gemmlowp", "/usr/local/include/gemmlowp")
 
 
@@ -167,17 +168,32 @@ def build_c_object(source: Path, extra: list[str] | None = None) -> Path:
 def build_example(project: str | Path, prefix: str) -> Path:
     """Compile a generated project's `main.cc` on the host (file-backed flash, host TFLM), as its
     README describes; returns the executable (cached by source content)."""
-    project, tflm = Path(project), host_tflm()
+    return _build_project(Path(project), f"{prefix}_example",
+                          ["main.cc", f"{prefix}_model_data.cc"], f"{prefix}_tswap.h", [])
+
+
+def _build_project(project: Path, name: str, own: list[str], header: str, cc_source: list[str],
+                   werror: bool = False) -> Path:
+    """Compile a generated project: the C core (-Wall -Wextra -Werror), then the project's `own` C++
+    files with the library's `cc_source` and tswap_tflm.cc/tswap_tiled.cc against the host TFLM
+    (-Wall, and -Werror with `werror`), linked to `name` (cached by content; `header` joins the key)."""
+    tflm = host_tflm()
     lib = project / "tswap"
     c_src = [lib / "tswap_micro.c", lib / "tswap_crc32.c", lib / "tswap_file_flash.c"]
     objects = [build(f"example-{s.stem}.o", [s], [compiler("gcc"), "-std=c99", "-O2", "-Wall", "-Wextra",
                                                   "-Werror", f"-I{lib}", "-c", str(s)], moved=project)
                for s in c_src]
-    cc_src = [project / "main.cc", project / f"{prefix}_model_data.cc", lib / "tswap_tflm.cc", lib / "tswap_tiled.cc"]
-    command = [compiler("g++"), "-O2", "-Wall", *tflm.cxx_flags(), f"-I{project}", f"-I{lib}",
-               *map(str, cc_src), *map(str, objects), *tflm.link_flags()]
-    return build(f"{prefix}_example", c_src + cc_src + [project / f"{prefix}_tswap.h"], command,
-                 str(tflm.library), moved=project)
+    cc_src = [*(project / f for f in own), *(lib / f for f in cc_source), lib / "tswap_tflm.cc", lib / "tswap_tiled.cc"]
+    command = [compiler("g++"), "-O2", "-Wall", *(["-Werror"] if werror else []), *tflm.cxx_flags(), f"-I{project}",
+               f"-I{lib}", *map(str, cc_src), *map(str, objects), *tflm.link_flags()]
+    return build(name, c_src + cc_src + [project / header], command, str(tflm.library), moved=project)
+
+
+def build_cascade_example(project: str | Path, prefix: str) -> Path:
+    """Compile a generated cascade project's `main.cc` on the host (file-backed flash, host TFLM)
+    with -Wall -Werror (C also -Wextra); returns the executable (cached by source content)."""
+    return _build_project(Path(project), f"{prefix}_cascade_example",
+                          ["main.cc", f"{prefix}_cascade.cc"], f"{prefix}_cascade.h", ["tswap_cascade.cc"], werror=True)
 
 
 def build_unit_tests() -> Path:

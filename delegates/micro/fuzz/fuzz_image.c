@@ -1,6 +1,8 @@
-/* libFuzzer target: arbitrary bytes as a flash image (version 1 or 2). Opening must never read out of
- * bounds, every segment an accepted image lists must load (with its CRC checked) within the flash,
- * and every tile-table entry it lists must read back consistent.
+/* libFuzzer target: arbitrary bytes as a flash image (version 1 or 2) and as a cascade container
+ * (version 3). Opening must never read out of bounds, every segment an accepted image lists must load
+ * (with its CRC checked) within the flash, and every tile-table entry it lists must read back
+ * consistent; every member an accepted container lists must read back inside it, and its image is
+ * opened and checked the same way.
  * Build: clang -fsanitize=fuzzer,address,undefined -I.. -I../../common fuzz_image.c ../tswap_micro.c
  *        ../../common/tswap_crc32.c */
 #include <stddef.h>
@@ -12,20 +14,41 @@
 #define MAX_SEGMENTS 64u
 #define MAX_LOAD 8192u
 
+static void check_image(const tswap_flash* flash, uint32_t flash_size);
+
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  tswap_flash flash, member_flash;
+  tswap_memory_flash mem;
+  tswap_container container;
+  tswap_member member;
+  uint32_t i;
+  if (size > UINT32_MAX) return 0;
+  tswap_flash_from_memory(&flash, &mem, data, (uint32_t)size);
+  flash.align = size > 0 ? (uint32_t)1u << (data[size - 1] & 3u) : 1u;
+  check_image(&flash, (uint32_t)size);
+  if (tswap_container_open(&container, &flash) != TSWAP_OK) return 0;
+  if (container.image_size > size) abort();
+  for (i = 0; i < container.member_count && i < MAX_SEGMENTS; ++i) { /* every entry was checked at open */
+    if (tswap_container_member(&container, i, &member) != TSWAP_OK) abort();
+    if (member.offset + (uint64_t)member.size > container.image_size || member.name[0] == '\0') abort();
+    if (tswap_member_flash(&container, &member, &member_flash) != TSWAP_OK) abort();
+    check_image(&member_flash, member.size);
+  }
+  if (tswap_container_member(&container, container.member_count, &member) != TSWAP_ERR_MEMBER) abort();
+  return 0;
+}
+
+/* Open `flash` as one model's image; when it is accepted, load and check everything it lists. */
+static void check_image(const tswap_flash* flash, uint32_t flash_size) {
   static tswap_segment table[MAX_SEGMENTS];
   static uint8_t dst[MAX_LOAD];
   uint8_t scratch[33];
-  tswap_flash flash;
-  tswap_memory_flash mem;
   tswap_image image;
   tswap_tile tile;
   uint32_t i;
   int rc;
-  if (size > UINT32_MAX) return 0;
-  tswap_flash_from_memory(&flash, &mem, data, (uint32_t)size);
-  flash.align = size > 0 ? (uint32_t)1u << (data[size - 1] & 3u) : 1u;
-  if (tswap_image_open(&image, &flash, table, MAX_SEGMENTS) != TSWAP_OK) return 0;
+  if (tswap_image_open(&image, flash, table, MAX_SEGMENTS) != TSWAP_OK) return;
+  const uint32_t size = flash_size;
   if (image.image_size > size) abort(); /* accepted an image larger than the flash */
   for (i = 0; i < image.segment_count; ++i) {
     if (table[i].offset + (uint64_t)table[i].size > image.image_size) abort();
@@ -42,5 +65,4 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)tswap_image_verify(&image, scratch, sizeof(scratch));
   rc = tswap_check_request(&image, image.segment_count, 0, 0, NULL);
   if (rc != TSWAP_ERR_SEGMENT_ID) abort();
-  return 0;
 }

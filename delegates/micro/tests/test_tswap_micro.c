@@ -119,8 +119,10 @@ static void test_corrupt(void) {
   uint32_t size = make_image(img, sizeof(img)), i;
   memcpy(bad, img, size); bad[0] = 'X';
   CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_MAGIC);
-  memcpy(bad, img, size); put_u32(bad + 4, 3); seal(bad);
+  memcpy(bad, img, size); put_u32(bad + 4, 4); seal(bad);
   CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_VERSION);
+  memcpy(bad, img, size); put_u32(bad + 4, 3); seal(bad); /* a container: open it as one */
+  CHECK_EQ(open_mem(&im, &fl, &mem, bad, size, table, 8), TSWAP_ERR_CONTAINER);
   memcpy(bad, img, size); put_u32(bad + 4, 2); seal(bad); /* a version-1 layout claiming version 2 */
   CHECK_NE_OK(open_mem(&im, &fl, &mem, bad, size, table, 8));
   /* every single-bit flip in header or table is caught */
@@ -392,6 +394,120 @@ static void test_file_flash(const char* path) {
   CHECK_EQ(ff.file == NULL, 1);
 }
 
+/* A version-3 container of two copies of make_image's image, named "router" and "spec_1", at
+ * 64-byte alignment; returns the container size. */
+static uint32_t make_container(uint8_t* img, uint32_t cap) {
+  static const char* const names[2] = {"router", "spec_1"};
+  uint8_t member[512];
+  const uint32_t size = make_image(member, sizeof(member));
+  uint32_t offset = 48 + 2 * 32, i;
+  memset(img, 0, cap);
+  memcpy(img, "TSWI", 4);
+  put_u32(img + 4, 3);
+  put_u32(img + 8, 48 + 2 * 32);
+  put_u32(img + 12, 2);
+  put_u32(img + 20, 64);
+  for (i = 0; i < 2; ++i) {
+    offset = (offset + 63u) & ~63u;
+    memcpy(img + offset, member, size);
+    put_u32(img + 48 + 32 * i, offset);
+    put_u32(img + 52 + 32 * i, size);
+    put_u32(img + 56 + 32 * i, 0x1234u + i);
+    put_u32(img + 60 + 32 * i, 100u + i);
+    memcpy(img + 64 + 32 * i, names[i], strlen(names[i]));
+    offset += size;
+  }
+  put_u32(img + 16, offset);
+  put_u32(img + 24, tswap_crc32(img + 48, 2 * 32));
+  put_u32(img + 44, tswap_crc32(img, 44));
+  return offset;
+}
+
+static void reseal_container(uint8_t* img) {
+  put_u32(img + 24, tswap_crc32(img + 48, 2 * 32));
+  put_u32(img + 44, tswap_crc32(img, 44));
+}
+
+static int open_container(tswap_container* c, tswap_flash* fl, tswap_memory_flash* mem, const uint8_t* img,
+                          uint32_t len) {
+  tswap_flash_from_memory(fl, mem, img, len);
+  return tswap_container_open(c, fl);
+}
+
+static void test_container(void) {
+  uint8_t img[1024], bad[1024], dst[64];
+  tswap_segment table[4];
+  tswap_flash fl, member_flash;
+  tswap_memory_flash mem;
+  tswap_container c;
+  tswap_member m;
+  tswap_image im;
+  uint32_t size = make_container(img, sizeof(img)), i, cut;
+  CHECK_EQ(open_container(&c, &fl, &mem, img, size), TSWAP_OK);
+  CHECK_EQ(c.member_count, 2);
+  for (i = 0; i < 2; ++i) {
+    CHECK_EQ(tswap_container_member(&c, i, &m), TSWAP_OK);
+    CHECK_EQ(m.offset % 64u, 0);
+    CHECK_EQ(m.graph_crc32, 0x1234u + i);
+    CHECK_EQ(m.graph_size, 100u + i);
+    CHECK_EQ(strcmp(m.name, i ? "spec_1" : "router"), 0);
+    CHECK_EQ(tswap_member_flash(&c, &m, &member_flash), TSWAP_OK);
+    CHECK_EQ(tswap_image_open(&im, &member_flash, table, 4), TSWAP_OK);
+    CHECK_EQ(tswap_load(&im, 2, 0, dst, table[2].size, 1), TSWAP_OK); /* read through the moved base */
+    CHECK_EQ(memcmp(dst, img + m.offset + table[2].offset, table[2].size), 0);
+  }
+  CHECK_EQ(tswap_container_member(&c, 2, &m), TSWAP_ERR_MEMBER);
+  /* a container is not one model's image, and one model's image is not a container */
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, size, table, 4), TSWAP_ERR_CONTAINER);
+  CHECK_EQ(tswap_container_member(&c, 0, &m), TSWAP_OK);
+  CHECK_EQ(open_container(&c, &fl, &mem, img + m.offset, m.size), TSWAP_ERR_VERSION);
+  for (cut = 0; cut < size; cut += 7) CHECK_NE_OK(open_container(&c, &fl, &mem, img, cut));
+  for (i = 0; i < 112 * 8; ++i) { /* every single-bit flip of the header and member table */
+    memcpy(bad, img, size);
+    bad[i / 8] ^= (uint8_t)(1u << (i % 8));
+    CHECK_NE_OK(open_container(&c, &fl, &mem, bad, size));
+  }
+  /* inconsistent tables with valid CRCs */
+  memcpy(bad, img, size);
+  put_u32(bad + 48 + 32, 96); /* member 1 overlaps member 0 */
+  reseal_container(bad);
+  CHECK_EQ(open_container(&c, &fl, &mem, bad, size), TSWAP_ERR_ALIGN);
+  memcpy(bad, img, size);
+  put_u32(bad + 48 + 32, 128); /* aligned, but overlapping member 0 */
+  reseal_container(bad);
+  CHECK_EQ(open_container(&c, &fl, &mem, bad, size), TSWAP_ERR_MEMBER);
+  memcpy(bad, img, size);
+  put_u32(bad + 52 + 32, size); /* past the container's end */
+  reseal_container(bad);
+  CHECK_EQ(open_container(&c, &fl, &mem, bad, size), TSWAP_ERR_MEMBER);
+  memcpy(bad, img, size);
+  bad[64 + 32 + 2] = '-'; /* a name character outside [A-Za-z0-9_] */
+  reseal_container(bad);
+  CHECK_EQ(open_container(&c, &fl, &mem, bad, size), TSWAP_ERR_MEMBER);
+  memcpy(bad, img, size);
+  memset(bad + 64, 'a', 16); /* no terminating NUL */
+  reseal_container(bad);
+  CHECK_EQ(open_container(&c, &fl, &mem, bad, size), TSWAP_ERR_MEMBER);
+  memcpy(bad, img, size);
+  bad[64 + 8] = 'x'; /* a character after the NUL */
+  reseal_container(bad);
+  CHECK_EQ(open_container(&c, &fl, &mem, bad, size), TSWAP_ERR_MEMBER);
+  memcpy(bad, img, size);
+  put_u32(bad + 32, 1); /* reserved word */
+  reseal_container(bad);
+  CHECK_EQ(open_container(&c, &fl, &mem, bad, size), TSWAP_ERR_TABLE);
+  /* a corrupt member image fails when the member is opened */
+  CHECK_EQ(open_container(&c, &fl, &mem, img, size), TSWAP_OK);
+  CHECK_EQ(tswap_container_member(&c, 1, &m), TSWAP_OK);
+  memcpy(bad, img, size);
+  bad[m.offset + 40] ^= 1u;
+  CHECK_EQ(open_container(&c, &fl, &mem, bad, size), TSWAP_OK);
+  CHECK_EQ(tswap_member_flash(&c, &m, &member_flash), TSWAP_OK);
+  CHECK_EQ(tswap_image_open(&im, &member_flash, table, 4), TSWAP_ERR_HEADER_CRC);
+  CHECK_EQ(tswap_container_open(NULL, &fl), TSWAP_ERR_ARG);
+  CHECK_EQ(tswap_member_flash(&c, NULL, &member_flash), TSWAP_ERR_ARG);
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     printf("usage: %s SCRATCH_FILE\n", argv[0]);
@@ -399,6 +515,7 @@ int main(int argc, char** argv) {
   }
   test_valid();
   test_tile_table();
+  test_container();
   test_truncated();
   test_corrupt();
   test_inconsistent();
