@@ -126,6 +126,20 @@ def _host_outputs(member, x: np.ndarray) -> _Replay:
     return _Replay({xi[np.newaxis].tobytes(): out[0] for xi, out in zip(x, run.outputs)}, detail_out)
 
 
+def test_project_on_host_tflm_from_the_pinned_sources_is_bit_identical_to_the_python_cascade(project, bundle, digits,
+                                                                                              mcu):
+    """Built for the host against TFLM from the pinned sources (which computes what tflite-micro's
+    interpreter does, unlike xmos-ai-tools' library), the scores are the Python cascade's bits."""
+    _, _, x = digits
+    run = run_project(project, x, pinned_tflm=True)
+    with CascadeInterpreter(bundle, backend="tflm") as ci:
+        scores = ci.predict(x)
+        records = list(ci.records)
+    assert len(x) >= 200
+    assert np.array_equal(run.scores.view(np.uint64), scores.view(np.uint64))
+    _check_statistics(run, project, records)
+
+
 @pytest.fixture(scope="module")
 def host_run(project, digits):
     """The project built on the host TFLM and run on the test inputs."""

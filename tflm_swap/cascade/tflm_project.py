@@ -35,7 +35,7 @@ from ..fileio import refuse_inputs, staged_directory
 from ..format.flash_image import DEFAULT_ALIGNMENT
 from ..format.model import Model, numpy_dtype
 from ..format.segments import DEFAULT_MIN_SEGMENT_BYTES
-from ..micro.codegen import builtin_ops, c_array, check_options, resolver_lines
+from ..micro.codegen import builtin_ops, c_array, check_options, resolver_lines, resolver_method
 from ..micro.project import measured_arena
 from ..micro.toolchain import CASCADE_FILES, CORE_FILES, HOST_FILES, TFLM_FILES, build_cascade_example, native_sources
 from .bundle import CascadeBundle, MemberInfo
@@ -297,10 +297,12 @@ class CascadeRun:
 
 
 def run_project(project: CascadeProject, x: np.ndarray, *, board: str = "host", image: bytes | None = None,
-                timeout: float = 900) -> CascadeRun:
+                timeout: float = 900, pinned_tflm: bool = False) -> CascadeRun:
     """Build the project's `main.cc` and classify each of `x` ([N, *input_shape] floats).
 
-    `board` "host": on the host TFLM (xmos-ai-tools; -Wall -Werror; cached by content); a board name
+    `board` "host": on the host TFLM (xmos-ai-tools, or with `pinned_tflm` TFLM built for the host
+    from the pinned sources, as tflite-micro's interpreter computes; -Wall -Werror; cached by
+    content); a board name
     (e.g. "mps2-an386"): cross-built with the pinned TFLM and run under QEMU (`tflm_swap.micro.mcu`).
     `image`: run with these flash bytes instead of the project's (to test what a wrong image does).
     Raises `NativeToolError` when the toolchain is missing and `TflmSwapError` with what the example
@@ -314,7 +316,7 @@ def run_project(project: CascadeProject, x: np.ndarray, *, board: str = "host", 
             flash = Path(tmp) / "image.bin"
             flash.write_bytes(image)
         if board == "host":
-            exe = build_cascade_example(project.out_dir, project.prefix)
+            exe = build_cascade_example(project.out_dir, project.prefix, _pinned_tflm(project) if pinned_tflm else None)
             (Path(tmp) / "inputs.bin").write_bytes(x.tobytes())
             proc = subprocess.run([str(exe), str(flash), str(Path(tmp) / "inputs.bin")], capture_output=True,
                                   text=True, errors="replace", timeout=timeout)
@@ -329,6 +331,14 @@ def run_project(project: CascadeProject, x: np.ndarray, *, board: str = "host", 
     if status != 0 or re.search(r"^(error:|FAULT)", stdout, re.M):
         raise TflmSwapError(f"the generated cascade example failed on {board}: {stdout.strip()[-2000:]}")
     return _parse_run(stdout, len(x))
+
+
+def _pinned_tflm(project: CascadeProject):
+    """TFLM built for the host from the pinned sources with every member's kernels."""
+    from ..micro import mcu
+
+    ops = {op for m in project.members for op in builtin_ops(m.micro.graph_model or m.micro.graph)}
+    return mcu.source_host_tflm([resolver_method(op) for op in sorted(ops)])
 
 
 def _ints(text: str) -> list[int]:

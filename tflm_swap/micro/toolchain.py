@@ -173,11 +173,12 @@ def build_example(project: str | Path, prefix: str) -> Path:
 
 
 def _build_project(project: Path, name: str, own: list[str], header: str, cc_source: list[str],
-                   werror: bool = False) -> Path:
+                   werror: bool = False, tflm: HostTflm | None = None) -> Path:
     """Compile a generated project: the C core (-Wall -Wextra -Werror), then the project's `own` C++
     files with the library's `cc_source` and tswap_tflm.cc/tswap_tiled.cc against the host TFLM
-    (-Wall, and -Werror with `werror`), linked to `name` (cached by content; `header` joins the key)."""
-    tflm = host_tflm()
+    (-Wall, and -Werror with `werror`), linked to `name` (cached by content; `header` joins the key).
+    `tflm`: the host TFLM to build against (xmos-ai-tools' by default)."""
+    tflm = tflm or host_tflm()
     lib = project / "tswap"
     c_src = [lib / "tswap_micro.c", lib / "tswap_crc32.c", lib / "tswap_file_flash.c"]
     objects = [build(f"example-{s.stem}.o", [s], [compiler("gcc"), "-std=c99", "-O2", "-Wall", "-Wextra",
@@ -189,11 +190,12 @@ def _build_project(project: Path, name: str, own: list[str], header: str, cc_sou
     return build(name, c_src + cc_src + [project / header], command, str(tflm.library), moved=project)
 
 
-def build_cascade_example(project: str | Path, prefix: str) -> Path:
-    """Compile a generated cascade project's `main.cc` on the host (file-backed flash, host TFLM)
-    with -Wall -Werror (C also -Wextra); returns the executable (cached by source content)."""
-    return _build_project(Path(project), f"{prefix}_cascade_example",
-                          ["main.cc", f"{prefix}_cascade.cc"], f"{prefix}_cascade.h", ["tswap_cascade.cc"], werror=True)
+def build_cascade_example(project: str | Path, prefix: str, tflm: HostTflm | None = None) -> Path:
+    """Compile a generated cascade project's `main.cc` on the host (file-backed flash, host TFLM:
+    `tflm`, else xmos-ai-tools') with -Wall -Werror (C also -Wextra); returns the executable (cached
+    by source content)."""
+    return _build_project(Path(project), f"{prefix}_cascade_example", ["main.cc", f"{prefix}_cascade.cc"],
+                          f"{prefix}_cascade.h", ["tswap_cascade.cc"], werror=True, tflm=tflm)
 
 
 def build_unit_tests() -> Path:
