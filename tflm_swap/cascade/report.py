@@ -133,30 +133,43 @@ def _cell(r: dict, key: str, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def plot_tradeoff(sweep: dict[str, list[dict]], path: str | Path, inputs: tuple = ()) -> Path:
-    """Accuracy against weights used per inference (% of monolithic), one point per number of groups;
-    the PNG is written atomically, never over one of `inputs`."""
+def plot_tradeoff(sweep: dict[str, list[dict]], path: str | Path, inputs: tuple = (),
+                  targets: dict | None = None) -> Path:
+    """Accuracy against weights (left) and MACs (right) used per inference, % of the monolithic
+    model, one point per number of groups; `targets` ({'used_pct', 'macs_pct', 'delta_points'})
+    adds the cost limits and the accuracy floor below each monolithic model. The PNG is written
+    atomically, never over one of `inputs`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rows in sweep.items():
-        rows = sorted(rows, key=lambda r: r["n_groups"])
-        xs, ys = [r["used_pct"] for r in rows], [100 * r["cascade_top1"] for r in rows]
-        line = ax.plot(xs, ys, "o-", label=f"{name} cascade")[0]
-        for r, xv, yv in zip(rows, xs, ys):
-            ax.annotate(f"{r['n_groups']} groups", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if rows and rows[0].get("mono_int8_top1") is not None:
-            ax.plot([100], [100 * rows[0]["mono_int8_top1"]], "s", color=line.get_color(),
-                    label=f"{name} monolithic int8")
-    ax.set_xlabel("weights used per inference (% of monolithic int8)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, label in ((axes[0], "used_pct", "weights"), (axes[1], "macs_pct", "MACs")):
+        for name, rows in sweep.items():
+            _plot_sweep(ax, name, sorted(rows, key=lambda r: r["n_groups"]), key, targets)
+        if targets and key in targets:
+            ax.axvline(targets[key], color="grey", ls="--", lw=1, label=f"target: <= {targets[key]:.0f}%")
+        ax.set_xlabel(f"{label} used per inference (% of monolithic int8)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("top-1 accuracy (%)")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     return write_atomic(path, buf.getvalue(), inputs)
+
+
+def _plot_sweep(ax, name: str, rows: list[dict], key: str, targets: dict | None) -> None:
+    rows = [r for r in rows if r.get(key) is not None]
+    xs, ys = [r[key] for r in rows], [100 * r["cascade_top1"] for r in rows]
+    line = ax.plot(xs, ys, "o-", label=f"{name} cascade")[0]
+    for r, xv, yv in zip(rows, xs, ys):
+        ax.annotate(f"{r['n_groups']} groups", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if rows and rows[0].get("mono_int8_top1") is not None:
+        mono = 100 * rows[0]["mono_int8_top1"]
+        ax.plot([100], [mono], "s", color=line.get_color(), label=f"{name} monolithic int8")
+        if targets and "delta_points" in targets:
+            ax.axhline(mono + targets["delta_points"], color=line.get_color(), ls=":", lw=1,
+                       label=f"{name}: monolithic {targets['delta_points']:+.1f} pt")
