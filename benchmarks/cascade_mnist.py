@@ -36,12 +36,12 @@ from tflm_swap.fileio import write_atomic  # noqa: E402
 CACHE = ROOT / "build" / "cache" / "cascade"
 TRAINING_CODE = sorted((ROOT / "tflm_swap" / "cascade").glob("*.py")) + sorted((ROOT / "converters").glob("*.py"))
 # Epochs of the monolithic model, the router, sparsity fine-tuning and fine-tuning after pruning;
-# each specialist's size as a share of the monolithic weights, by number of groups.
+# augmentation shift (pixels); each specialist's size as a share of the monolithic weights, by number of groups.
 RECIPES = {
     "mnist": {"epochs": 8, "router_epochs": 8, "sparsity_epochs": 2, "finetune_epochs": 3, "batch_size": 128,
-              "specialist_share": {2: 0.25, 3: 0.2, 4: 0.18}},
+              "shift": 2, "specialist_share": {2: 0.25, 3: 0.2, 4: 0.18}},
     "digits": {"epochs": 20, "router_epochs": 20, "sparsity_epochs": 5, "finetune_epochs": 5, "batch_size": 64,
-               "specialist_share": {2: 0.25, 3: 0.2, 4: 0.18}},
+               "shift": 0, "specialist_share": {2: 0.25, 3: 0.2, 4: 0.18}},
 }
 COMMON = {"threshold": "auto", "target_share": 0.38, "fallback": "top2", "distill": 0.5, "temperature": 2.0,
           "group_method": "confusion"}
@@ -65,7 +65,8 @@ def monolithic(name: str, x_train, y_train, recipe: dict, verbose):
     from tflm_swap.cascade.models import default_cnn
     from tflm_swap.cascade.training import fit_classifier
 
-    path = CACHE / f"{name}_mono_{cache_key(x_train, y_train, recipe['epochs'], recipe['batch_size'])}.keras"
+    key = cache_key(x_train, y_train, recipe["epochs"], recipe["batch_size"], recipe["shift"])
+    path = CACHE / f"{name}_mono_{key}.keras"
     if path.is_file():
         print(f"== {name}: monolithic model from {path.relative_to(ROOT)}", flush=True)
         return keras.saving.load_model(path), 0.0
@@ -73,7 +74,8 @@ def monolithic(name: str, x_train, y_train, recipe: dict, verbose):
     started = time.perf_counter()
     model = default_cnn(x_train.shape[1:], int(y_train.max()) + 1)
     print(f"== {name}: training the monolithic model ({recipe['epochs']} epochs, {len(x_train)} samples)", flush=True)
-    fit_classifier(model, x_train, y_train, recipe["epochs"], recipe["batch_size"], verbose=verbose)
+    fit_classifier(model, x_train, y_train, recipe["epochs"], recipe["batch_size"], verbose=verbose,
+                   shift=recipe["shift"])
     seconds = time.perf_counter() - started
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.keras")

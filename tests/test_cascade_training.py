@@ -48,7 +48,7 @@ def test_fit_classifier_decays_the_learning_rate_to_zero():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 6, 6, 1)).astype(np.float32)
     y = (x.mean((1, 2, 3)) > 0).astype(np.int64)
-    fit_classifier(model, x, y, epochs=2, batch_size=16, learning_rate=0.01, verbose=0)
+    fit_classifier(model, x, y, epochs=2, batch_size=16, learning_rate=0.01, verbose=0, shift=1)  # augmented batches
     schedule = model.optimizer._learning_rate
     assert int(model.optimizer.iterations) == 6 == schedule.decay_steps
     assert float(schedule(0)) == pytest.approx(0.01) and float(schedule(3)) == pytest.approx(0.005)
@@ -95,3 +95,13 @@ def test_choose_threshold_takes_the_most_fallbacks_the_target_allows():
     threshold, expected = choose_threshold(probs, 10, [30, 30], 100, "top2", 52.0)
     assert threshold == 0.9 and expected == pytest.approx(52.0)  # two of five inputs fall back
     assert choose_threshold(probs, 10, [30, 30], 100, "full", 39.0) == (0.0, 40.0)  # never fall back
+
+
+def test_shift_images_moves_pixels_with_zero_fill():
+    from tflm_swap.cascade.training import shift_images
+
+    x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1) + 1
+    out = shift_images(x, np.array([[1, -2], [0, 0]]))
+    np.testing.assert_array_equal(out[0, 1:, :2, 0], x[0, :3, 2:, 0])  # down 1, left 2
+    assert np.all(out[0, 0] == 0) and np.all(out[0, :, 2:] == 0)
+    np.testing.assert_array_equal(out[1], x[1])

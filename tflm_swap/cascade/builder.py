@@ -40,6 +40,7 @@ class CascadeBuilder:
         epochs: training epochs of the monolithic model when a model-building function is given.
             Every member is trained with cosine learning-rate decay and its batch-norm statistics
             recomputed afterwards (`training.fit_classifier`); a trained model is taken as it is.
+        shift: augmentation of every member's training: images moved by up to this many pixels.
         router_fn: `fn(input_shape, n_groups)` -> Keras model; default: `models.default_router`, narrowed
             until it has at most `router_share` of the monolithic weights and MACs.
         router_epochs: router training epochs.
@@ -72,7 +73,7 @@ class CascadeBuilder:
                  router_epochs: int = 10, specialist_share: float | None = None, gamma_l1: float = 1e-4,
                  sparsity_epochs: int = 3, finetune_epochs: int = 3, prune_threshold: float | None = None,
                  min_channels: int = 4, fallback: str = "top2", threshold: float | str = 0.9,
-                 target_share: float = 0.4, distill: float = 0.5, temperature: float = 2.0,
+                 target_share: float = 0.4, distill: float = 0.5, temperature: float = 2.0, shift: int = 0,
                  include_monolithic: bool = True, accuracy_weight: float = 10.0, seed: int = 0,
                  verbose: int | str = "auto"):
         self.n_groups, self.candidate_groups, self.group_method = n_groups, candidate_groups, group_method
@@ -82,7 +83,7 @@ class CascadeBuilder:
         self.sparsity_epochs, self.finetune_epochs = sparsity_epochs, finetune_epochs
         self.prune_threshold, self.min_channels = prune_threshold, min_channels
         self.fallback, self.threshold, self.include_monolithic = fallback, threshold, include_monolithic
-        self.target_share, self.distill, self.temperature = target_share, distill, temperature
+        self.target_share, self.distill, self.temperature, self.shift = target_share, distill, temperature, shift
         self.accuracy_weight, self.seed, self.verbose = accuracy_weight, seed, verbose
 
     # ---------------------------------------------------------------------------------- fit
@@ -152,7 +153,7 @@ class CascadeBuilder:
         net = fn(tuple(x.shape[1:]), self.n_classes_)
         self._log(f"[cascade] training the monolithic model ({self.epochs} epochs)")
         fit_classifier(net, x, y, self.epochs, self.batch_size, self.learning_rate, verbose=self.verbose,
-                       seed=self.seed)
+                       seed=self.seed, shift=self.shift)
         return net
 
     def _find_groups(self, x, y) -> list[list[int]]:
@@ -174,7 +175,8 @@ class CascadeBuilder:
         if self.teacher_ is not None:  # the monolithic model's probability of each group
             teacher = np.stack([self.teacher_[:, g].sum(1) for g in self.groups_], axis=1)
         return train_router(router, x, group_labels(y, self.groups_), self.router_epochs, self.batch_size,
-                            verbose=self.verbose, teacher=teacher, distill=self.distill, seed=self.seed)
+                            verbose=self.verbose, teacher=teacher, distill=self.distill, seed=self.seed,
+                            shift=self.shift)
 
     def _specialist(self, g: int, classes: list[int], x, y) -> None:
         if len(classes) == 1:
@@ -201,7 +203,8 @@ class CascadeBuilder:
         if epochs <= 0:
             return
         self._log(f"[cascade] {what} ({epochs} epochs, {len(x)} samples)")
-        fit_classifier(model, x, y, epochs, self.batch_size, self.learning_rate, verbose=self.verbose, seed=self.seed)
+        fit_classifier(model, x, y, epochs, self.batch_size, self.learning_rate, verbose=self.verbose, seed=self.seed,
+                       shift=self.shift)
 
     def _fallback_threshold(self, x) -> tuple[float, dict | None]:
         if self.threshold != "auto":
@@ -246,7 +249,8 @@ class CascadeBuilder:
                                     "proxy_route_accuracy": c.route_accuracy,
                                     "loaded_fraction": c.loaded_fraction, "objective": c.objective}
                                    for c in self.group_choices_],
-                 "threshold_choice": self.threshold_choice_, "distill": self.distill, "temperature": self.temperature}
+                 "threshold_choice": self.threshold_choice_, "distill": self.distill, "temperature": self.temperature,
+                 "shift": self.shift}
         return CascadeBundle.create(self.groups_, router, specialists,
                                     mono.data if self.include_monolithic else None, self.fallback,
                                     self.threshold_, stats, extra)

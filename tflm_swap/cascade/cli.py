@@ -31,7 +31,14 @@ def register(sub) -> None:
     b.add_argument("--finetune-epochs", type=at_least(0), default=3)
     b.add_argument("--batch-size", type=at_least(1), default=64)
     b.add_argument("--fallback", choices=("top2", "full", "none"), default="top2")
-    b.add_argument("--threshold", type=probability, default=0.9, help="router confidence below which to fall back")
+    b.add_argument("--threshold", type=_threshold, default=0.9,
+                   help="router confidence below which to fall back, or 'auto' (most fallbacks --target-share allows)")
+    b.add_argument("--target-share", type=probability, default=0.4,
+                   help="with --threshold auto: weights per inference, share of the monolithic model (default 0.4)")
+    b.add_argument("--specialist-share", type=probability,
+                   help="each specialist's size, share of the monolithic weights (default: its share of the classes)")
+    b.add_argument("--distill", type=probability, default=0.5,
+                   help="weight of the monolithic model's probabilities in the router's and specialists' targets")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
@@ -52,6 +59,11 @@ def register(sub) -> None:
     _runtime_options(r)
     r.add_argument("--prefetch", action="store_true", help="prefetch the most likely next specialist")
     r.set_defaults(func=cmd_run)
+
+
+def _threshold(text: str) -> float | str:
+    """An argparse type: a probability or 'auto'."""
+    return "auto" if text == "auto" else probability(text)
 
 
 def _runtime_options(p: argparse.ArgumentParser) -> None:
@@ -97,7 +109,8 @@ def cmd_build(args) -> int:
         n_groups=args.n_groups, group_method=args.group_method, epochs=args.epochs,
         router_epochs=args.router_epochs, sparsity_epochs=args.sparsity_epochs,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, fallback=args.fallback,
-        threshold=args.threshold, seed=args.seed, verbose=0 if args.quiet else 2,
+        threshold=args.threshold, target_share=args.target_share, specialist_share=args.specialist_share,
+        distill=args.distill, seed=args.seed, verbose=0 if args.quiet else 2,
     ).fit(model, x, y)
     path = builder.bundle_.save(args.output)
     print(f"wrote {path}: {len(builder.groups_)} groups {builder.groups_}, "

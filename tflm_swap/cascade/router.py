@@ -47,7 +47,7 @@ def make_router(input_shape: tuple[int, ...], n_groups: int, limit: tuple[int, i
 
 def train_router(model, x: np.ndarray, groups_of_x: np.ndarray, epochs: int, batch_size: int,
                  learning_rate: float = 2e-3, verbose: int | str = "auto", teacher: np.ndarray | None = None,
-                 distill: float = 0.0, seed: int = 0):
+                 distill: float = 0.0, seed: int = 0, shift: int = 0):
     """Fit the router on group labels (class-balanced: every group weighs the same in the loss), with
     cosine learning-rate decay and refreshed batch-norm statistics (`training.fit_classifier`).
 
@@ -57,7 +57,7 @@ def train_router(model, x: np.ndarray, groups_of_x: np.ndarray, epochs: int, bat
     """
     targets = groups_of_x if teacher is None or distill <= 0 else mixed_targets(groups_of_x, teacher, distill)
     fit_classifier(model, x, targets, epochs, batch_size, learning_rate, sample_weight=balanced_weights(groups_of_x),
-                   verbose=verbose, seed=seed)
+                   verbose=verbose, seed=seed, shift=shift)
     return model
 
 def choose_threshold(probs: np.ndarray, router_cost: int, specialist_costs: list[int], monolithic_cost: int,

@@ -33,17 +33,60 @@ def compile_classifier(model, learning_rate: float = 1e-3, decay_steps: int | No
 
 def fit_classifier(model, x: np.ndarray, targets: np.ndarray, epochs: int, batch_size: int,
                    learning_rate: float = 1e-3, sample_weight: np.ndarray | None = None,
-                   verbose: int | str = "auto", seed: int = 0) -> None:
+                   verbose: int | str = "auto", seed: int = 0, shift: int = 0) -> None:
     """Train with cosine learning-rate decay over all `epochs`, then refresh the batch-norm statistics.
 
     `targets`: class ids [N] or probability rows [N, K] (soft targets, e.g. `mixed_targets`).
+    `shift` > 0: every epoch sees each image moved by a random offset of up to `shift` pixels per
+    axis (zero fill), an augmentation against overfitting small datasets such as MNIST.
     """
     if epochs <= 0:
         return
     steps = epochs * -(-len(x) // batch_size)
     compile_classifier(model, learning_rate, decay_steps=steps, soft_targets=np.ndim(targets) == 2)
-    model.fit(x, targets, epochs=epochs, batch_size=batch_size, sample_weight=sample_weight, verbose=verbose)
+    if shift > 0:
+        data = shifted_batches(x, targets, sample_weight, batch_size, shift, seed)
+        model.fit(data, epochs=epochs, verbose=verbose)
+    else:
+        model.fit(x, targets, epochs=epochs, batch_size=batch_size, sample_weight=sample_weight, verbose=verbose)
     refresh_bn_statistics(model, x, seed=seed)
+
+
+def shift_images(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Images [N, H, W, C] moved by integer `offsets` [N, 2] (rows, columns), zero fill."""
+    n, h, w, _ = x.shape
+    pad = int(np.abs(offsets).max()) if len(offsets) else 0
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    rows = pad - offsets[:, 0, None] + np.arange(h)[None, :]  # [N, H]
+    cols = pad - offsets[:, 1, None] + np.arange(w)[None, :]  # [N, W]
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def shifted_batches(x: np.ndarray, targets: np.ndarray, sample_weight: np.ndarray | None, batch_size: int,
+                    shift: int, seed: int = 0):
+    """A Keras PyDataset of shuffled batches of randomly shifted images, reshuffled every epoch
+    (built here so that importing this module does not import Keras)."""
+    import keras
+
+    class ShiftedBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self) -> int:
+            return -(-len(x) // batch_size)
+
+        def __getitem__(self, index: int):
+            pick = self.order[index * batch_size : (index + 1) * batch_size]
+            offsets = self.rng.integers(-shift, shift + 1, size=(len(pick), 2))
+            batch = (shift_images(x[pick], offsets), targets[pick])
+            return batch if sample_weight is None else (*batch, sample_weight[pick])
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(x))
+
+    return ShiftedBatches()
 
 
 def batch_norm_layers(model) -> list:
