@@ -105,3 +105,14 @@ def test_shift_images_moves_pixels_with_zero_fill():
     np.testing.assert_array_equal(out[0, 1:, :2, 0], x[0, :3, 2:, 0])  # down 1, left 2
     assert np.all(out[0, 0] == 0) and np.all(out[0, :, 2:] == 0)
     np.testing.assert_array_equal(out[1], x[1])
+
+
+def test_choose_threshold_meets_every_metric():
+    from tflm_swap.cascade.router import choose_threshold
+
+    top = np.array([0.55, 0.75, 0.92, 0.97, 0.999])
+    probs = np.stack([top, 1 - top], axis=1)
+    # (weights, MACs): the monolithic model's MACs make a fallback costlier in MACs than in weights
+    threshold, expected = choose_threshold(probs, [5, 5], [[20, 30], [20, 30]], [100, 100], "full", [45, 50])
+    assert threshold == 0.7  # 0.9 meets the weights (45) but not the MACs (63)
+    np.testing.assert_allclose(expected, [(4 * 25 + 105) / 5, (4 * 35 + 105) / 5])

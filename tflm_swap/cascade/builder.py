@@ -54,9 +54,9 @@ class CascadeBuilder:
             logits / temperature) in the targets of the router (summed per group) and of the
             specialists (restricted to the group); 0 trains on the labels alone.
         fallback, threshold: low-confidence policy ('top2', 'full', 'none') and router threshold;
-            threshold 'auto' takes the highest one whose expected weights per inference (router
-            probabilities on training inputs, Keras weight counts) stay within `target_share` of the
-            monolithic weights (`router.choose_threshold`).
+            threshold 'auto' takes the highest one whose expected weights and MACs per inference
+            (router probabilities on training inputs, Keras counts) stay within `target_share` of the
+            monolithic model's (`router.choose_threshold`).
         include_monolithic: put the monolithic int8 model in the bundle (needed by fallback 'full').
         seed: seeds Python, NumPy and TensorFlow (keras.utils.set_random_seed) and the group choice.
         verbose: Keras `verbose` for training (progress bars); 0 silences everything.
@@ -213,14 +213,15 @@ class CascadeBuilder:
         logits = self.router_.predict(x[pick], batch_size=512, verbose=0).astype(np.float64)
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
-        costs = [0 if m is None else count_cost(m)[0] for m in self.specialists_]
-        target = self.target_share * self.mono_cost_[0]
-        threshold, expected = choose_threshold(probs, count_cost(self.router_)[0], costs, self.mono_cost_[0],
-                                               self.fallback, target)
-        self._log(f"[cascade] fallback threshold {threshold} (expected weights per inference "
-                  f"{100 * expected / self.mono_cost_[0]:.1f}% of the monolithic model)")
-        return threshold, {"threshold": threshold, "expected_weight_share": expected / self.mono_cost_[0],
-                           "target_share": self.target_share}
+        mono = np.asarray(self.mono_cost_, dtype=np.float64)  # (weights, MACs): both must meet the target
+        costs = [(0, 0) if m is None else count_cost(m) for m in self.specialists_]
+        threshold, expected = choose_threshold(probs, count_cost(self.router_), costs, mono, self.fallback,
+                                               self.target_share * mono)
+        share = expected / mono
+        self._log(f"[cascade] fallback threshold {threshold} (expected weights / MACs per inference "
+                  f"{100 * share[0]:.1f}% / {100 * share[1]:.1f}% of the monolithic model)")
+        return threshold, {"threshold": threshold, "expected_weight_share": float(share[0]),
+                           "expected_mac_share": float(share[1]), "target_share": self.target_share}
 
     def _bundle(self, x, y) -> CascadeBundle:
         self._log("[cascade] converting to int8 and segmenting")

@@ -60,23 +60,26 @@ def train_router(model, x: np.ndarray, groups_of_x: np.ndarray, epochs: int, bat
                    verbose=verbose, seed=seed, shift=shift)
     return model
 
-def choose_threshold(probs: np.ndarray, router_cost: int, specialist_costs: list[int], monolithic_cost: int,
-                     policy: str, target_cost: float, grid: tuple[float, ...] = THRESHOLDS) -> tuple[float, float]:
-    """The highest fallback threshold (most fallbacks, hence the most accurate) whose expected weights
-    per inference stay within `target_cost`, and that expected cost.
+def choose_threshold(probs: np.ndarray, router_cost, specialist_costs, monolithic_cost, policy: str,
+                     target_cost, grid: tuple[float, ...] = THRESHOLDS) -> tuple[float, np.ndarray | float]:
+    """The highest fallback threshold (most fallbacks, hence the most accurate) whose expected cost
+    per inference stays within `target_cost`, and that expected cost.
 
-    `probs`: router probabilities [N, n_groups] on held-out or training inputs. A confident input costs
-    the router + the top group's specialist; a low-confidence one the router + the two most likely
-    groups' specialists ('top2') or + the monolithic model ('full'). Without any threshold meeting the
-    target, 0.0 (never fall back) is returned.
+    Costs are numbers, or vectors of several metrics (e.g. weights and MACs) that must all stay
+    within their target: `router_cost` [M], `specialist_costs` [n_groups, M], `monolithic_cost` [M],
+    `target_cost` [M]. `probs`: router probabilities [N, n_groups] on held-out or training inputs.
+    A confident input costs the router + the top group's specialist; a low-confidence one the router
+    + the two most likely groups' specialists ('top2') or + the monolithic model ('full'). Without
+    any threshold meeting the target, 0.0 (never fall back) is returned.
     """
-    costs = np.asarray(specialist_costs, dtype=np.float64)
+    scalar = np.ndim(router_cost) == 0
+    router, mono = np.atleast_1d(router_cost).astype(np.float64), np.atleast_1d(monolithic_cost).astype(np.float64)
+    specs = np.asarray(specialist_costs, dtype=np.float64).reshape(len(specialist_costs), -1)
     order = np.argsort(-probs, axis=1)
-    confident_cost = router_cost + costs[order[:, 0]]
-    fallback_cost = router_cost + (costs[order[:, 0]] + costs[order[:, 1]] if policy == "top2" else monolithic_cost)
-    top = probs.max(1)
-    for threshold in sorted(grid, reverse=True):
-        expected = float(np.mean(np.where(top >= threshold, confident_cost, fallback_cost)))
-        if expected <= target_cost:
-            return float(threshold), expected
-    return 0.0, float(np.mean(confident_cost))
+    confident_cost = router + specs[order[:, 0]]  # [N, M]
+    fallback_cost = router + (specs[order[:, 0]] + specs[order[:, 1]] if policy == "top2" else mono)
+    top = probs.max(1)[:, None]
+    for threshold in (*sorted(grid, reverse=True), 0.0):
+        expected = np.mean(np.where(top >= threshold, confident_cost, fallback_cost), axis=0)
+        if threshold == 0.0 or np.all(expected <= np.atleast_1d(target_cost)):
+            return float(threshold), float(expected[0]) if scalar else expected
