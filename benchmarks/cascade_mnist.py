@@ -41,8 +41,8 @@ MONOLITHIC_CODE = [ROOT / "tflm_swap" / "cascade" / name for name in ("models.py
 # Epochs of the monolithic model, the router, sparsity fine-tuning and fine-tuning after pruning;
 # augmentation shift (pixels); each specialist's size as a share of the monolithic weights, by number of groups.
 RECIPES = {
-    "mnist": {"epochs": 8, "router_epochs": 8, "sparsity_epochs": 2, "finetune_epochs": 3, "batch_size": 128,
-              "shift": 2, "specialist_share": {2: 0.25, 3: 0.2, 4: 0.18}},
+    "mnist": {"epochs": 10, "router_epochs": 8, "sparsity_epochs": 2, "finetune_epochs": 3, "batch_size": 128,
+              "shift": 1, "specialist_share": {2: 0.25, 3: 0.2, 4: 0.18}},
     "digits": {"epochs": 20, "router_epochs": 20, "sparsity_epochs": 5, "finetune_epochs": 5, "batch_size": 64,
                "shift": 0, "specialist_share": {2: 0.25, 3: 0.2, 4: 0.18}},
 }

@@ -210,9 +210,7 @@ class CascadeBuilder:
         if self.threshold != "auto":
             return float(self.threshold), None
         pick = np.random.default_rng(self.seed + 1).permutation(len(x))[:THRESHOLD_SAMPLES]
-        logits = self.router_.predict(x[pick], batch_size=512, verbose=0).astype(np.float64)
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
+        probs = teacher_probabilities(self.router_, x[pick])
         mono = np.asarray(self.mono_cost_, dtype=np.float64)  # (weights, MACs): both must meet the target
         costs = [(0, 0) if m is None else count_cost(m) for m in self.specialists_]
         threshold, expected = choose_threshold(probs, count_cost(self.router_), costs, mono, self.fallback,
