@@ -9,7 +9,7 @@ accuracy against weights and MACs per inference.
 
 Trained models are cached under build/cache/cascade/, keyed by the data, the recipe and the code
 that trains them (the monolithic model: cascade/models.py and training.py; a cascade: the
-monolithic weights, tflm_swap/cascade/*.py and the converters), so a rerun with nothing changed
+monolithic weights, the cascade's training and bundle modules and the converters), so a rerun with nothing changed
 only evaluates.
 
     python benchmarks/cascade_mnist.py [--mnist ../shared/datasets/mnist.npz] [--out benchmarks/cascade_results]
@@ -36,7 +36,9 @@ from tflm_swap.cascade.report import evaluate, format_table, plot_tradeoff  # no
 from tflm_swap.fileio import write_atomic  # noqa: E402
 
 CACHE = ROOT / "build" / "cache" / "cascade"
-TRAINING_CODE = sorted((ROOT / "tflm_swap" / "cascade").glob("*.py")) + sorted((ROOT / "converters").glob("*.py"))
+TRAINING_CODE = [ROOT / "tflm_swap" / "cascade" / f"{name}.py"
+                 for name in ("builder", "bundle", "groups", "models", "router", "slimming", "training")]
+TRAINING_CODE += sorted((ROOT / "converters").glob("*.py"))
 MONOLITHIC_CODE = [ROOT / "tflm_swap" / "cascade" / name for name in ("models.py", "training.py")]
 # Epochs of the monolithic model, the router, sparsity fine-tuning and fine-tuning after pruning;
 # augmentation shift (pixels); each specialist's size as a share of the monolithic weights, by number of groups.

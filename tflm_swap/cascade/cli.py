@@ -86,7 +86,9 @@ def check_data(bundle, x: np.ndarray, y: np.ndarray | None, path: str) -> None:
 def _budget(args, bundle) -> int:
     if args.ram_budget:
         return parse_size(args.ram_budget)
-    return bundle.router.weight_bytes + max(s.weight_bytes for s in bundle.specialists)
+    from .report import tight_budget
+
+    return tight_budget(bundle)
 
 
 def cmd_build(args) -> int:

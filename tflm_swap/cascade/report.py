@@ -36,7 +36,7 @@ ROWS = (
 
 def evaluate(bundle: CascadeBundle, x: np.ndarray, y: np.ndarray, keras_model=None, backend: str = "litert",
              ram_budget: int | str | None = "tight", cache: str = "lru") -> dict:
-    """Figures of the cascade on (x, y). `ram_budget='tight'` holds the router and one largest model."""
+    """Figures of the cascade on (x, y). `ram_budget='tight'`: `tight_budget(bundle)`."""
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y).reshape(-1)
     mono_bytes = bundle.monolithic.weight_bytes if bundle.monolithic else bundle.stats.get("monolithic_weight_bytes")
     result: dict = {"n": len(x), "n_groups": len(bundle.groups), "groups": bundle.groups, "backend": backend}
@@ -46,7 +46,7 @@ def evaluate(bundle: CascadeBundle, x: np.ndarray, y: np.ndarray, keras_model=No
         pred, seconds = _run_plain(bundle.member_bytes(bundle.monolithic), x)
         result["mono_int8_top1"], result["mono_latency_s"] = float(np.mean(pred == y)), seconds
     if ram_budget == "tight":
-        ram_budget = bundle.router.weight_bytes + max(s.weight_bytes for s in bundle.specialists)
+        ram_budget = tight_budget(bundle)
     with CascadeInterpreter(bundle, ram_budget=ram_budget, cache=cache, backend=backend) as ci:
         result["router_top1"] = float(np.mean(np.argmax(ci.route(x), 1) == group_labels(y, bundle.groups)))
         started = time.perf_counter()
@@ -61,6 +61,15 @@ def evaluate(bundle: CascadeBundle, x: np.ndarray, y: np.ndarray, keras_model=No
     if "mono_int8_top1" in result:
         result["delta_points"] = 100 * (result["cascade_top1"] - result["mono_int8_top1"])
     return result
+
+
+def tight_budget(bundle: CascadeBundle) -> int:
+    """The smallest RAM budget the bundle's policy runs in: the router + the largest model it may load
+    (the monolithic model too when low-confidence inputs fall back to it)."""
+    sizes = [s.weight_bytes for s in bundle.specialists]
+    if bundle.fallback.get("policy") == "full" and bundle.monolithic is not None:
+        sizes.append(bundle.monolithic.weight_bytes)
+    return bundle.router.weight_bytes + max(sizes)
 
 
 def _costs(bundle: CascadeBundle, mono_bytes: int, stats: dict, records) -> dict:
