@@ -122,7 +122,7 @@ def run_dataset(name: str, x_train, y_train, x_test, y_test, groups: list[int], 
         results.append(r)
     best = max(results, key=lambda r: (meets_targets(r), r["cascade_top1"]))
     _save(out, name, best, results)
-    return {"auto": best, "sweep": results}
+    return {"best": best, "sweep": results}
 
 
 def meets_targets(r: dict) -> bool:
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
             x_train, y_train, x_test, y_test = split_by_order(x, y, 10_000)
         all_results[name] = run_dataset(name, x_train, y_train, x_test, y_test, groups, out, args.verbose)
         plot_tradeoff(_with_saved(all_results, out), out / "cascade_tradeoff.png", targets=TARGETS)
-    print("\n" + format_table({f"{name} (best: {r['auto']['n_groups']} groups)": r["auto"]
+    print("\n" + format_table({f"{name} (best: {r['best']['n_groups']} groups)": r["best"]
                                for name, r in all_results.items()}))
     for name, r in all_results.items():
         print("\n" + targets_table(name, r["sweep"]))
