@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("keras", reason="cascades train Keras models (pip install .[convert])")
 pytest.importorskip("sklearn", reason="cascades cluster classes with scikit-learn (pip install .[convert])")
 
+from tflm_swap.cascade import CascadeBundle  # noqa: E402
 from tflm_swap.cli import main  # noqa: E402
 
 
@@ -24,13 +25,16 @@ def files(tmp_path_factory):
     bundle = tmp / "digits.cascade"
     assert main(["cascade", "build", "--data", str(tmp / "digits.npz"), "-o", str(bundle), "--n-test", "100",
                  "--n-groups", "2", "--epochs", "3", "--router-epochs", "3", "--sparsity-epochs", "1",
-                 "--finetune-epochs", "1", "--quiet"]) == 0
+                 "--finetune-epochs", "1", "--threshold", "auto", "--target-share", "0.6", "--quiet"]) == 0
     return tmp, bundle
 
 
 def test_build_writes_a_bundle_and_evaluates(files, capsys):
     tmp, bundle = files
     assert bundle.stat().st_size > 0
+    choice = CascadeBundle.load(bundle).stats["threshold_choice"]  # --threshold auto
+    assert choice["target_share"] == 0.6 and choice["threshold"] == CascadeBundle.load(bundle).threshold
+    assert choice["threshold"] == 0.0 or choice["expected_weight_share"] <= 0.6
     assert main(["cascade", "eval", str(bundle), "--data", str(tmp / "digits.npz"), "--last", "100",
                  "--json", str(tmp / "eval.json"), "--plot", str(tmp / "tradeoff.png")]) == 0
     out = capsys.readouterr().out

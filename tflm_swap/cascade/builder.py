@@ -18,12 +18,14 @@ from ..converters.convert import convert
 from ..errors import TflmSwapError
 from .bundle import FALLBACK_POLICIES, CascadeBundle
 from .groups import METHODS, choose_groups, class_signatures, cluster_classes, group_labels, specialist_fraction
-from .models import compile_classifier, default_cnn
-from .router import make_router, train_router
+from .models import default_cnn
+from .router import choose_threshold, make_router, train_router
 from .slimming import count_cost, prunable_layers, select_channels, slim_copy
+from .training import fit_classifier, mixed_targets, teacher_probabilities
 
 SIGNATURE_SAMPLES = 5000
 CALIBRATION_SAMPLES = 200
+THRESHOLD_SAMPLES = 10_000  # inputs the automatic fallback threshold is chosen on
 
 
 class CascadeBuilder:
@@ -36,6 +38,9 @@ class CascadeBuilder:
         candidate_groups: numbers of groups tried when `n_groups` is None.
         group_method: 'activations' (mean penultimate activations, Ward) or 'confusion'.
         epochs: training epochs of the monolithic model when a model-building function is given.
+            Every member is trained with cosine learning-rate decay and its batch-norm statistics
+            recomputed afterwards (`training.fit_classifier`); a trained model is taken as it is.
+        shift: augmentation of every member's training: images moved by up to this many pixels.
         router_fn: `fn(input_shape, n_groups)` -> Keras model; default: `models.default_router`, narrowed
             until it has at most `router_share` of the monolithic weights and MACs.
         router_epochs: router training epochs.
@@ -45,13 +50,20 @@ class CascadeBuilder:
         sparsity_epochs, finetune_epochs: specialist fine-tuning before and after pruning.
         prune_threshold: prune channels with |gamma| below this instead of meeting `specialist_share`.
         min_channels: channels every prunable layer keeps.
-        fallback, threshold: low-confidence policy ('top2', 'full', 'none') and router threshold.
+        distill, temperature: weight of the monolithic model's softened probabilities (softmax of
+            logits / temperature) in the targets of the router (summed per group) and of the
+            specialists (restricted to the group); 0 trains on the labels alone.
+        fallback, threshold: low-confidence policy ('top2', 'full', 'none') and router threshold;
+            threshold 'auto' takes the highest one whose expected weights and MACs per inference
+            (router probabilities on training inputs, Keras counts) stay within `target_share` of the
+            monolithic model's (`router.choose_threshold`).
         include_monolithic: put the monolithic int8 model in the bundle (needed by fallback 'full').
         seed: seeds Python, NumPy and TensorFlow (keras.utils.set_random_seed) and the group choice.
         verbose: Keras `verbose` for training (progress bars); 0 silences everything.
 
     Attributes after `fit`: model_ (monolithic Keras model), groups_, group_choices_, router_,
-    specialists_ (Keras models, None for a single-class group), kept_channels_, monolithic_tflite_,
+    specialists_ (Keras models, None for a single-class group), kept_channels_, threshold_ (the
+    fallback threshold used) and threshold_choice_ (its expected cost), monolithic_tflite_,
     bundle_ (CascadeBundle).
     """
 
@@ -60,7 +72,8 @@ class CascadeBuilder:
                  learning_rate: float = 1e-3, router_fn: Callable | None = None, router_share: float = 0.10,
                  router_epochs: int = 10, specialist_share: float | None = None, gamma_l1: float = 1e-4,
                  sparsity_epochs: int = 3, finetune_epochs: int = 3, prune_threshold: float | None = None,
-                 min_channels: int = 4, fallback: str = "top2", threshold: float = 0.9,
+                 min_channels: int = 4, fallback: str = "top2", threshold: float | str = 0.9,
+                 target_share: float = 0.4, distill: float = 0.5, temperature: float = 2.0, shift: int = 0,
                  include_monolithic: bool = True, accuracy_weight: float = 10.0, seed: int = 0,
                  verbose: int | str = "auto"):
         self.n_groups, self.candidate_groups, self.group_method = n_groups, candidate_groups, group_method
@@ -70,6 +83,7 @@ class CascadeBuilder:
         self.sparsity_epochs, self.finetune_epochs = sparsity_epochs, finetune_epochs
         self.prune_threshold, self.min_channels = prune_threshold, min_channels
         self.fallback, self.threshold, self.include_monolithic = fallback, threshold, include_monolithic
+        self.target_share, self.distill, self.temperature, self.shift = target_share, distill, temperature, shift
         self.accuracy_weight, self.seed, self.verbose = accuracy_weight, seed, verbose
 
     # ---------------------------------------------------------------------------------- fit
@@ -93,10 +107,12 @@ class CascadeBuilder:
         self.groups_ = self._find_groups(x, y)
         self._log(f"[cascade] groups: {self.groups_}")
         self.mono_cost_ = count_cost(self.model_)
+        self.teacher_ = teacher_probabilities(self.model_, x, self.temperature) if self.distill > 0 else None
         self.router_ = self._router(x, y)
         self.specialists_, self.kept_channels_, self.thresholds_ = [], [], []
         for g, classes in enumerate(tqdm(self.groups_, desc="specialists", disable=self.verbose == 0)):
             self._specialist(g, classes, x, y)
+        self.threshold_, self.threshold_choice_ = self._fallback_threshold(x)
         self.bundle_ = self._bundle(x, y)
         return self
 
@@ -121,6 +137,11 @@ class CascadeBuilder:
             raise TflmSwapError(f"fallback {self.fallback!r} is not one of {FALLBACK_POLICIES}")
         if self.fallback == "full" and not self.include_monolithic:
             raise TflmSwapError("fallback 'full' needs include_monolithic=True")
+        if isinstance(self.threshold, str) and self.threshold != "auto":
+            raise TflmSwapError(f"threshold must be a number in [0, 1] or 'auto', got {self.threshold!r}")
+        if not 0.0 <= self.distill < 1.0 or self.temperature <= 0:
+            raise TflmSwapError(f"distill must be in [0, 1) and temperature > 0, got distill={self.distill}, "
+                                f"temperature={self.temperature}")
 
     def _monolithic(self, model, x, y):
         if hasattr(model, "layers") and hasattr(model, "predict"):
@@ -130,9 +151,9 @@ class CascadeBuilder:
             raise TflmSwapError(f"model must be a trained Keras model, a function (input_shape, n_classes) -> "
                                 f"model, or None for the default CNN; got {type(model).__name__}")
         net = fn(tuple(x.shape[1:]), self.n_classes_)
-        compile_classifier(net, self.learning_rate)
         self._log(f"[cascade] training the monolithic model ({self.epochs} epochs)")
-        net.fit(x, y, epochs=self.epochs, batch_size=self.batch_size, verbose=self.verbose)
+        fit_classifier(net, x, y, self.epochs, self.batch_size, self.learning_rate, verbose=self.verbose,
+                       seed=self.seed, shift=self.shift)
         return net
 
     def _find_groups(self, x, y) -> list[list[int]]:
@@ -150,8 +171,12 @@ class CascadeBuilder:
         limit = (int(weights * self.router_share), int(macs * self.router_share))
         router = make_router(tuple(x.shape[1:]), len(self.groups_), limit, self.router_fn)
         self._log(f"[cascade] training the router ({self.router_epochs} epochs)")
+        teacher = None
+        if self.teacher_ is not None:  # the monolithic model's probability of each group
+            teacher = np.stack([self.teacher_[:, g].sum(1) for g in self.groups_], axis=1)
         return train_router(router, x, group_labels(y, self.groups_), self.router_epochs, self.batch_size,
-                            verbose=self.verbose)
+                            verbose=self.verbose, teacher=teacher, distill=self.distill, seed=self.seed,
+                            shift=self.shift)
 
     def _specialist(self, g: int, classes: list[int], x, y) -> None:
         if len(classes) == 1:
@@ -161,6 +186,8 @@ class CascadeBuilder:
             return
         mask = np.isin(y, classes)
         xs, ys = x[mask], np.searchsorted(classes, y[mask])
+        if self.teacher_ is not None:
+            ys = mixed_targets(ys, self.teacher_[mask][:, classes], self.distill)
         share = self.specialist_share or specialist_fraction(len(classes), self.n_classes_)
         wide = slim_copy(self.model_, None, head=classes, gamma_l1=self.gamma_l1)
         self._train(wide, xs, ys, self.sparsity_epochs, f"group {g} {classes}: sparsity fine-tuning")
@@ -175,9 +202,24 @@ class CascadeBuilder:
     def _train(self, model, x, y, epochs: int, what: str) -> None:
         if epochs <= 0:
             return
-        compile_classifier(model, self.learning_rate)
         self._log(f"[cascade] {what} ({epochs} epochs, {len(x)} samples)")
-        model.fit(x, y, epochs=epochs, batch_size=self.batch_size, verbose=self.verbose)
+        fit_classifier(model, x, y, epochs, self.batch_size, self.learning_rate, verbose=self.verbose, seed=self.seed,
+                       shift=self.shift)
+
+    def _fallback_threshold(self, x) -> tuple[float, dict | None]:
+        if self.threshold != "auto":
+            return float(self.threshold), None
+        pick = np.random.default_rng(self.seed + 1).permutation(len(x))[:THRESHOLD_SAMPLES]
+        probs = teacher_probabilities(self.router_, x[pick])
+        mono = np.asarray(self.mono_cost_, dtype=np.float64)  # (weights, MACs): both must meet the target
+        costs = [(0, 0) if m is None else count_cost(m) for m in self.specialists_]
+        threshold, expected = choose_threshold(probs, count_cost(self.router_), costs, mono, self.fallback,
+                                               self.target_share * mono)
+        share = expected / mono
+        self._log(f"[cascade] fallback threshold {threshold} (expected weights / MACs per inference "
+                  f"{100 * share[0]:.1f}% / {100 * share[1]:.1f}% of the monolithic model)")
+        return threshold, {"threshold": threshold, "expected_weight_share": float(share[0]),
+                           "expected_mac_share": float(share[1]), "target_share": self.target_share}
 
     def _bundle(self, x, y) -> CascadeBundle:
         self._log("[cascade] converting to int8 and segmenting")
@@ -205,10 +247,12 @@ class CascadeBuilder:
                  "group_choices": [{"n_groups": c.n_groups, "groups": c.groups,
                                     "proxy_route_accuracy": c.route_accuracy,
                                     "loaded_fraction": c.loaded_fraction, "objective": c.objective}
-                                   for c in self.group_choices_]}
+                                   for c in self.group_choices_],
+                 "threshold_choice": self.threshold_choice_, "distill": self.distill, "temperature": self.temperature,
+                 "shift": self.shift}
         return CascadeBundle.create(self.groups_, router, specialists,
                                     mono.data if self.include_monolithic else None, self.fallback,
-                                    self.threshold, stats, extra)
+                                    self.threshold_, stats, extra)
 
     def _log(self, text: str) -> None:
         if self.verbose != 0:

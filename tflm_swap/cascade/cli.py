@@ -31,7 +31,14 @@ def register(sub) -> None:
     b.add_argument("--finetune-epochs", type=at_least(0), default=3)
     b.add_argument("--batch-size", type=at_least(1), default=64)
     b.add_argument("--fallback", choices=("top2", "full", "none"), default="top2")
-    b.add_argument("--threshold", type=probability, default=0.9, help="router confidence below which to fall back")
+    b.add_argument("--threshold", type=_threshold, default=0.9,
+                   help="router confidence below which to fall back, or 'auto' (most fallbacks --target-share allows)")
+    b.add_argument("--target-share", type=probability, default=0.4,
+                   help="with --threshold auto: weights per inference, share of the monolithic model (default 0.4)")
+    b.add_argument("--specialist-share", type=probability,
+                   help="each specialist's size, share of the monolithic weights (default: its share of the classes)")
+    b.add_argument("--distill", type=probability, default=0.5,
+                   help="weight of the monolithic model's probabilities in the router's and specialists' targets")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_build)
@@ -67,6 +74,11 @@ def register(sub) -> None:
     x.set_defaults(func=cmd_export)
 
 
+def _threshold(text: str) -> float | str:
+    """An argparse type: a probability or 'auto'."""
+    return "auto" if text == "auto" else probability(text)
+
+
 def _runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("litert", "tflm"), default="litert")
     p.add_argument("--ram-budget", help="weight bytes held at once, e.g. 64KiB (default: router + largest model)")
@@ -87,7 +99,9 @@ def check_data(bundle, x: np.ndarray, y: np.ndarray | None, path: str) -> None:
 def _budget(args, bundle) -> int:
     if args.ram_budget:
         return parse_size(args.ram_budget)
-    return bundle.router.weight_bytes + max(s.weight_bytes for s in bundle.specialists)
+    from .report import tight_budget
+
+    return tight_budget(bundle)
 
 
 def cmd_build(args) -> int:
@@ -110,7 +124,8 @@ def cmd_build(args) -> int:
         n_groups=args.n_groups, group_method=args.group_method, epochs=args.epochs,
         router_epochs=args.router_epochs, sparsity_epochs=args.sparsity_epochs,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size, fallback=args.fallback,
-        threshold=args.threshold, seed=args.seed, verbose=0 if args.quiet else 2,
+        threshold=args.threshold, target_share=args.target_share, specialist_share=args.specialist_share,
+        distill=args.distill, seed=args.seed, verbose=0 if args.quiet else 2,
     ).fit(model, x, y)
     path = builder.bundle_.save(args.output)
     print(f"wrote {path}: {len(builder.groups_)} groups {builder.groups_}, "

@@ -2,9 +2,11 @@
 
 Two signatures of a class are supported: the mean penultimate activation of the trained
 monolithic model over the class's samples ('activations', Ward linkage on standardised means), and
-its row of the row-normalised, symmetrised confusion matrix ('confusion', average linkage on
-1 - confusion affinity). Both are deterministic: agglomerative clustering has no random state,
-and groups are numbered by their smallest class.
+its row of the row-normalised, symmetrised *soft* confusion matrix ('confusion': the model's mean
+predicted probabilities per true class, average linkage on 1 - confusion affinity; an accurate
+model makes too few hard mistakes on its training data to group by them). Both are
+deterministic: agglomerative clustering has no random state, and groups are numbered by their
+smallest class.
 """
 
 from __future__ import annotations
@@ -76,10 +78,12 @@ def class_signatures(model, x: np.ndarray, y: np.ndarray, n_classes: int, method
             raise TflmSwapError(f"classes {missing} have no samples; every class needs examples to be grouped")
         return np.stack([feats[y == c].mean(0) for c in range(n_classes)])
     if method == "confusion":
-        pred = np.argmax(model.predict(x, batch_size=batch_size, verbose=0), 1)
+        from .training import teacher_probabilities
+
+        probs = teacher_probabilities(model, x, batch_size=batch_size)
         cm = np.zeros((n_classes, n_classes))
-        np.add.at(cm, (y, pred), 1)
-        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        np.add.at(cm, y, probs)  # soft confusion: an accurate model makes too few hard mistakes to group by
+        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1e-12)
         affinity = (cm + cm.T) / 2
         np.fill_diagonal(affinity, 0)
         distance = 1.0 - affinity / max(affinity.max(), 1e-12)

@@ -6,6 +6,8 @@ pixels wide, and global average pooling makes the head independent of the resolu
 
 from __future__ import annotations
 
+from .training import compile_classifier  # noqa: F401  (re-exported: the recipe lives in training.py)
+
 CNN_FILTERS = (16, 32, 64, 64)
 ROUTER_FILTERS = (8, 16, 24)
 BN_MOMENTUM = 0.9  # moving statistics settle within a few hundred steps (small datasets)
@@ -64,14 +66,6 @@ def default_router(input_shape: tuple[int, ...], n_groups: int, width: float = 1
     x = layers.GlobalAveragePooling2D(name="rgap")(x)
     out = layers.Dense(n_groups, name="rhead")(x)
     return keras.Model(inp, out, name="router")
-
-
-def compile_classifier(model, learning_rate: float = 1e-3) -> None:
-    """Adam + sparse categorical cross-entropy on logits, accuracy metric."""
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 
 
 def penultimate(model):

@@ -27,7 +27,7 @@ ROWS = (
     ("router weights / MACs (% of monolithic)", "router_pct", "{}"),
     ("specialists' weights, total (% of monolithic)", "specialists_pct", "{:.1f}%"),
     ("weights used per inference, mean (%)", "used_pct", "{:.1f}%"),
-    ("weights used per inference, max (router + 2 specialists)", "used_max_pct", "{:.1f}%"),
+    ("weights used per inference, max (router + 2 specialists, or + monolithic)", "used_max_pct", "{:.1f}%"),
     ("MACs per inference, mean (% of monolithic)", "macs_pct", "{:.1f}%"),
     ("flash bytes loaded per inference (budget: router + largest)", "loaded_per_inference", "{}"),
     ("host latency: monolithic int8 / cascade / cascade without loads", "latency", "{}"),
@@ -36,7 +36,7 @@ ROWS = (
 
 def evaluate(bundle: CascadeBundle, x: np.ndarray, y: np.ndarray, keras_model=None, backend: str = "litert",
              ram_budget: int | str | None = "tight", cache: str = "lru") -> dict:
-    """Figures of the cascade on (x, y). `ram_budget='tight'` holds the router and one largest model."""
+    """Figures of the cascade on (x, y). `ram_budget='tight'`: `tight_budget(bundle)`."""
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y).reshape(-1)
     mono_bytes = bundle.monolithic.weight_bytes if bundle.monolithic else bundle.stats.get("monolithic_weight_bytes")
     result: dict = {"n": len(x), "n_groups": len(bundle.groups), "groups": bundle.groups, "backend": backend}
@@ -46,7 +46,7 @@ def evaluate(bundle: CascadeBundle, x: np.ndarray, y: np.ndarray, keras_model=No
         pred, seconds = _run_plain(bundle.member_bytes(bundle.monolithic), x)
         result["mono_int8_top1"], result["mono_latency_s"] = float(np.mean(pred == y)), seconds
     if ram_budget == "tight":
-        ram_budget = bundle.router.weight_bytes + max(s.weight_bytes for s in bundle.specialists)
+        ram_budget = tight_budget(bundle)
     with CascadeInterpreter(bundle, ram_budget=ram_budget, cache=cache, backend=backend) as ci:
         result["router_top1"] = float(np.mean(np.argmax(ci.route(x), 1) == group_labels(y, bundle.groups)))
         started = time.perf_counter()
@@ -63,6 +63,15 @@ def evaluate(bundle: CascadeBundle, x: np.ndarray, y: np.ndarray, keras_model=No
     return result
 
 
+def tight_budget(bundle: CascadeBundle) -> int:
+    """The smallest RAM budget the bundle's policy runs in: the router + the largest model it may load
+    (the monolithic model too when low-confidence inputs fall back to it)."""
+    sizes = [s.weight_bytes for s in bundle.specialists]
+    if bundle.fallback.get("policy") == "full" and bundle.monolithic is not None:
+        sizes.append(bundle.monolithic.weight_bytes)
+    return bundle.router.weight_bytes + max(sizes)
+
+
 def _costs(bundle: CascadeBundle, mono_bytes: int, stats: dict, records) -> dict:
     mono = bundle.monolithic
     mono_macs = mono.macs if mono else 0
@@ -70,6 +79,7 @@ def _costs(bundle: CascadeBundle, mono_bytes: int, stats: dict, records) -> dict
     macs = [bundle.router.macs + sum(spec_macs[g] for g in r.groups_run) + (mono_macs if r.monolithic else 0)
             for r in records]
     largest_two = sorted((s.weight_bytes for s in bundle.specialists), reverse=True)[:2]
+    worst = mono_bytes if bundle.fallback.get("policy") == "full" else sum(largest_two)
     return {
         "mono_weight_bytes": mono_bytes, "mono_macs": mono_macs, "mono_params": mono.params if mono else None,
         "router_params": bundle.router.params, "specialist_params": [s.params for s in bundle.specialists],
@@ -80,7 +90,7 @@ def _costs(bundle: CascadeBundle, mono_bytes: int, stats: dict, records) -> dict
         "specialists_pct": 100 * sum(s.weight_bytes for s in bundle.specialists) / mono_bytes,
         "used_per_inference": stats["weights_used_per_inference"],
         "used_pct": 100 * stats["weights_used_per_inference"] / mono_bytes,
-        "used_max_pct": 100 * (bundle.router.weight_bytes + sum(largest_two)) / mono_bytes,
+        "used_max_pct": 100 * (bundle.router.weight_bytes + worst) / mono_bytes,
         "macs_pct": 100 * float(np.mean(macs)) / mono_macs if mono_macs else None,
         "loaded_per_inference_bytes": stats["bytes_loaded_per_inference"],
         "fallback_rate": stats["fallback_rate"],
@@ -133,30 +143,43 @@ def _cell(r: dict, key: str, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def plot_tradeoff(sweep: dict[str, list[dict]], path: str | Path, inputs: tuple = ()) -> Path:
-    """Accuracy against weights used per inference (% of monolithic), one point per number of groups;
-    the PNG is written atomically, never over one of `inputs`."""
+def plot_tradeoff(sweep: dict[str, list[dict]], path: str | Path, inputs: tuple = (),
+                  targets: dict | None = None) -> Path:
+    """Accuracy against weights (left) and MACs (right) used per inference, % of the monolithic
+    model, one point per number of groups; `targets` ({'used_pct', 'macs_pct', 'delta_points'})
+    adds the cost limits and the accuracy floor below each monolithic model. The PNG is written
+    atomically, never over one of `inputs`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rows in sweep.items():
-        rows = sorted(rows, key=lambda r: r["n_groups"])
-        xs, ys = [r["used_pct"] for r in rows], [100 * r["cascade_top1"] for r in rows]
-        line = ax.plot(xs, ys, "o-", label=f"{name} cascade")[0]
-        for r, xv, yv in zip(rows, xs, ys):
-            ax.annotate(f"{r['n_groups']} groups", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        if rows and rows[0].get("mono_int8_top1") is not None:
-            ax.plot([100], [100 * rows[0]["mono_int8_top1"]], "s", color=line.get_color(),
-                    label=f"{name} monolithic int8")
-    ax.set_xlabel("weights used per inference (% of monolithic int8)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, label in ((axes[0], "used_pct", "weights"), (axes[1], "macs_pct", "MACs")):
+        for name, rows in sweep.items():
+            _plot_sweep(ax, name, sorted(rows, key=lambda r: r["n_groups"]), key, targets)
+        if targets and key in targets:
+            ax.axvline(targets[key], color="grey", ls="--", lw=1, label=f"target: <= {targets[key]:.0f}%")
+        ax.set_xlabel(f"{label} used per inference (% of monolithic int8)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("top-1 accuracy (%)")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     return write_atomic(path, buf.getvalue(), inputs)
+
+
+def _plot_sweep(ax, name: str, rows: list[dict], key: str, targets: dict | None) -> None:
+    rows = [r for r in rows if r.get(key) is not None]
+    xs, ys = [r[key] for r in rows], [100 * r["cascade_top1"] for r in rows]
+    line = ax.plot(xs, ys, "o-", label=f"{name} cascade")[0]
+    for r, xv, yv in zip(rows, xs, ys):
+        ax.annotate(f"{r['n_groups']} groups", (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if rows and rows[0].get("mono_int8_top1") is not None:
+        mono = 100 * rows[0]["mono_int8_top1"]
+        ax.plot([100], [mono], "s", color=line.get_color(), label=f"{name} monolithic int8")
+        if targets and "delta_points" in targets:
+            ax.axhline(mono + targets["delta_points"], color=line.get_color(), ls=":", lw=1,
+                       label=f"{name}: monolithic {targets['delta_points']:+.1f} pt")
