@@ -53,6 +53,20 @@ def filter_channels(model: Model) -> dict[int, tuple[int, int]]:
     return found
 
 
+def encoded_filters(model: Model, buffers: list[int] | None = None) -> dict[int, bytes]:
+    """Palette encodings (`tflm_swap.format.palette`) of the int8 filters (those among `buffers`,
+    default all) wherever they are smaller than the raw bytes."""
+    from tflm_swap.format import palette
+
+    encoded = {}
+    for b, (channels, inner) in filter_channels(model).items():
+        if buffers is None or b in buffers:
+            blob = palette.encode(np.frombuffer(model.buffers[b], dtype=np.int8), channels, inner)
+            if blob is not None:
+                encoded[b] = blob
+    return encoded
+
+
 def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, progress: bool = False) -> bytes:
     """The `.tflite` bytes of `model` with every int8 filter of CONV_2D / DEPTHWISE_CONV_2D /
     FULLY_CONNECTED clustered to at most 2**bits values per output channel (`per_channel`) or per

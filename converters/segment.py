@@ -7,7 +7,6 @@ import hashlib
 import zlib
 
 from tflm_swap.errors import TflmSwapError
-from tflm_swap.format import palette
 from tflm_swap.format.manifest import (
     ENCODED_VERSION,
     GRAPH_HASH_VERSION,
@@ -30,7 +29,7 @@ from tflm_swap.format.segments import (
     layout_segments,
 )
 
-from .compress import filter_channels
+from .compress import encoded_filters
 
 
 def segment_model(
@@ -49,7 +48,7 @@ def segment_model(
     a tflm_swap reader, which decodes them back to `model`'s bytes."""
     _check_options(page_size, min_segment_bytes)
     model.check_single_graph()
-    stored = _encoded_buffers(model) if encode else {}
+    stored = encoded_filters(model) if encode else {}
     segments, image = _build_image(model, layout_segments(model, min_segment_bytes), page_size, stored)
     previous = _previous_manifest(model)
     manifest = Manifest(
@@ -81,18 +80,6 @@ def _check_options(page_size: int, min_segment_bytes: int) -> None:
 def _previous_manifest(model: Model) -> Manifest | None:
     blob = model.metadata(MANIFEST_NAME)
     return Manifest.decode(blob) if blob is not None else None
-
-
-def _encoded_buffers(model: Model) -> dict[int, bytes]:
-    """Palette encodings of the filters where they are smaller than the raw bytes."""
-    import numpy as np
-
-    encoded = {}
-    for b, (channels, inner) in filter_channels(model).items():
-        blob = palette.encode(np.frombuffer(model.buffers[b], dtype=np.int8), channels, inner)
-        if blob is not None:
-            encoded[b] = blob
-    return encoded
 
 
 def _build_image(model: Model, specs: list[SegmentSpec], page_size: int,

@@ -163,14 +163,14 @@ def test_compressed_synthetic_models_bit_identical(tmp_path, per_channel):
 
 
 @functools.cache
-def _compressed_mlperf(name: str) -> tflm_swap.SegmentedModel:
+def compressed_mlperf(name: str) -> tflm_swap.SegmentedModel:
     # ad01's ten dense layers hold 1,700 channels: per tensor keeps the test fast (per channel: the benchmark)
     return tflm_swap.convert(str(require_model(name)), compress_bits=4, per_channel=name != "ad01_int8")
 
 
 @pytest.mark.parametrize("name", ["ad01_int8", "kws_ref_model", "pretrainedResnet_quant", "vww_96_int8"])
 def test_compressed_mlperf_stage_loads_bit_identical(tmp_path, name):
-    result = _compressed_mlperf(name)
+    result = compressed_mlperf(name)
     manifest = result.manifest
     path = tmp_path / "c.tflite"
     path.write_bytes(result.data)
@@ -183,7 +183,7 @@ def test_compressed_mlperf_stage_loads_bit_identical(tmp_path, name):
 
 
 def test_stock_litert_refuses_the_compressed_file_and_the_delegate_says_why(tmp_path):
-    result = _compressed_mlperf("kws_ref_model")
+    result = compressed_mlperf("kws_ref_model")
     from tflm_swap.interpreters import litert_interpreter
 
     with pytest.raises((RuntimeError, ValueError)):
@@ -200,7 +200,7 @@ def test_corrupt_compressed_entry_with_valid_crcs_names_the_segment(tmp_path):
 
     from tflm_swap.format.manifest import MANIFEST_NAME, Manifest, find_metadata, metadata_span
 
-    result = _compressed_mlperf("kws_ref_model")
+    result = compressed_mlperf("kws_ref_model")
     data = bytearray(result.data)
     manifest = result.manifest
     seg = next(s for s in manifest.segments if s.encoded)
@@ -219,3 +219,19 @@ def test_corrupt_compressed_entry_with_valid_crcs_names_the_segment(tmp_path):
         Model.from_bytes(bytes(data), source=str(path))
     with pytest.raises(SegmentIntegrityError, match=f"segment {seg.id} entry .*bit width 9"):
         _stage_outputs(path, result.original, n=1)
+
+
+def test_cli_convert_compress(tmp_path, capsys):
+    from tflm_swap.cli import main
+
+    src = tmp_path / "m.tflite"
+    src.write_bytes(build_model([1, 8, 8, 4], [conv(32), fc(40)], dtype="int8", seed=2))
+    out = tmp_path / "m.swap.tflite"
+    assert main(["convert", str(src), "-o", str(out), "--compress", "3", "--per-tensor"]) == 0
+    manifest = tflm_swap.verify(out.read_bytes())
+    assert manifest.version == 3 and all(s.size < s.decoded_size for s in manifest.segments)
+    decoded = Model.from_bytes(out.read_bytes())
+    for b in filter_channels(decoded):
+        assert len(np.unique(np.frombuffer(decoded.buffers[b], np.int8))) <= 8  # per tensor: 8 values in all
+    assert main(["convert", str(src), "-o", str(out), "--compress", "8"]) == 2
+    assert "invalid choice: 8" in capsys.readouterr().err

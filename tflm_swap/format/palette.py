@@ -87,7 +87,7 @@ def _encode_tables(flat: np.ndarray, channels: int, inner: int) -> bytes:
     table = np.empty((channels, table_len), np.int8)
     index = np.empty_like(by_channel, dtype=np.uint16)
     for c, (row, used) in enumerate(zip(by_channel, tables)):
-        table[c, : len(used)], table[c, len(used):] = used, used[-1]  # unused entries repeat the last
+        table[c, : len(used)], table[c, len(used):] = used, 0  # unused entries are 0, as upstream TFLM pads
         index[c] = np.searchsorted(used, row)
     index = index.reshape(channels, -1, inner).transpose(1, 0, 2).reshape(-1)  # back to element order
     header = _HEADER.pack(MAGIC, VERSION, bits, table_len, flat.size, channels, inner, 0)
