@@ -269,6 +269,30 @@ static void decode_indices(tswap_palette_decoder* d, const uint8_t* src, uint32_
   const int8_t* table = d->tables + channel * entries;
   int8_t* out = d->out;
   for (k = 0; k < n; ++k) {
+    if (bits == 4u && nbits == 0u && run_left >= 2u) {
+      /* 4-bit indices on a byte boundary: the run's whole bytes at once (two indices per byte) */
+      uint32_t bytes = (run_left < p->count - done ? run_left : p->count - done) / 2u, b;
+      if (bytes > n - k) bytes = n - k;
+      for (b = 0; b < bytes; ++b) {
+        const uint32_t hi = (uint32_t)src[k + b] >> 4, lo = (uint32_t)src[k + b] & 15u;
+        bad |= (uint32_t)(hi >= entries) | (uint32_t)(lo >= entries);
+        out[done + 2u * b] = table[hi < entries ? hi : 0u];
+        out[done + 2u * b + 1u] = table[lo < entries ? lo : 0u];
+      }
+      done += 2u * bytes;
+      run_left -= 2u * bytes;
+      if (run_left == 0u) {
+        run_left = p->inner;
+        channel = channel + 1u == p->channels ? 0u : channel + 1u;
+        table = d->tables + channel * entries;
+      }
+      k += bytes;
+      if (k == n) break;
+      if (bytes != 0u) {
+        --k; /* the loop's ++k: look at src[k] afresh (a new run may start here) */
+        continue;
+      }
+    }
     acc = (acc << 8) | src[k];
     nbits += 8u;
     while (nbits >= bits && done < p->count) {
