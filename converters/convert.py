@@ -18,6 +18,7 @@ from tflm_swap.format.manifest import Manifest, read_manifest
 from tflm_swap.format.model import Model
 from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE, split
 
+from .compress import compress
 from .keras import to_tflite
 from .segment import segment_model
 from .tiling import TiledLayer, tile_fully_connected, verify_tiling
@@ -27,7 +28,7 @@ from .tiling import TiledLayer, tile_fully_connected, verify_tiling
 class SegmentedModel:
     """The result of `convert`: the original `.tflite` and its segmented form."""
 
-    original: bytes
+    original: bytes  # with compress_bits: the compressed (clustered) model, the outputs' reference
     data: bytes
     manifest: Manifest
     tiled: list[TiledLayer] = field(default_factory=list)  # layers split by `tile_bytes`
@@ -55,6 +56,8 @@ def convert(
     page_size: int = DEFAULT_PAGE_SIZE,
     min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
     tile_bytes: int | None = None,
+    compress_bits: int | None = None,
+    per_channel: bool = True,
 ) -> SegmentedModel:
     """Convert (if needed) and segment a model.
 
@@ -64,15 +67,20 @@ def convert(
     fully-connected layers with more weights are split into tiles of output rows holding at most
     that many (`tiling.tile_fully_connected`), so that the runtime can stream them in smaller
     pieces; `SegmentedModel.tiled` lists them. The tiled model is checked to give bit-identical
-    outputs on LiteRT here (`tiling.verify_tiling`).
+    outputs on LiteRT here (`tiling.verify_tiling`). With `compress_bits`, the int8 filters are
+    first clustered to at most 2**compress_bits values per channel (`per_channel`) or per tensor
+    (`compress.compress`) and stored palette-encoded where that is smaller; `original` is then the
+    clustered model, to which the segmented file decodes byte for byte.
     """
     tflite = to_tflite(model, representative_data=representative_data, quantization=quantization,
                        int8_io=int8_io)
+    if compress_bits is not None:
+        tflite = compress(tflite, compress_bits, per_channel)
     source = str(model) if isinstance(model, (str, Path)) else "<model>"
     parsed, tiled = Model.from_bytes(tflite, source=source), []
     if tile_bytes is not None:
         parsed, tiled = tile_fully_connected(parsed, tile_bytes)
         if tiled:
             verify_tiling(tflite, bytes(parsed.raw), source)
-    data = segment_model(parsed, page_size, min_segment_bytes, source=tflite)
+    data = segment_model(parsed, page_size, min_segment_bytes, source=tflite, encode=compress_bits is not None)
     return SegmentedModel(original=tflite, data=data, manifest=read_manifest(data), tiled=tiled)

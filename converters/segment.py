@@ -8,6 +8,8 @@ import zlib
 
 from tflm_swap.errors import TflmSwapError
 from tflm_swap.format.manifest import (
+    ENCODED_VERSION,
+    GRAPH_HASH_VERSION,
     HEADER_SIZE,
     MANIFEST_NAME,
     Manifest,
@@ -27,22 +29,30 @@ from tflm_swap.format.segments import (
     layout_segments,
 )
 
+from .compress import encoded_filters
+
 
 def segment_model(
     model: Model,
     page_size: int = DEFAULT_PAGE_SIZE,
     min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
     source: bytes | None = None,
+    encode: bool = False,
 ) -> bytes:
     """Return the segmented `.tflite` bytes for `model` (see module docstring).
 
     The manifest records the SHA-256 and size of `source`, the file the model came from (default:
-    the model's own bytes; a re-segmented model keeps the hash it recorded)."""
+    the model's own bytes; a re-segmented model keeps the hash it recorded). With `encode`, the
+    int8 filters of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED are stored palette-encoded
+    (`tflm_swap.format.palette`) where that is smaller, in a version-3 manifest; the file then needs
+    a tflm_swap reader, which decodes them back to `model`'s bytes."""
     _check_options(page_size, min_segment_bytes)
     model.check_single_graph()
-    segments, image = _build_image(model, layout_segments(model, min_segment_bytes), page_size)
+    stored = encoded_filters(model) if encode else {}
+    segments, image = _build_image(model, layout_segments(model, min_segment_bytes), page_size, stored)
     previous = _previous_manifest(model)
     manifest = Manifest(
+        version=ENCODED_VERSION if any(s.encoded for s in segments) else GRAPH_HASH_VERSION,
         page_size=page_size,
         alignment=DATA_ALIGNMENT,
         min_segment_bytes=min_segment_bytes,
@@ -72,7 +82,9 @@ def _previous_manifest(model: Model) -> Manifest | None:
     return Manifest.decode(blob) if blob is not None else None
 
 
-def _build_image(model: Model, specs: list[SegmentSpec], page_size: int) -> tuple[list[Segment], bytes]:
+def _build_image(model: Model, specs: list[SegmentSpec], page_size: int,
+                 stored: dict[int, bytes]) -> tuple[list[Segment], bytes]:
+    """The image: each buffer's bytes, or its encoding in `stored`, packed segment by segment."""
     tensors_of: dict[int, list[int]] = {}
     for t in range(len(model.tensors)):
         tensors_of.setdefault(model.tensors[t].buffer, []).append(t)
@@ -80,13 +92,15 @@ def _build_image(model: Model, specs: list[SegmentSpec], page_size: int) -> tupl
     segments = []
     for seg_id, spec in enumerate(specs):
         start = align(len(image), page_size)
-        payload = bytearray(spec.packed_size(model))
+        payload = bytearray()
         entries = []
-        for b, offset in zip(spec.buffers, spec.entry_offsets(model)):
-            data = model.buffers[b]
-            payload[offset : offset + len(data)] = data
+        for b in spec.buffers:
+            data = stored.get(b, model.buffers[b])
+            offset = align(len(payload), DATA_ALIGNMENT)
+            payload += bytes(offset - len(payload)) + data
             ts = tensors_of[b]
-            entries.append(SegmentEntry(b, ts, model.tensor_name(ts[0]), offset, len(data)))
+            decoded = len(model.buffers[b]) if b in stored else None
+            entries.append(SegmentEntry(b, ts, model.tensor_name(ts[0]), offset, len(data), decoded))
         image += bytes(start - len(image)) + payload
         segments.append(Segment(seg_id, start, len(payload), zlib.crc32(payload), list(spec.users), entries))
     return segments, bytes(image)

@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 
 from tflm_swap.errors import UnsupportedModelError
 from tflm_swap.format.flash_image import DEFAULT_ALIGNMENT, ImageSegment, TileEntry
-from tflm_swap.format.manifest import MANIFEST_NAME
+from tflm_swap.format.manifest import MANIFEST_NAME, Manifest
 from tflm_swap.format.model import Model
 from tflm_swap.format.schema import text, tfl
 from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES
 from tflm_swap.interpreters import ensure_tflm_compatible
 from tflm_swap.planner import Block, activation_tensors, packed_arena
 
+from .compress import encoded_filters
 from .flash_image import build_image
 from .graph import detach_tensor, make_operator, opcode_index, set_metadata, splice_operators
 from .tflm_tiles import (
@@ -55,6 +56,7 @@ LOAD_OP = "TSWAP_LOAD"
 LOAD_START_OP = "TSWAP_LOAD_START"
 LOAD_WAIT_OP = "TSWAP_LOAD_WAIT"
 FLAG_VERIFY_CRC = 1
+FLAG_ENCODED = 4  # TSWAP_LOAD of a palette-encoded segment (decoded into the tensor)
 
 # Input slots whose constant data TFLM's reference kernels read only in Eval (checked bit-exact on
 # the MLPerf Tiny models); other constants (shape tensors, LUTs, ...) stay inline in the graph.
@@ -134,11 +136,16 @@ def rewrite_for_tflm(
     source: str = "<bytes>",
     tiles: Mapping[int, TileChoice] | None = None,
     offline_plan: bool = False,
+    encode: bool | None = None,
 ) -> MicroModel:
     """Rewrite a `.tflite` (bytes, or the `Model` parsed from them; plain or segmented) into a TFLM
     graph with load operators + image; the operators in `tiles` (source operator index -> choice)
     become tiled kernels instead. The rewritten graph is parsed back once to check it
-    (`MicroModel.graph_model`), and whoever reads it next takes that instead of parsing again."""
+    (`MicroModel.graph_model`), and whoever reads it next takes that instead of parsing again.
+
+    With `encode` (default: when the input is a segmented model with palette-encoded entries, as
+    `convert(..., compress_bits=)` writes), loaded int8 filters are stored palette-encoded where that
+    is smaller and decoded by their TSWAP_LOAD (blocking: prefetch skips them); tiles stay raw."""
     if min_segment_bytes < 1:
         raise UnsupportedModelError(f"minimum segment size {min_segment_bytes} must be >= 1 byte")
     model = data if isinstance(data, Model) else Model.from_bytes(data, source=source)
@@ -151,7 +158,8 @@ def rewrite_for_tflm(
     picks = _pick_loads(model, min_segment_bytes, skip=set(geometries))
     buffers = list(dict.fromkeys(b for _, _, b in picks))
     seg_of = {b: i for i, b in enumerate(buffers)}
-    payloads, entries = [model.buffers[b] for b in buffers], []
+    encoded = encoded_filters(model, buffers) if (_was_encoded(model) if encode is None else encode) else {}
+    payloads, entries = [encoded.get(b, model.buffers[b]) for b in buffers], []
     for op, g in geometries.items():
         parts = tile_payloads(model, g, tiles[op].tiles)
         entries.append(TileEntry(len(payloads), len(parts), g.channels, g.tile_channels(tiles[op].tiles)))
@@ -162,7 +170,7 @@ def rewrite_for_tflm(
     flags = FLAG_VERIFY_CRC if verify_crc else 0
     replace = {op: [tiled_operator(new, model, g, e, flags | (FLAG_PREFETCH if tiles[op].prefetch else 0))]
                for e, (op, g) in enumerate(geometries.items())}
-    loads, position = _insert_ops(new, picks, seg_of, prefetch, flags, replace)
+    loads, position = _insert_ops(new, picks, seg_of, prefetch, flags, replace, {seg_of[b] for b in encoded})
     tiled = [TiledStep(position[op], op, g.kind, e, entries[e].first_segment, entries[e].tiles,
                        entries[e].tile_channels, tiles[op].prefetch, tuple(g.scratch(tiles[op])))
              for e, (op, g) in enumerate(geometries.items())]
@@ -288,19 +296,27 @@ def _strip(model: Model, loaded: set[int], detached: set[int] = frozenset()) -> 
     return Model(fb, buffers, b"", model.source)
 
 
+def _was_encoded(model: Model) -> bool:
+    """The model was read from a segmented file holding palette-encoded entries."""
+    blob = model.metadata(MANIFEST_NAME)
+    return blob is not None and any(s.encoded for s in Manifest.decode(blob).segments)
+
+
 def _custom(opcode: int, inputs: list[int], outputs: list[int], segment: int, flags: int) -> tfl.OperatorT:
     return make_operator(opcode, inputs, outputs, custom_options=struct.pack("<II", segment, flags))
 
 
 def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, flags: int,
-                replace: dict[int, list[tfl.OperatorT]]) -> tuple[list[LoadStep], list[int]]:
+                replace: dict[int, list[tfl.OperatorT]], encoded: set[int]) -> tuple[list[LoadStep], list[int]]:
     """Insert the load operators into the model's operator list and put in the `replace`ments;
-    returns the loads in graph order and each source operator's new index."""
+    returns the loads in graph order and each source operator's new index. Segments in `encoded`
+    are decoded by blocking loads (never prefetched)."""
     by_op: dict[int, list[tuple[int, int]]] = {}
     for op, t, b in picks:
         by_op.setdefault(op, []).append((t, seg_of[b]))
-    asynchronous = {op: max(items, key=lambda x: model.tensor_nbytes(x[0])) for op, items in by_op.items()
-                    if op == 0 or op - 1 not in replace} if prefetch else {}
+    raw = {op: [x for x in items if x[1] not in encoded] for op, items in by_op.items()}
+    asynchronous = {op: max(items, key=lambda x: model.tensor_nbytes(x[0])) for op, items in raw.items()
+                    if items and (op == 0 or op - 1 not in replace)} if prefetch else {}
     codes = {kind: opcode_index(model, tfl.BuiltinOperator.CUSTOM, kind)
              for kind in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP) if kind == LOAD_OP or prefetch}
     before: dict[int, list[tfl.OperatorT]] = {}
@@ -319,7 +335,7 @@ def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, fla
             load(k, LOAD_WAIT_OP, *asynchronous[k], k, flags)
         for t, s in by_op.get(k, []):
             if asynchronous.get(k) != (t, s):
-                load(k, LOAD_OP, t, s, k, flags)
+                load(k, LOAD_OP, t, s, k, flags | (FLAG_ENCODED if s in encoded else 0))
         if k + 1 in asynchronous:
             load(k, LOAD_START_OP, *asynchronous[k + 1], k + 1, 0)
     position = splice_operators(model, before=before, replace=replace)  # original op k -> new index

@@ -6,10 +6,12 @@ import os
 import subprocess
 import zlib
 
+import numpy as np
 import pytest
 
 from tflm_swap.converters.flash_image import build_container
 from tflm_swap.errors import SegmentIntegrityError, TflmSwapError
+from tflm_swap.format import palette
 from tflm_swap.format.flash_image import TileEntry, parse_container
 from tflm_swap.micro import build_image, parse_image
 from tflm_swap.micro.toolchain import NativeToolError, build_fuzzer, build_unit_tests
@@ -41,6 +43,8 @@ def test_fuzz_image_reader_briefly(tmp_path):
     image, _ = build_image([bytes(range(40)), b"\x07" * 7, bytes(300)])
     (corpus / "valid").write_bytes(image)
     (corpus / "empty_table").write_bytes(build_image([])[0])
+    values = np.resize(np.arange(-3, 3, dtype=np.int8), 200)  # 4 channels of 50: one table per channel
+    (corpus / "palette").write_bytes(build_image([palette.encode(values, 4, 50), bytes(40)], alignment=4)[0])
     (corpus / "tiled").write_bytes(build_image([bytes(range(40)), b"\x07" * 7, bytes(30)],
                                                tiles=[TileEntry(0, 2, 7, 4), TileEntry(2, 1, 3, 3)])[0])
     (corpus / "container").write_bytes(build_container([("router", image, b"graph"),

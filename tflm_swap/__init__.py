@@ -3,6 +3,7 @@
 Public API::
 
     tflm_swap.convert(model, ...)      Keras / SavedModel / .tflite -> SegmentedModel
+    tflm_swap.compress(model, bits)    k-means weight sharing of int8 filters -> .tflite bytes
     tflm_swap.Model                    a parsed .tflite
     tflm_swap.segment_model(model)     segmented .tflite bytes
     tflm_swap.read_manifest(data)      the manifest of a segmented model
@@ -14,6 +15,7 @@ Public API::
     tflm_swap.cascade                  router + slimmed specialists loaded on demand (build, CascadeInterpreter)
 """
 
+from .converters.compress import compress
 from .converters.convert import SegmentedModel, convert
 from .converters.keras import to_tflite
 from .converters.segment import segment_model
@@ -39,6 +41,6 @@ _install_moved_modules()  # module paths from before docs/ARCHITECTURE.md keep w
 __all__ = [
     "BudgetError", "MalformedModelError", "Manifest", "ManifestError", "Model", "Plan",
     "SegmentIntegrityError", "SegmentedModel", "TflmSwapError", "UnsupportedModelError",
-    "convert", "delegate_library", "delegate_options", "estimate_latency", "join", "plan_model",
+    "compress", "convert", "delegate_library", "delegate_options", "estimate_latency", "join", "plan_model",
     "read_manifest", "segment_model", "split", "to_tflite", "verify",
 ]

@@ -131,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tile-fc", metavar="SIZE",
                    help="split fully-connected layers into tiles of output rows of at most SIZE of weights "
                         "(e.g. 4MiB), so they stream in smaller pieces; outputs stay bit-identical")
+    c.add_argument("--compress", metavar="BITS", type=int, choices=range(1, 8),
+                   help="weight sharing: cluster int8 filters to at most 2**BITS values per channel and store "
+                        "them palette-encoded (docs/FORMAT.md); outputs are those of the clustered model")
+    c.add_argument("--per-tensor", action="store_true", help="with --compress: one set of values per tensor")
     from .micro.cli import add_tflm_arguments
 
     add_tflm_arguments(c)
@@ -269,7 +273,8 @@ def _cmd_convert(args) -> int:
     data = read_npy(args.representative_data) if args.representative_data else None
     result = convert(args.model, representative_data=data, quantization=args.quantization,
                      page_size=args.page_size, min_segment_bytes=args.min_segment_bytes,
-                     tile_bytes=parse_size(args.tile_fc) if args.tile_fc else None)
+                     tile_bytes=parse_size(args.tile_fc) if args.tile_fc else None,
+                     compress_bits=args.compress, per_channel=not args.per_tensor)
     for layer in result.tiled:
         print(f"operator {layer.op} ({layer.weights}, {layer.weight_bytes} bytes of weights): "
               f"split into {layer.tiles} fully-connected tiles")

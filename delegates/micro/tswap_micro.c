@@ -317,6 +317,176 @@ void tswap_flash_from_memory(tswap_flash* flash, tswap_memory_flash* mem, const 
   flash->size = mem->len;
 }
 
+/* ------------------------------------------------------------------------------ palette segments */
+int tswap_palette_parse(const uint8_t* h, uint32_t stored_size, uint32_t expect_count, tswap_palette* out) {
+  uint32_t bits, table_len, count, channels, inner;
+  uint64_t index_bits, size;
+  if (h == NULL || out == NULL) return TSWAP_ERR_ARG;
+  if (stored_size < TSWAP_PALETTE_HEADER_BYTES || memcmp(h, TSWAP_PALETTE_MAGIC, 4) != 0) return TSWAP_ERR_ENCODING;
+  bits = h[5];
+  table_len = (uint32_t)h[6] | ((uint32_t)h[7] << 8);
+  count = get_u32(h + 8);
+  channels = get_u32(h + 12);
+  inner = get_u32(h + 16);
+  if (h[4] != TSWAP_PALETTE_VERSION || bits < 1u || bits > 8u) return TSWAP_ERR_ENCODING;
+  if (table_len < 1u || table_len > (1u << bits) || get_u32(h + 20) != 0u) return TSWAP_ERR_ENCODING;
+  if (channels == 0u || inner == 0u || count == 0u || count != expect_count) return TSWAP_ERR_ENCODING;
+  if ((uint64_t)channels * inner > count || count % (channels * inner) != 0u) return TSWAP_ERR_ENCODING;
+  index_bits = (uint64_t)count * bits;
+  size = TSWAP_PALETTE_HEADER_BYTES + (uint64_t)channels * table_len + (index_bits + 7u) / 8u;
+  if (size != stored_size) return TSWAP_ERR_ENCODING;
+  out->bits = bits;
+  out->table_len = table_len;
+  out->count = count;
+  out->channels = channels;
+  out->inner = inner;
+  out->table_bytes = channels * table_len;
+  out->index_bytes = (uint32_t)((index_bits + 7u) / 8u);
+  return TSWAP_OK;
+}
+
+void tswap_palette_begin(tswap_palette_decoder* d, const tswap_palette* p, int8_t* tables, int8_t* out) {
+  memset(d, 0, sizeof(*d));
+  d->p = p;
+  d->tables = tables;
+  d->out = out;
+  d->run_left = p->inner;
+}
+
+/* The decode loop: index bytes in, elements out. Validation is elsewhere: an index outside its table
+ * reads entry 0 and marks the decoder bad (no branch on corrupt data). */
+static void decode_indices(tswap_palette_decoder* d, const uint8_t* src, uint32_t n) {
+  const tswap_palette* p = d->p;
+  const uint32_t bits = p->bits, mask = (1u << bits) - 1u, entries = p->table_len;
+  uint32_t acc = d->acc, nbits = d->nbits, done = d->done, bad = d->bad;
+  uint32_t channel = d->channel, run_left = d->run_left, k;
+  const int8_t* table = d->tables + channel * entries;
+  int8_t* out = d->out;
+  for (k = 0; k < n; ++k) {
+    if (bits == 4u && nbits == 0u && run_left >= 2u) {
+      /* 4-bit indices on a byte boundary: the run's whole bytes at once (two indices per byte) */
+      uint32_t bytes = (run_left < p->count - done ? run_left : p->count - done) / 2u, b;
+      if (bytes > n - k) bytes = n - k;
+      for (b = 0; b < bytes; ++b) {
+        const uint32_t hi = (uint32_t)src[k + b] >> 4, lo = (uint32_t)src[k + b] & 15u;
+        bad |= (uint32_t)(hi >= entries) | (uint32_t)(lo >= entries);
+        out[done + 2u * b] = table[hi < entries ? hi : 0u];
+        out[done + 2u * b + 1u] = table[lo < entries ? lo : 0u];
+      }
+      done += 2u * bytes;
+      run_left -= 2u * bytes;
+      if (run_left == 0u) {
+        run_left = p->inner;
+        channel = channel + 1u == p->channels ? 0u : channel + 1u;
+        table = d->tables + channel * entries;
+      }
+      k += bytes;
+      if (k == n) break;
+      if (bytes != 0u) {
+        --k; /* the loop's ++k: look at src[k] afresh (a new run may start here) */
+        continue;
+      }
+    }
+    acc = (acc << 8) | src[k];
+    nbits += 8u;
+    while (nbits >= bits && done < p->count) {
+      uint32_t index;
+      nbits -= bits;
+      index = (acc >> nbits) & mask;
+      bad |= (uint32_t)(index >= entries);
+      out[done++] = table[index < entries ? index : 0u];
+      if (--run_left == 0u) {
+        run_left = p->inner;
+        channel = channel + 1u == p->channels ? 0u : channel + 1u;
+        table = d->tables + channel * entries;
+      }
+    }
+    acc &= (1u << nbits) - 1u;
+  }
+  d->acc = acc;
+  d->nbits = nbits;
+  d->done = done;
+  d->bad = bad;
+  d->channel = channel;
+  d->run_left = run_left;
+}
+
+int tswap_palette_feed(tswap_palette_decoder* d, const uint8_t* data, uint32_t len) {
+  uint32_t take = 0u;
+  if (d == NULL || d->p == NULL || (data == NULL && len != 0u)) return TSWAP_ERR_ARG;
+  if (len > d->p->table_bytes + d->p->index_bytes - d->consumed) return TSWAP_ERR_ENCODING;
+  if (d->consumed < d->p->table_bytes) {
+    take = d->p->table_bytes - d->consumed < len ? d->p->table_bytes - d->consumed : len;
+    memcpy(d->tables + d->consumed, data, take);
+    d->consumed += take;
+  }
+  if (take < len) {
+    decode_indices(d, data + take, len - take);
+    d->consumed += len - take;
+  }
+  return TSWAP_OK;
+}
+
+int tswap_palette_end(const tswap_palette_decoder* d) {
+  if (d == NULL || d->p == NULL) return TSWAP_ERR_ARG;
+  if (d->consumed != d->p->table_bytes + d->p->index_bytes || d->done != d->p->count) return TSWAP_ERR_ENCODING;
+  return d->bad != 0u || d->acc != 0u ? TSWAP_ERR_ENCODING : TSWAP_OK;
+}
+
+int tswap_palette_decode(const tswap_palette* p, const uint8_t* stored, int8_t* tables, int8_t* out) {
+  tswap_palette_decoder d;
+  int rc;
+  if (p == NULL || stored == NULL || tables == NULL || out == NULL) return TSWAP_ERR_ARG;
+  tswap_palette_begin(&d, p, tables, out);
+  rc = tswap_palette_feed(&d, stored + TSWAP_PALETTE_HEADER_BYTES, p->table_bytes + p->index_bytes);
+  return rc != TSWAP_OK ? rc : tswap_palette_end(&d);
+}
+
+int tswap_palette_open(tswap_image* img, uint32_t id, uint32_t expect_count, tswap_palette* out) {
+  uint8_t header[TSWAP_PALETTE_HEADER_BYTES];
+  int rc;
+  if (img == NULL || img->flash == NULL || out == NULL) return TSWAP_ERR_ARG;
+  if (id >= img->segment_count) return TSWAP_ERR_SEGMENT_ID;
+  if (img->segments[id].size < TSWAP_PALETTE_HEADER_BYTES) return TSWAP_ERR_ENCODING;
+  if (img->pending) return TSWAP_ERR_BUSY;
+  /* the header is read bypassing the driver's alignment: it is 24 bytes on the stack */
+  rc = flash_read(img->flash, img->segments[id].offset, header, TSWAP_PALETTE_HEADER_BYTES);
+  if (rc != TSWAP_OK) return rc;
+  return tswap_palette_parse(header, img->segments[id].size, expect_count, out);
+}
+
+int tswap_load_palette(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst, int8_t* tables,
+                       uint8_t* chunk, uint32_t chunk_len, int verify_crc) {
+  tswap_palette_decoder d;
+  tswap_palette again;
+  uint32_t offset = 0u, size, crc = 0u;
+  int rc;
+  if (img == NULL || img->flash == NULL || p == NULL || dst == NULL || tables == NULL || chunk == NULL) {
+    return TSWAP_ERR_ARG;
+  }
+  if (id >= img->segment_count) return TSWAP_ERR_SEGMENT_ID;
+  if (chunk_len < TSWAP_PALETTE_HEADER_BYTES || chunk_len % driver_align(img->flash) != 0u) return TSWAP_ERR_ALIGN;
+  size = img->segments[id].size;
+  tswap_palette_begin(&d, p, tables, dst);
+  while (offset < size) {
+    uint32_t len = size - offset < chunk_len ? size - offset : chunk_len;
+    const uint8_t* data = chunk;
+    if ((rc = tswap_load(img, id, offset, chunk, len, 0)) != TSWAP_OK) return rc;
+    if (verify_crc) crc = tswap_crc32_update(crc, chunk, len);
+    if (offset == 0u) {
+      rc = tswap_palette_parse(chunk, size, p->count, &again);
+      if (rc != TSWAP_OK || memcmp(&again, p, sizeof(again)) != 0) return TSWAP_ERR_ENCODING;
+      data += TSWAP_PALETTE_HEADER_BYTES;
+      len -= TSWAP_PALETTE_HEADER_BYTES;
+      offset += TSWAP_PALETTE_HEADER_BYTES;
+    }
+    if ((rc = tswap_palette_feed(&d, data, len)) != TSWAP_OK) return rc;
+    offset += len;
+  }
+  if (verify_crc && crc != img->segments[id].crc32) return TSWAP_ERR_CRC;
+  return tswap_palette_end(&d);
+}
+
 const char* tswap_strerror(int status) {
   switch (status) {
     case TSWAP_OK: return "ok";
@@ -337,6 +507,7 @@ const char* tswap_strerror(int status) {
     case TSWAP_ERR_TILE: return "tile-table entry out of range or inconsistent";
     case TSWAP_ERR_MEMBER: return "member-table entry out of range or inconsistent";
     case TSWAP_ERR_CONTAINER: return "a cascade container, not one model's image (open a member)";
+    case TSWAP_ERR_ENCODING: return "corrupt palette-encoded segment (header, sizes or an index outside its table)";
     default: return "unknown tswap status";
   }
 }

@@ -74,7 +74,8 @@ typedef enum {
   TSWAP_ERR_IDLE = -14,        /* wait without a started read */
   TSWAP_ERR_TILE = -15,        /* tile-table entry out of range or inconsistent */
   TSWAP_ERR_MEMBER = -16,      /* member-table entry out of range or inconsistent */
-  TSWAP_ERR_CONTAINER = -17    /* a version-3 container given where one model's image is expected */
+  TSWAP_ERR_CONTAINER = -17,   /* a version-3 container given where one model's image is expected */
+  TSWAP_ERR_ENCODING = -18     /* corrupt palette-encoded segment (header, sizes, index outside its table) */
 } tswap_status;
 
 /* The user's flash driver. `read` is required and blocking; `start`/`poll` are optional (both or
@@ -178,6 +179,65 @@ typedef struct tswap_memory_flash {
   uint32_t len;
 } tswap_memory_flash;
 void tswap_flash_from_memory(tswap_flash* flash, tswap_memory_flash* mem, const void* data, uint32_t len);
+
+/* Palette-encoded segments ("TSWC", docs/FORMAT.md): a 24-byte header, then `channels` value tables
+ * of `table_len` int8 entries, then `count` indices of `bits` bits, most significant bit first.
+ * Element i belongs to channel (i / inner) % channels and decodes to tables[channel][index i].
+ *
+ *   0 magic "TSWC"   5 u8 bits (1..8)        8 u32 count     16 u32 inner
+ *   4 u8 version 1   6 u16 table_len (1..2^bits)  12 u32 channels  20 u32 reserved (0)
+ */
+#define TSWAP_PALETTE_MAGIC "TSWC"
+#define TSWAP_PALETTE_VERSION 1u
+#define TSWAP_PALETTE_HEADER_BYTES 24u
+
+typedef struct tswap_palette {
+  uint32_t bits;
+  uint32_t table_len;
+  uint32_t count;       /* decoded int8 elements (bytes) */
+  uint32_t channels;
+  uint32_t inner;
+  uint32_t table_bytes; /* channels * table_len */
+  uint32_t index_bytes; /* ceil(count * bits / 8) */
+} tswap_palette;
+
+/* Validate a header: magic, version, bit width 1..8, 1 <= table_len <= 2^bits, count a multiple of
+ * channels * inner, reserved word 0, count == expect_count and header + tables + indices ==
+ * stored_size exactly. TSWAP_ERR_ENCODING on any mismatch. */
+int tswap_palette_parse(const uint8_t* header, uint32_t stored_size, uint32_t expect_count, tswap_palette* out);
+
+/* Streaming decoder: feed the bytes after the header in order, in pieces of any length; the tables
+ * are copied to `tables` (table_bytes), elements written to `out` (count bytes). */
+typedef struct tswap_palette_decoder {
+  const tswap_palette* p;
+  int8_t* tables;
+  int8_t* out;
+  uint32_t consumed; /* bytes after the header taken so far */
+  uint32_t done;     /* elements written */
+  uint32_t acc;      /* index bits not yet used (the low `nbits`) */
+  uint32_t nbits;
+  uint32_t channel;
+  uint32_t run_left; /* elements left in the current channel run */
+  uint32_t bad;      /* nonzero once an index fell outside its table */
+} tswap_palette_decoder;
+
+void tswap_palette_begin(tswap_palette_decoder* d, const tswap_palette* p, int8_t* tables, int8_t* out);
+int tswap_palette_feed(tswap_palette_decoder* d, const uint8_t* data, uint32_t len);
+/* TSWAP_OK when every byte came, every index was inside its table and the padding bits are zero. */
+int tswap_palette_end(const tswap_palette_decoder* d);
+
+/* Decode an entry held in memory (`stored`: header included, size checked by tswap_palette_parse). */
+int tswap_palette_decode(const tswap_palette* p, const uint8_t* stored, int8_t* tables, int8_t* out);
+
+/* Read segment `id`'s header from flash and parse it (the whole segment is the encoded entry). */
+int tswap_palette_open(tswap_image* img, uint32_t id, uint32_t expect_count, tswap_palette* out);
+
+/* Blocking load of encoded segment `id` (parsed into `p` by tswap_palette_open) decoded into `dst`
+ * (p->count bytes), reading through `chunk` (chunk_len >= 24 bytes, aligned as the driver needs;
+ * chunk_len a multiple of its alignment); `tables` holds p->table_bytes. With `verify_crc` the CRC32
+ * of the stored bytes is checked. The header is read again and must be the one parsed. */
+int tswap_load_palette(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst, int8_t* tables,
+                       uint8_t* chunk, uint32_t chunk_len, int verify_crc);
 
 /* A short English description of a tswap_status value. */
 const char* tswap_strerror(int status);

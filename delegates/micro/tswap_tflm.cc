@@ -13,6 +13,7 @@ namespace tswap {
 namespace {
 
 constexpr size_t kOptionBytes = 8;
+constexpr uint32_t kChunkBytes = 256;  // encoded segments are read through a stack buffer this size
 
 struct OpData {
   tswap_image* image;
@@ -22,25 +23,47 @@ struct OpData {
   bool options_ok;
 };
 
+// A TSWAP_LOAD of an encoded segment (Init allocates this larger record only for one).
+struct EncodedOpData {
+  OpData base;
+  int tables;             // arena scratch buffer of the value tables
+  tswap_palette palette;  // the segment's header, checked in Prepare
+};
+
 uint32_t ReadU32(const uint8_t* p) {
   return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
          (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
 }
 
 void* Init(TfLiteContext* context, const char* buffer, size_t length) {
-  auto* data = static_cast<OpData*>(context->AllocatePersistentBuffer(context, sizeof(OpData)));
+  const bool options_ok = buffer != nullptr && length == kOptionBytes;  // Prepare reports a bad length
+  const auto* p = reinterpret_cast<const uint8_t*>(buffer);
+  const uint32_t flags = options_ok ? ReadU32(p + 4) : 0u;
+  const size_t size = (flags & kFlagEncoded) != 0u ? sizeof(EncodedOpData) : sizeof(OpData);
+  auto* data = static_cast<OpData*>(context->AllocatePersistentBuffer(context, size));
   if (data == nullptr) return nullptr;
   data->image = nullptr;
-  data->segment = UINT32_MAX;  // invalid until Prepare has checked the options
-  data->flags = 0;
+  data->segment = options_ok ? ReadU32(p) : UINT32_MAX;  // checked in Prepare
+  data->flags = flags;
   data->bytes = 0;
-  data->options_ok = buffer != nullptr && length == kOptionBytes;  // Prepare reports a bad length
-  if (data->options_ok) {
-    const auto* p = reinterpret_cast<const uint8_t*>(buffer);
-    data->segment = ReadU32(p);
-    data->flags = ReadU32(p + 4);
-  }
+  data->options_ok = options_ok;
+  if ((flags & kFlagEncoded) != 0u) reinterpret_cast<EncodedOpData*>(data)->tables = -1;
   return data;
+}
+
+// An encoded segment: its header (read from flash) must describe `bytes` decoded bytes and the whole
+// segment; the value tables get an arena scratch buffer.
+TfLiteStatus PrepareEncoded(TfLiteContext* context, OpData* data, size_t bytes) {
+  auto* encoded = reinterpret_cast<EncodedOpData*>(data);
+  int rc = tswap_check_request(data->image, data->segment, 0, 0, nullptr);
+  if (rc == TSWAP_OK) rc = tswap_palette_open(data->image, data->segment, static_cast<uint32_t>(bytes), &encoded->palette);
+  if (rc != TSWAP_OK) {
+    MicroPrintf("tswap: segment %u (encoded, its tensor needs %u bytes): %s", (unsigned)data->segment,
+                (unsigned)bytes, tswap_strerror(rc));
+    return kTfLiteError;
+  }
+  data->bytes = static_cast<uint32_t>(bytes);
+  return context->RequestScratchBufferInArena(context, encoded->palette.table_bytes, &encoded->tables);
 }
 
 // Validates options, image binding and the tensor the segment is read into (output or input 0).
@@ -70,6 +93,7 @@ TfLiteStatus PrepareTarget(TfLiteContext* context, TfLiteNode* node, bool target
   }
   micro_context->DeallocateTempTfLiteTensor(tensor);
   TF_LITE_ENSURE_OK(context, status);
+  if ((data->flags & kFlagEncoded) != 0u) return PrepareEncoded(context, data, bytes);
   int rc = tswap_check_request(data->image, data->segment, 0, static_cast<uint32_t>(bytes), nullptr);
   if (rc != TSWAP_OK) {
     MicroPrintf("tswap: segment %u: %s", (unsigned)data->segment, tswap_strerror(rc));
@@ -85,7 +109,18 @@ TfLiteStatus PrepareTarget(TfLiteContext* context, TfLiteNode* node, bool target
 }
 
 TfLiteStatus PrepareLoad(TfLiteContext* context, TfLiteNode* node) { return PrepareTarget(context, node, false); }
-TfLiteStatus PrepareWait(TfLiteContext* context, TfLiteNode* node) { return PrepareTarget(context, node, true); }
+
+// START and WAIT read raw segments only (an encoded one is decoded by a blocking TSWAP_LOAD).
+TfLiteStatus PrepareAsync(TfLiteContext* context, TfLiteNode* node, bool target_is_input) {
+  const auto* data = static_cast<const OpData*>(node->user_data);
+  if (data != nullptr && data->options_ok && (data->flags & kFlagEncoded) != 0u) {
+    MicroPrintf("tswap: segment %u: an encoded segment is loaded by TSWAP_LOAD, not START/WAIT", (unsigned)data->segment);
+    return kTfLiteError;
+  }
+  return PrepareTarget(context, node, target_is_input);
+}
+TfLiteStatus PrepareStart(TfLiteContext* context, TfLiteNode* node) { return PrepareAsync(context, node, false); }
+TfLiteStatus PrepareWait(TfLiteContext* context, TfLiteNode* node) { return PrepareAsync(context, node, true); }
 
 TfLiteStatus Report(int rc, const OpData* data) {
   if (rc == TSWAP_OK) return kTfLiteOk;
@@ -96,6 +131,14 @@ TfLiteStatus Report(int rc, const OpData* data) {
 TfLiteStatus EvalLoad(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
   TfLiteEvalTensor* out = tflite::micro::GetEvalOutput(context, node, 0);
+  if ((data->flags & kFlagEncoded) != 0u) {
+    const auto* encoded = reinterpret_cast<const EncodedOpData*>(data);
+    alignas(16) uint8_t chunk[kChunkBytes];
+    auto* tables = static_cast<int8_t*>(context->GetScratchBuffer(context, encoded->tables));
+    return Report(tswap_load_palette(data->image, data->segment, &encoded->palette, out->data.int8, tables, chunk,
+                                     kChunkBytes, (data->flags & kFlagVerifyCrc) != 0u),
+                  data);
+  }
   return Report(tswap_load(data->image, data->segment, 0, out->data.raw, data->bytes,
                            (data->flags & kFlagVerifyCrc) != 0u),
                 data);
@@ -125,7 +168,7 @@ TFLMRegistration* Register_TSWAP_LOAD() {
 }
 
 TFLMRegistration* Register_TSWAP_LOAD_START() {
-  static TFLMRegistration r = tflite::micro::RegisterOp(Init, PrepareLoad, EvalStart);
+  static TFLMRegistration r = tflite::micro::RegisterOp(Init, PrepareStart, EvalStart);
   return &r;
 }
 

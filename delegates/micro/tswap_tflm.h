@@ -9,8 +9,11 @@
 //   TSWAP_LOAD_WAIT   1 input (the tensor a START filled), no outputs: waits for that read.
 //
 // Custom options (all three): 8 bytes, little-endian: uint32 segment id, uint32 flags
-// (bit 0: check the segment's CRC32 after the read: in TSWAP_LOAD, or in TSWAP_LOAD_WAIT). Prepare validates the id, that the
-// output tensor's byte size equals the segment size, and the flash alignment; Eval only reads.
+// (bit 0: check the segment's CRC32 after the read: in TSWAP_LOAD, or in TSWAP_LOAD_WAIT; bit 2,
+// TSWAP_LOAD only: the segment is palette-encoded, see tswap_micro.h, and is decoded into the tensor).
+// Prepare validates the id, that the output tensor's byte size equals the segment size (encoded: the
+// header's, read from flash and checked, with the decoded size; it requests an arena scratch buffer for
+// the value tables) and the flash alignment; Eval only reads (and decodes).
 //
 // Tiled operators (one custom kernel per kind, no load operators): TSWAP_CONV_2D,
 // TSWAP_DEPTHWISE_CONV_2D and TSWAP_FULLY_CONNECTED take the int8 input and write the int8 output of
@@ -44,6 +47,7 @@ constexpr const char kDepthwiseConvOp[] = "TSWAP_DEPTHWISE_CONV_2D";
 constexpr const char kFullyConnectedOp[] = "TSWAP_FULLY_CONNECTED";
 constexpr unsigned kFlagVerifyCrc = 1u;
 constexpr unsigned kFlagPrefetch = 2u;  // tiled operators only
+constexpr unsigned kFlagEncoded = 4u;   // TSWAP_LOAD only: a palette-encoded segment
 constexpr unsigned kResolverSlots = 6u;  // what AddLoadOps registers
 
 TFLMRegistration* Register_TSWAP_LOAD();

@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DelegateError, ManifestError, SegmentIntegrityError
+from ..errors import DelegateError, ManifestError, SegmentIntegrityError, UnsupportedModelError
 from ..fileio import write_atomic
 from ..format.manifest import HEADER_SIZE, MANIFEST_NAME, Manifest, find_metadata, read_model_head
 from ..format.model import Model
@@ -110,6 +110,11 @@ def _read_graph(model_path: Path) -> tuple[bytes, Manifest]:
     check_graph_digest(head, manifest, str(model_path))
     model = Model.from_bytes(head[: manifest.graph_size], source=str(model_path), read_external=False)
     check_against_graph(manifest, model, str(model_path))
+    encoded = [seg.id for seg in manifest.segments if seg.encoded]
+    if encoded:
+        raise UnsupportedModelError(
+            f"{model_path}: segments {encoded[:5]} hold palette-encoded (compressed) weights, which the LiteRT "
+            "delegate does not decode; run the file with SwapInterpreter, or convert without --compress")
     return head, manifest
 
 

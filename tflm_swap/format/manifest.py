@@ -20,8 +20,9 @@ from .schema import text, tfl
 
 MANIFEST_NAME = "tflm_swap"
 MAGIC = b"TSWP"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 GRAPH_HASH_VERSION = 2  # the first version recording graph_sha256
+ENCODED_VERSION = 3  # the first version with palette-encoded entries (written only when there are some)
 _HEADER = struct.Struct("<4sIII")
 HEADER_SIZE = _HEADER.size
 _CAPACITY_STEP = 64  # JSON is padded to a multiple of this so small edits keep the size stable
@@ -35,7 +36,8 @@ class SegmentEntry:
     tensors: list[int]  # tensors of the main subgraph that use this buffer
     name: str  # name of the first such tensor
     offset: int  # from the start of the segment
-    size: int
+    size: int  # bytes stored in the segment
+    decoded: int | None = None  # (version 3) palette-encoded entry: its bytes once decoded
 
 
 @dataclass
@@ -56,6 +58,25 @@ class Segment:
     @property
     def last_use(self) -> int:
         return self.users[-1]
+
+    @property
+    def encoded(self) -> bool:
+        return any(e.decoded is not None for e in self.entries)
+
+    def decoded_offsets(self) -> tuple[list[int], int]:
+        """Where each entry lies once decoded (16-byte aligned, in order) and the decoded size; the
+        stored layout when nothing is encoded."""
+        if not self.encoded:
+            return [e.offset for e in self.entries], self.size
+        offsets, end = [], 0
+        for e in self.entries:
+            offsets.append(-(-end // 16) * 16)
+            end = offsets[-1] + (e.size if e.decoded is None else e.decoded)
+        return offsets, end
+
+    @property
+    def decoded_size(self) -> int:
+        return self.decoded_offsets()[1]
 
 
 @dataclass
@@ -104,6 +125,9 @@ class Manifest:
                 d["graph_sha256"] = graph_sha256
         for seg, obj in zip(d["segments"], self.segments):
             seg["first_use"], seg["last_use"] = obj.first_use, obj.last_use
+            for entry in seg["entries"]:
+                if entry["decoded"] is None:  # raw entries (all of them before version 3) have no such field
+                    del entry["decoded"]
         return d
 
     def encode(self, min_capacity: int = 0) -> bytes:
@@ -134,10 +158,13 @@ class Manifest:
         if zlib.crc32(payload) != crc:
             raise ManifestError(f"manifest CRC32 mismatch (stored {crc:#010x}, computed {zlib.crc32(payload):#010x})")
         try:
-            d = json.loads(payload.decode())
-            return cls._from_dict(d)._checked()
+            manifest = cls._from_dict(json.loads(payload.decode()))._checked()
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ManifestError(f"manifest content is not valid: {exc!r}") from exc
+        if manifest.version != version:
+            raise ManifestError(f"manifest header says format version {version}, its content version "
+                                f"{manifest.version}")
+        return manifest
 
     @classmethod
     def _from_dict(cls, d: dict) -> Manifest:
@@ -180,6 +207,11 @@ class Manifest:
             for j, e in enumerate(seg.entries):
                 for name in ("buffer", "offset", "size"):
                     _natural(getattr(e, name), f"segments[{i}].entries[{j}].{name}")
+                if e.decoded is not None:
+                    _natural(e.decoded, f"segments[{i}].entries[{j}].decoded")
+                    if self.version < ENCODED_VERSION:
+                        raise ValueError(f"a version {self.version} manifest has no encoded entries "
+                                         f"(segments[{i}].entries[{j}].decoded)")
         return self
 
 

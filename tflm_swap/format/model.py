@@ -114,6 +114,8 @@ class Model:
         model._validate()
         if read_external:
             _check_external_weights(model)
+        else:
+            _note_decoded_sizes(model)
         return model
 
     @classmethod
@@ -394,6 +396,37 @@ def _check_external_weights(model: Model) -> None:
             raise SegmentIntegrityError(
                 f"{model.source}: buffer {i} (file bytes {ext.offset}..{ext.offset + ext.size}) lies "
                 "outside every segment of the manifest; refusing to use unchecked weights")
+    _decode_entries(model, manifest)
+
+
+def _encoded_entries(model: Model):
+    """(segment, entry) of every palette-encoded entry of the model's manifest (version 3)."""
+    from .manifest import MANIFEST_NAME, Manifest
+
+    blob = model.metadata(MANIFEST_NAME)
+    if blob is None:
+        return []
+    return [(seg, e) for seg in Manifest.decode(blob).segments for e in seg.entries if e.decoded is not None]
+
+
+def _decode_entries(model: Model, manifest) -> None:
+    """Replace each palette-encoded buffer (checked intact) by its decoded bytes: the model is then
+    the one that was encoded."""
+    from . import palette
+
+    for seg in manifest.segments:
+        for e in seg.entries:
+            if e.decoded is not None and 0 <= e.buffer < len(model.buffers):
+                where = f"{model.source}: segment {seg.id} entry for buffer {e.buffer} ({e.name})"
+                model.buffers[e.buffer] = palette.decode(model.buffers[e.buffer], where, e.decoded).tobytes()
+
+
+def _note_decoded_sizes(model: Model) -> None:
+    """A graph-only parse: deferred encoded buffers take their decoded size once loaded."""
+    for _, e in _encoded_entries(model):
+        ext = model.deferred.get(e.buffer)
+        if ext is not None:
+            model.deferred[e.buffer] = ExternalBuffer(ext.offset, e.decoded)
 
 
 def _resolve_buffers(fb: tfl.ModelT, raw: bytes, source: str, skip: dict | None = None) -> list[bytes]:

@@ -15,7 +15,10 @@ import warnings
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import SegmentIntegrityError
+from . import palette
 from .manifest import Manifest, Segment, SegmentEntry, graph_digest, read_manifest
 from .model import DATA_ALIGNMENT, Model
 
@@ -243,6 +246,20 @@ def check_segment(seg: Segment, payload: bytes | memoryview) -> None:
             f"segment {seg.id} at image offset {seg.offset} is corrupt: CRC32 {crc:#010x}, "
             f"expected {seg.crc32:#010x}"
         )
+
+
+def decode_segment(seg: Segment, stored: bytes | bytearray | memoryview, out: memoryview, where: str) -> None:
+    """Write segment `seg`'s decoded payload (its `decoded_offsets` layout) into `out`, from its
+    `stored` bytes (CRC-checked by the caller): raw entries copied, palette-encoded ones decoded
+    after every check of `palette.decode` (SegmentIntegrityError naming `where` and the entry)."""
+    offsets, _ = seg.decoded_offsets()
+    for e, offset in zip(seg.entries, offsets):
+        data = memoryview(stored)[e.offset : e.offset + e.size]
+        if e.decoded is None:
+            out[offset : offset + e.size] = data
+        else:
+            values = palette.decode(data, f"{where} entry for buffer {e.buffer} ({e.name})", e.decoded)
+            out[offset : offset + e.decoded] = values.view(np.uint8)
 
 
 def split(data: bytes) -> tuple[bytes, bytes]:

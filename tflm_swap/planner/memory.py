@@ -193,7 +193,7 @@ def weight_groups(model: Model, min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYT
         manifest = Manifest.decode(blob)
         _check_manifest_refs(manifest, model)
         return [
-            WeightGroup(s.id, s.size, tuple(s.users), tuple(e.buffer for e in s.entries))
+            WeightGroup(s.id, s.decoded_size, tuple(s.users), tuple(e.buffer for e in s.entries))  # bytes in RAM
             for s in manifest.segments
         ]
     return [

@@ -44,10 +44,10 @@ import numpy as np
 from tflm_swap.converters.submodel import TEMPLATE_ALIGNMENT, extract_template, stage_io
 
 from ..errors import BudgetError, SegmentIntegrityError, TflmSwapError
-from ..format.manifest import Manifest, read_model_head
+from ..format.manifest import Manifest, Segment, read_model_head
 from ..format.model import Model
 from ..format.schema import text
-from ..format.segments import check_against_graph, check_graph_digest, check_segment
+from ..format.segments import check_against_graph, check_graph_digest, check_segment, decode_segment
 from ..interpreters import litert_interpreter
 from ..planner import (
     Plan,
@@ -491,9 +491,10 @@ class SwapInterpreter:
         for sid in stage.segments:
             seg = self.manifest.segments[sid]
             placement[sid] = end = -(-end // TEMPLATE_ALIGNMENT) * TEMPLATE_ALIGNMENT
-            for e in seg.entries:
-                buffer_offsets[e.buffer] = end + e.offset
-            end += seg.size
+            offsets, size = seg.decoded_offsets()  # palette-encoded entries are decoded into place
+            for e, offset in zip(seg.entries, offsets):
+                buffer_offsets[e.buffer] = end + offset
+            end += size
         graph, base = extract_template(self._model, stage.first, stage.last, buffer_offsets)
         return _Template(stage, graph, base, placement, end, inputs, outputs)
 
@@ -577,7 +578,7 @@ class SwapInterpreter:
         interpreter = litert_interpreter(data, **self._options)
         loaded = self._loaded(i, interpreter, data, _indices(interpreter.get_input_details()),
                               _indices(interpreter.get_output_details()), t.blob_size)
-        self._count_load(i, t.stage.weight_bytes, t.blob_size, started)
+        self._count_load(i, sum(self.manifest.segments[s].size for s in t.placement), t.blob_size, started)
         if resident:
             self._resident_loaded[i] = loaded  # before the template goes: a fork keeps it (see _after_fork)
             t.graph = b""  # loaded for good: its flatbuffer lives on in `data` only
@@ -589,15 +590,23 @@ class SwapInterpreter:
         blob = view[t.base :]
         for sid, offset in t.placement.items():
             seg = self.manifest.segments[sid]
-            part = blob[offset : offset + seg.size]
-            got = os.preadv(self._fd, [part], self.manifest.image_offset + seg.offset)
-            if got != seg.size:
-                raise SegmentIntegrityError(
-                    f"{self._path}: segment {seg.id} at file offset {self.manifest.image_offset + seg.offset}: "
-                    f"read {got} of {seg.size} bytes (file truncated?)"
-                )
-            if crc32(part) != seg.crc32:
-                check_segment(seg, part)  # raises SegmentIntegrityError with the segment's details
+            if seg.encoded:
+                decode_segment(seg, self._read_segment(seg, bytearray(seg.size)), blob[offset:],
+                               f"{self._path}: segment {seg.id}")
+            else:
+                self._read_segment(seg, blob[offset : offset + seg.size])
+
+    def _read_segment(self, seg: Segment, part: memoryview | bytearray) -> memoryview | bytearray:
+        """Read a segment's stored bytes into `part` and check its CRC32."""
+        got = os.preadv(self._fd, [part], self.manifest.image_offset + seg.offset)
+        if got != seg.size:
+            raise SegmentIntegrityError(
+                f"{self._path}: segment {seg.id} at file offset {self.manifest.image_offset + seg.offset}: "
+                f"read {got} of {seg.size} bytes (file truncated?)"
+            )
+        if crc32(part) != seg.crc32:
+            check_segment(seg, part)  # raises SegmentIntegrityError with the segment's details
+        return part
 
     def _build_compiled(self, templates: list[_Template]) -> None:
         """Build every stage once on CompiledModel (xnnpack_cache_dir, see runtime.compiled): write

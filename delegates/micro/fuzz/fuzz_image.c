@@ -1,8 +1,9 @@
 /* libFuzzer target: arbitrary bytes as a flash image (version 1 or 2) and as a cascade container
  * (version 3). Opening must never read out of bounds, every segment an accepted image lists must load
- * (with its CRC checked) within the flash, and every tile-table entry it lists must read back
- * consistent; every member an accepted container lists must read back inside it, and its image is
- * opened and checked the same way.
+ * (with its CRC checked) within the flash, every tile-table entry it lists must read back
+ * consistent, and every segment whose header parses as a palette entry must decode (or be refused)
+ * within its buffers; every member an accepted container lists must read back inside it, and its
+ * image is opened and checked the same way.
  * Build: clang -fsanitize=fuzzer,address,undefined -I.. -I../../common fuzz_image.c ../tswap_micro.c
  *        ../../common/tswap_crc32.c */
 #include <stddef.h>
@@ -42,6 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 static void check_image(const tswap_flash* flash, uint32_t flash_size) {
   static tswap_segment table[MAX_SEGMENTS];
   static uint8_t dst[MAX_LOAD];
+  static int8_t decoded[MAX_LOAD], tables[MAX_LOAD];
+  static uint8_t chunk[64];
+  tswap_palette palette;
   uint8_t scratch[33];
   tswap_image image;
   tswap_tile tile;
@@ -55,6 +59,13 @@ static void check_image(const tswap_flash* flash, uint32_t flash_size) {
     if (table[i].size > MAX_LOAD) continue;
     rc = tswap_load(&image, i, 0, dst, table[i].size, 1);
     if (rc != TSWAP_OK && rc != TSWAP_ERR_CRC && rc != TSWAP_ERR_ALIGN) abort();
+    if (table[i].size >= TSWAP_PALETTE_HEADER_BYTES && rc == TSWAP_OK) { /* its own count as the tensor's */
+      uint32_t count = (uint32_t)dst[8] | ((uint32_t)dst[9] << 8) | ((uint32_t)dst[10] << 16) | ((uint32_t)dst[11] << 24);
+      if (tswap_palette_open(&image, i, count, &palette) != TSWAP_OK) continue;
+      if (palette.count > MAX_LOAD || palette.table_bytes > MAX_LOAD) continue;
+      rc = tswap_load_palette(&image, i, &palette, decoded, tables, chunk, sizeof(chunk), 1);
+      if (rc != TSWAP_OK && rc != TSWAP_ERR_ENCODING && rc != TSWAP_ERR_ALIGN) abort();
+    }
   }
   for (i = 0; i < image.tile_count && i < MAX_SEGMENTS; ++i) { /* every entry was checked at open */
     if (tswap_tile_get(&image, i, &tile) != TSWAP_OK) abort();

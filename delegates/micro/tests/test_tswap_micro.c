@@ -508,6 +508,158 @@ static void test_container(void) {
   CHECK_EQ(tswap_member_flash(&c, NULL, &member_flash), TSWAP_ERR_ARG);
 }
 
+/* ------------------------------------------------------------------------------ palette segments */
+/* A palette entry: `channels` tables of `entries` values (table c: c * 3 - 40 + k), element i of
+ * channel (i / inner) % channels using index (i * 7 + 3) % entries, packed MSB first. */
+static uint32_t make_palette(uint8_t* blob, uint32_t bits, uint32_t entries, uint32_t count, uint32_t channels,
+                             uint32_t inner, int8_t* expect) {
+  uint32_t i, t = TSWAP_PALETTE_HEADER_BYTES + channels * entries, bit = 0;
+  memset(blob, 0, t + (count * bits + 7u) / 8u);
+  memcpy(blob, "TSWC", 4);
+  blob[4] = 1;
+  blob[5] = (uint8_t)bits;
+  blob[6] = (uint8_t)entries;
+  blob[7] = (uint8_t)(entries >> 8);
+  put_u32(blob + 8, count);
+  put_u32(blob + 12, channels);
+  put_u32(blob + 16, inner);
+  for (i = 0; i < channels * entries; ++i) blob[TSWAP_PALETTE_HEADER_BYTES + i] = (uint8_t)(int8_t)((i / entries) * 3u + i % entries - 40u);
+  for (i = 0; i < count; ++i) {
+    uint32_t index = (i * 7u + 3u) % entries, channel = (i / inner) % channels, b;
+    expect[i] = (int8_t)(channel * 3u + index - 40u);
+    for (b = 0; b < bits; ++b, ++bit) {
+      if ((index >> (bits - 1u - b)) & 1u) blob[t + bit / 8u] |= (uint8_t)(0x80u >> (bit % 8u));
+    }
+  }
+  return t + (count * bits + 7u) / 8u;
+}
+
+static void test_palette(void) {
+  static const uint32_t shapes[][5] = {{4, 16, 96, 4, 24}, {3, 6, 50, 1, 50}, {1, 2, 33, 3, 11}, {8, 200, 64, 2, 32},
+                                       {5, 17, 60, 6, 1}, {7, 100, 21, 7, 1}, {2, 1, 12, 4, 3}, {4, 11, 90, 2, 15},
+                                       {4, 9, 63, 3, 7}};
+  uint8_t blob[1024], bad[1024];
+  int8_t expect[512], out[512], tables[2048];
+  tswap_palette p;
+  tswap_palette_decoder d;
+  uint32_t s, size, bit, piece;
+  for (s = 0; s < sizeof(shapes) / sizeof(shapes[0]); ++s) {
+    const uint32_t* sh = shapes[s];
+    size = make_palette(blob, sh[0], sh[1], sh[2], sh[3], sh[4], expect);
+    CHECK_EQ(tswap_palette_parse(blob, size, sh[2], &p), TSWAP_OK);
+    memset(out, 0x55, sizeof(out));
+    CHECK_EQ(tswap_palette_decode(&p, blob, tables, out), TSWAP_OK);
+    CHECK_EQ(memcmp(out, expect, sh[2]), 0);
+    for (piece = 1; piece < 9; ++piece) { /* fed in pieces of any length: the same */
+      uint32_t at = TSWAP_PALETTE_HEADER_BYTES;
+      memset(out, 0x55, sizeof(out));
+      tswap_palette_begin(&d, &p, tables, out);
+      for (; at < size; at += piece) CHECK_EQ(tswap_palette_feed(&d, blob + at, at + piece <= size ? piece : size - at), TSWAP_OK);
+      CHECK_EQ(tswap_palette_end(&d), TSWAP_OK);
+      CHECK_EQ(memcmp(out, expect, sh[2]), 0);
+    }
+    /* wrong sizes: one byte short or long, another decoded size */
+    CHECK_EQ(tswap_palette_parse(blob, size - 1u, sh[2], &p), TSWAP_ERR_ENCODING);
+    CHECK_EQ(tswap_palette_parse(blob, size + 1u, sh[2], &p), TSWAP_ERR_ENCODING);
+    CHECK_EQ(tswap_palette_parse(blob, size, sh[2] + 1u, &p), TSWAP_ERR_ENCODING);
+    /* every header bit flip is refused, but one giving another valid channel layout (channels, inner:
+     * bytes 12..19), which only the segment's CRC32 catches */
+    for (bit = 0; bit < 8u * TSWAP_PALETTE_HEADER_BYTES; ++bit) {
+      memcpy(bad, blob, size);
+      bad[bit / 8u] ^= (uint8_t)(1u << (bit % 8u));
+      if (tswap_palette_parse(bad, size, sh[2], &p) == TSWAP_OK && (bit < 96u || bit >= 160u)) {
+        printf("FAIL %s:%d: shape %u header bit %u flip accepted\n", __FILE__, __LINE__, (unsigned)s, (unsigned)bit);
+        ++failures;
+      }
+    }
+    /* every bit flip after the header decodes within bounds (the CRC catches it in an image) */
+    CHECK_EQ(tswap_palette_parse(blob, size, sh[2], &p), TSWAP_OK);
+    for (bit = 8u * TSWAP_PALETTE_HEADER_BYTES; bit < 8u * size; ++bit) {
+      memcpy(bad, blob, size);
+      bad[bit / 8u] ^= (uint8_t)(1u << (bit % 8u));
+      (void)tswap_palette_decode(&p, bad, tables, out);
+    }
+    /* too many bytes fed */
+    tswap_palette_begin(&d, &p, tables, out);
+    CHECK_EQ(tswap_palette_feed(&d, blob + TSWAP_PALETTE_HEADER_BYTES, size - TSWAP_PALETTE_HEADER_BYTES + 1u),
+             TSWAP_ERR_ENCODING);
+    /* truncated: not every byte came */
+    tswap_palette_begin(&d, &p, tables, out);
+    CHECK_EQ(tswap_palette_feed(&d, blob + TSWAP_PALETTE_HEADER_BYTES, size - TSWAP_PALETTE_HEADER_BYTES - 1u), TSWAP_OK);
+    CHECK_EQ(tswap_palette_end(&d), TSWAP_ERR_ENCODING);
+  }
+  /* an index outside its table (6 entries, 3-bit indices: 7 is out of range) */
+  size = make_palette(blob, 3, 6, 50, 1, 50, expect);
+  CHECK_EQ(tswap_palette_parse(blob, size, 50, &p), TSWAP_OK);
+  blob[TSWAP_PALETTE_HEADER_BYTES + 6] |= 0xE0u;
+  CHECK_EQ(tswap_palette_decode(&p, blob, tables, out), TSWAP_ERR_ENCODING);
+  /* nonzero padding bits after the last index (50 x 3 = 150 bits: 2 spare) */
+  size = make_palette(blob, 3, 6, 50, 1, 50, expect);
+  blob[size - 1u] |= 1u;
+  CHECK_EQ(tswap_palette_decode(&p, blob, tables, out), TSWAP_ERR_ENCODING);
+  /* bit width 0 and 9, table longer than 2^bits */
+  size = make_palette(blob, 2, 4, 16, 1, 16, expect);
+  blob[5] = 0;
+  CHECK_EQ(tswap_palette_parse(blob, size, 16, &p), TSWAP_ERR_ENCODING);
+  blob[5] = 9;
+  CHECK_EQ(tswap_palette_parse(blob, size, 16, &p), TSWAP_ERR_ENCODING);
+  blob[5] = 2;
+  blob[6] = 5;
+  CHECK_EQ(tswap_palette_parse(blob, size, 16, &p), TSWAP_ERR_ENCODING);
+}
+
+/* An image whose segment 1 is a palette entry: loaded and decoded through the driver, chunk by chunk,
+ * with and without the CRC check; a corrupt entry with a valid CRC is refused. */
+static void test_palette_load(void) {
+  uint8_t img[2048], blob[512];
+  int8_t expect[512], out[512], tables[512];
+  uint8_t chunk[48];
+  tswap_segment table[4];
+  tswap_flash fl;
+  tswap_memory_flash mem;
+  tswap_image im;
+  tswap_palette p;
+  uint32_t size = make_palette(blob, 4, 16, 320, 5, 64, expect), offset = 32 + 2 * 16;
+  memset(img, 0, sizeof(img));
+  memcpy(img, "TSWI", 4);
+  put_u32(img + 4, 1);
+  put_u32(img + 8, 32 + 2 * 16);
+  put_u32(img + 12, 2);
+  put_u32(img + 20, 16);
+  put_u32(img + 32, offset); /* segment 0: 16 raw bytes */
+  put_u32(img + 36, 16);
+  put_u32(img + 40, tswap_crc32(img + offset, 16));
+  offset += 16;
+  memcpy(img + offset, blob, size);
+  put_u32(img + 48, offset);
+  put_u32(img + 52, size);
+  put_u32(img + 56, tswap_crc32(blob, size));
+  put_u32(img + 16, offset + size);
+  seal(img);
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, offset + size, table, 4), TSWAP_OK);
+  CHECK_EQ(tswap_palette_open(&im, 1, 320, &p), TSWAP_OK);
+  CHECK_EQ(tswap_palette_open(&im, 1, 321, &p), TSWAP_ERR_ENCODING);
+  CHECK_EQ(tswap_palette_open(&im, 0, 16, &p), TSWAP_ERR_ENCODING); /* a raw segment */
+  CHECK_EQ(tswap_palette_open(&im, 2, 320, &p), TSWAP_ERR_SEGMENT_ID);
+  CHECK_EQ(tswap_palette_open(&im, 1, 320, &p), TSWAP_OK);
+  CHECK_EQ(tswap_load_palette(&im, 1, &p, out, tables, chunk, sizeof(chunk), 1), TSWAP_OK);
+  CHECK_EQ(memcmp(out, expect, 320), 0);
+  CHECK_EQ(im.bytes_read, size);
+  CHECK_EQ(tswap_load_palette(&im, 1, &p, out, tables, chunk, 20, 0), TSWAP_ERR_ALIGN); /* < header */
+  fl.align = 16;
+  CHECK_EQ(tswap_load_palette(&im, 1, &p, out, tables, chunk, 40, 0), TSWAP_ERR_ALIGN); /* not a multiple */
+  fl.align = 1;
+  img[offset + TSWAP_PALETTE_HEADER_BYTES] ^= 1u; /* a table value: only the CRC notices */
+  CHECK_EQ(tswap_load_palette(&im, 1, &p, out, tables, chunk, sizeof(chunk), 1), TSWAP_ERR_CRC);
+  CHECK_EQ(tswap_load_palette(&im, 1, &p, out, tables, chunk, sizeof(chunk), 0), TSWAP_OK);
+  img[offset + TSWAP_PALETTE_HEADER_BYTES] ^= 1u;
+  img[offset + 5] = 3; /* bit width changed after Prepare parsed the header, CRC sealed again */
+  put_u32(img + 56, tswap_crc32(img + offset, size));
+  seal(img);
+  CHECK_EQ(tswap_load_palette(&im, 1, &p, out, tables, chunk, sizeof(chunk), 1), TSWAP_ERR_ENCODING);
+  CHECK_EQ(tswap_palette_open(&im, 1, 320, &p), TSWAP_ERR_ENCODING);
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     printf("usage: %s SCRATCH_FILE\n", argv[0]);
@@ -521,6 +673,8 @@ int main(int argc, char** argv) {
   test_inconsistent();
   test_requests();
   test_async_and_driver_errors();
+  test_palette();
+  test_palette_load();
   test_file_flash(argv[1]);
   printf("%s: %d failure(s)\n", failures ? "FAILED" : "ok", failures);
   return failures;

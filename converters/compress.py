@@ -1,0 +1,133 @@
+"""Weight sharing: k-means clustering of the int8 filters of CONV_2D, DEPTHWISE_CONV_2D and
+FULLY_CONNECTED (scikit-learn), per output channel or per tensor (`compress`).
+
+The result is an ordinary int8 `.tflite` with the same quantization parameters, whose filters take
+at most 2**bits distinct values per channel (or per tensor): the reference every runtime must
+reproduce bit for bit. `segment_model(..., encode=True)` then stores those filters palette-encoded
+(`tflm_swap.format.palette`) wherever that is smaller.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import warnings
+
+import numpy as np
+
+from tflm_swap.errors import TflmSwapError
+from tflm_swap.format.manifest import MANIFEST_NAME
+from tflm_swap.format.model import Model
+from tflm_swap.format.schema import text, tfl
+
+# operator -> (filter input slot, its output-channel axis when the filter is quantized per tensor)
+FILTER_OPS: dict[str, tuple[int, int]] = {
+    "CONV_2D": (1, 0),
+    "DEPTHWISE_CONV_2D": (1, 3),
+    "FULLY_CONNECTED": (1, 0),
+}
+
+
+def filter_channels(model: Model) -> dict[int, tuple[int, int]]:
+    """Constant int8 filter buffers of the compressible operators -> (channels, inner): element i of
+    the flattened filter belongs to channel (i // inner) % channels (the quantized dimension, or
+    the operator's output-channel axis for a per-tensor filter)."""
+    found: dict[int, tuple[int, int]] = {}
+    for op in range(len(model.operators)):
+        slot_axis = FILTER_OPS.get(model.opcode_name(op))
+        inputs = model.op_inputs(op)
+        if slot_axis is None or len(inputs) <= slot_axis[0]:
+            continue
+        t = inputs[slot_axis[0]]
+        b = model.constant_buffer(t)
+        tensor = model.tensors[t]
+        if b is None or tensor.type != tfl.TensorType.INT8 or tensor.shape is None or len(tensor.shape) == 0:
+            continue
+        q = tensor.quantization
+        axis = int(q.quantizedDimension) if q is not None and q.scale is not None and len(q.scale) > 1 \
+            else slot_axis[1]
+        shape = [int(d) for d in tensor.shape]
+        if axis >= len(shape) or int(np.prod(shape)) != model.buffer_size(b):
+            continue
+        found[b] = (shape[axis], int(np.prod(shape[axis + 1:], dtype=np.int64)))
+    return found
+
+
+def encoded_filters(model: Model, buffers: list[int] | None = None) -> dict[int, bytes]:
+    """Palette encodings (`tflm_swap.format.palette`) of the int8 filters (those among `buffers`,
+    default all) wherever they are smaller than the raw bytes."""
+    from tflm_swap.format import palette
+
+    encoded = {}
+    for b, (channels, inner) in filter_channels(model).items():
+        if buffers is None or b in buffers:
+            blob = palette.encode(np.frombuffer(model.buffers[b], dtype=np.int8), channels, inner)
+            if blob is not None:
+                encoded[b] = blob
+    return encoded
+
+
+def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, progress: bool = False) -> bytes:
+    """The `.tflite` bytes of `model` with every int8 filter of CONV_2D / DEPTHWISE_CONV_2D /
+    FULLY_CONNECTED clustered to at most 2**bits values per output channel (`per_channel`) or per
+    tensor; values of a channel that already has that few stay as they are. Quantization
+    parameters are kept. A segmented model's manifest is dropped (segment the result again)."""
+    if not 1 <= bits <= 7:
+        raise TflmSwapError(f"compression bit width {bits} must be in 1..7 (8 bits is the int8 model itself)")
+    if not isinstance(model, Model):
+        model = Model.from_bytes(model)
+    buffers = list(model.buffers)
+    filters = filter_channels(model)
+    items = filters.items()
+    if progress:
+        from tqdm import tqdm
+        items = tqdm(items, desc=f"k-means {bits}-bit", unit="tensor", file=sys.stderr)
+    for b, (channels, inner) in items:
+        values = np.frombuffer(buffers[b], dtype=np.int8)
+        buffers[b] = cluster_tensor(values, channels if per_channel else 1,
+                                    inner if per_channel else values.size, 1 << bits).tobytes()
+    return bytes(_without_manifest(model, buffers).pack())
+
+
+def cluster_tensor(values: np.ndarray, channels: int, inner: int, clusters: int) -> np.ndarray:
+    """`values` (int8, flattened) with each channel's values replaced by their nearest of at most
+    `clusters` int8 centres (k-means on the channel's value histogram)."""
+    grouped = values.reshape(-1, channels, inner).transpose(1, 0, 2).reshape(channels, -1)
+    out = np.empty_like(grouped)
+    for c, row in enumerate(grouped):
+        out[c] = cluster_values(row, clusters)
+    return out.reshape(channels, -1, inner).transpose(1, 0, 2).reshape(-1)
+
+
+def cluster_values(row: np.ndarray, clusters: int) -> np.ndarray:
+    """One channel: k-means (scikit-learn, weighted by each value's count) on the distinct int8
+    values; centres rounded to int8 inside the channel's range, every value mapped to the nearest."""
+    used, counts = np.unique(row, return_counts=True)
+    if len(used) <= clusters:
+        return row
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    points, weights = used.astype(np.float64)[:, None], counts.astype(np.float64)
+    spread = np.quantile(row.astype(np.float64), (np.arange(clusters) + 0.5) / clusters)[:, None]
+    best = None
+    # one channel is at most 256 points: OpenMP threads cost more than they save (10x slower)
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # coinciding initial centres; fewer values is fine
+        for init in (spread, "k-means++"):
+            km = KMeans(n_clusters=clusters, init=init, n_init=1, random_state=0).fit(points, sample_weight=weights)
+            if best is None or km.inertia_ < best.inertia_:
+                best = km
+    centres = np.unique(np.clip(np.rint(best.cluster_centers_[:, 0]), used[0], used[-1]).astype(np.int8))
+    nearest = np.abs(used.astype(np.int16)[:, None] - centres.astype(np.int16)[None, :]).argmin(axis=1)
+    return centres[nearest][np.searchsorted(used, row)]
+
+
+def _without_manifest(model: Model, buffers: list[bytes]) -> Model:
+    """A copy of `model` holding `buffers`, without a tflm_swap manifest (which would be stale)."""
+    fb = copy.copy(model.fb)
+    kept = [m for m in fb.metadata or [] if text(m.name) != MANIFEST_NAME]
+    dropped = [int(m.buffer) for m in fb.metadata or [] if text(m.name) == MANIFEST_NAME]
+    fb.metadata = kept
+    buffers = [b"" if i in dropped else data for i, data in enumerate(buffers)]
+    return Model(fb, buffers, b"", model.source)
