@@ -27,9 +27,8 @@ def cmake_arguments(project: str | Path, board_name: str = mcu.HOST_BOARD.name) 
     files = mcu.read_project(Path(project))
     b, sources = mcu.build_target(board_name), mcu.extract_sources()
     library = mcu.tflm_library(files.resolver_methods(), board_name)
-    defines = [f[2:] for f in mcu.COMMON_FLAGS if f.startswith("-D")]  # as the library was compiled
     args = [f"-DTFLM_LIBRARY={library}", f"-DTFLM_INCLUDE_DIRS={_list(sources.include_dirs(b.device))}",
-            f"-DTFLM_DEFINITIONS={_list(defines)}", "-DCMAKE_BUILD_TYPE=Release"]
+            f"-DTFLM_DEFINITIONS={_list(mcu.TFLM_DEFINES)}", "-DCMAKE_BUILD_TYPE=Release"]
     if b is mcu.HOST_BOARD:
         return args
     board_dir = native_sources() / mcu.MCU_DIR

@@ -134,6 +134,8 @@ HOST_SOURCES = ("tensorflow/lite/micro/micro_time.cc", "tensorflow/lite/micro/re
 
 COMMON_FLAGS = ("-O2", "-ffunction-sections", "-fdata-sections", "-funsigned-char", "-DTF_LITE_STATIC_MEMORY",
                 "-DNDEBUG", "-DTF_LITE_STRIP_ERROR_STRINGS")
+# What code compiled against the library must define too (TFLM's structs and logging depend on them).
+TFLM_DEFINES = tuple(f[2:] for f in COMMON_FLAGS if f.startswith("-D"))
 CXX_FLAGS = ("-std=c++17", "-fno-rtti", "-fno-exceptions", "-fno-threadsafe-statics", "-fno-unwind-tables")
 C_FLAGS = ("-std=c99",)
 
@@ -418,7 +420,7 @@ def source_host_tflm(methods: Sequence[str]) -> HostTflm:
     """TFLM built for this machine from the pinned sources with the kernels `methods` need, as a
     HostTflm to build the host runner or a project against."""
     lib, sources = tflm_library(methods, HOST_BOARD.name), extract_sources()
-    defines = [f for f in COMMON_FLAGS if f.startswith("-D")]  # as the library was compiled
+    defines = [f"-D{d}" for d in TFLM_DEFINES]
     return HostTflm(lib, (*CXX_FLAGS[:1], *defines, *sources.include_flags()), (str(lib),))
 
 
