@@ -44,9 +44,11 @@ from .compress import encoded_filters
 from .flash_image import build_image
 from .graph import detach_tensor, make_operator, opcode_index, set_metadata, splice_operators
 from .tflm_tiles import (
+    FLAG_ENCODED,
     FLAG_PREFETCH,
     TileChoice,
     TileGeometry,
+    encoded_tile_payloads,
     tile_geometry,
     tile_payloads,
     tiled_operator,
@@ -56,7 +58,6 @@ LOAD_OP = "TSWAP_LOAD"
 LOAD_START_OP = "TSWAP_LOAD_START"
 LOAD_WAIT_OP = "TSWAP_LOAD_WAIT"
 FLAG_VERIFY_CRC = 1
-FLAG_ENCODED = 4  # TSWAP_LOAD of a palette-encoded segment (decoded into the tensor)
 
 # Input slots whose constant data TFLM's reference kernels read only in Eval (checked bit-exact on
 # the MLPerf Tiny models); other constants (shape tensors, LUTs, ...) stay inline in the graph.
@@ -76,6 +77,7 @@ class LoadStep:
     segment: int
     tensor: int
     consumer: int  # index (rewritten graph) of the first operator reading the tensor
+    encoded: bool = False  # a TSWAP_LOAD decoding a palette-encoded segment
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class TiledStep:
     tile_channels: int
     prefetch: bool
     scratch: tuple[int, ...]
+    encoded: bool = False  # palette-encoded tiles, decoded tile by tile
 
 
 @dataclass
@@ -145,7 +148,9 @@ def rewrite_for_tflm(
 
     With `encode` (default: when the input is a segmented model with palette-encoded entries, as
     `convert(..., compress_bits=)` writes), loaded int8 filters are stored palette-encoded where that
-    is smaller and decoded by their TSWAP_LOAD (blocking: prefetch skips them); tiles stay raw."""
+    is smaller and decoded by their TSWAP_LOAD (blocking: prefetch skips them), and tiled operators
+    whose every tile's filter slice is smaller encoded read encoded tiles (decoded tile by tile, with
+    or without prefetch)."""
     if min_segment_bytes < 1:
         raise UnsupportedModelError(f"minimum segment size {min_segment_bytes} must be >= 1 byte")
     model = data if isinstance(data, Model) else Model.from_bytes(data, source=source)
@@ -158,21 +163,29 @@ def rewrite_for_tflm(
     picks = _pick_loads(model, min_segment_bytes, skip=set(geometries))
     buffers = list(dict.fromkeys(b for _, _, b in picks))
     seg_of = {b: i for i, b in enumerate(buffers)}
-    encoded = encoded_filters(model, buffers) if (_was_encoded(model) if encode is None else encode) else {}
+    encode = _was_encoded(model) if encode is None else encode
+    encoded = encoded_filters(model, buffers) if encode else {}
     payloads, entries = [encoded.get(b, model.buffers[b]) for b in buffers], []
+    tile_tables: dict[int, int] = {}  # tiled operator -> its largest tile's value tables (encoded tiles)
     for op, g in geometries.items():
-        parts = tile_payloads(model, g, tiles[op].tiles)
+        packed = encoded_tile_payloads(model, g, tiles[op].tiles) if encode else None
+        if packed is not None:
+            parts, tile_tables[op] = packed
+        else:
+            parts = tile_payloads(model, g, tiles[op].tiles)
         entries.append(TileEntry(len(payloads), len(parts), g.channels, g.tile_channels(tiles[op].tiles)))
         payloads += parts
     image, segments = build_image(payloads, alignment, entries)
     detached = {t for g in geometries.values() for t in (g.filter, g.bias) if t >= 0}
     new = _strip(model, {t for _, t, _ in picks}, detached)
     flags = FLAG_VERIFY_CRC if verify_crc else 0
-    replace = {op: [tiled_operator(new, model, g, e, flags | (FLAG_PREFETCH if tiles[op].prefetch else 0))]
+    replace = {op: [tiled_operator(new, model, g, e, flags | (FLAG_PREFETCH if tiles[op].prefetch else 0)
+                                   | (FLAG_ENCODED if op in tile_tables else 0))]
                for e, (op, g) in enumerate(geometries.items())}
     loads, position = _insert_ops(new, picks, seg_of, prefetch, flags, replace, {seg_of[b] for b in encoded})
     tiled = [TiledStep(position[op], op, g.kind, e, entries[e].first_segment, entries[e].tiles,
-                       entries[e].tile_channels, tiles[op].prefetch, tuple(g.scratch(tiles[op])))
+                       entries[e].tile_channels, tiles[op].prefetch,
+                       tuple(g.scratch(tiles[op], tile_tables.get(op))), op in tile_tables)
              for e, (op, g) in enumerate(geometries.items())]
     if offline_plan:
         add_offline_plan(new, tiled)
@@ -339,5 +352,6 @@ def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, fla
         if k + 1 in asynchronous:
             load(k, LOAD_START_OP, *asynchronous[k + 1], k + 1, 0)
     position = splice_operators(model, before=before, replace=replace)  # original op k -> new index
-    return [LoadStep(position[k] - len(before[k]) + slot, kind, s, t, position[reader])
+    return [LoadStep(position[k] - len(before[k]) + slot, kind, s, t, position[reader],
+                     kind == LOAD_OP and s in encoded)
             for k, slot, kind, s, t, reader in steps], position

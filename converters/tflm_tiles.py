@@ -9,6 +9,12 @@ slice), then, at the next multiple of 4, their int32 bias. Tiles hold `tile_chan
 options (`tiled_options`) describe the filter (dims, scales, zero point) so that Prepare computes
 the same requantization as the stock kernel; the filter and bias tensors stay in the graph without
 data and with shape [0], read by no operator.
+
+Encoded tiles (`encoded_tile_payloads`, flag `FLAG_ENCODED`): when every tile's filter slice is
+smaller palette-encoded (`tflm_swap.format.palette`: per-channel or one shared table for the tile),
+a tile's segment is that entry followed by the raw bias; the kernel reads it to the end of a tile
+buffer `ENCODED_SLACK` bytes larger than the raw tile and decodes it in place (a tile at a time,
+blocking or prefetched), the value tables in one more scratch buffer.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tflm_swap.errors import UnsupportedModelError
+from tflm_swap.format import palette
 from tflm_swap.format.model import Model
 from tflm_swap.format.schema import tfl
 
@@ -32,6 +39,8 @@ TILED_KERNELS = {
 }
 FLAG_VERIFY_CRC = 1
 FLAG_PREFETCH = 2
+FLAG_ENCODED = 4  # the tiles are palette-encoded (and a TSWAP_LOAD's segment: converters/tflm.py)
+ENCODED_SLACK = 16  # extra bytes per tile buffer for in-place decoding (kEncodedSlack in tswap_tiled.cc)
 OPTION_WORDS = 18  # fixed words of the custom options before the scales (see tswap_tflm.h)
 
 
@@ -81,14 +90,17 @@ class TileGeometry:
         filt = (channels * self.channel_bytes + 3) // 4 * 4
         return filt + (4 * channels if self.bias >= 0 else 0)
 
-    def scratch(self, choice: TileChoice) -> list[int]:
+    def scratch(self, choice: TileChoice, table_bytes: int | None = None) -> list[int]:
         """Bytes of the arena scratch buffers the kernel requests in Prepare, in request order: the
-        tile buffer (twice with prefetch), then the depthwise window."""
+        tile buffer (twice with prefetch), then the depthwise window; for encoded tiles (`table_bytes`:
+        the largest tile's value tables) the buffers are ENCODED_SLACK larger and the tables follow
+        (with a flash alignment above ENCODED_SLACK the kernel widens the buffers to it)."""
         largest = max(self.tile_bytes(n) for _, n in self.ranges(choice.tiles))
+        largest += ENCODED_SLACK if table_bytes is not None else 0
         buffers = [largest] * (2 if choice.prefetch else 1)
         if self.kind == "DEPTHWISE_CONV_2D":
             buffers.append(self.window_pixels * self.tile_channels(choice.tiles) // self.granularity)
-        return buffers
+        return buffers + ([table_bytes] if table_bytes is not None else [])
 
     def flash_bytes(self, choice: TileChoice) -> int:
         """Image bytes the kernel reads per inference (every tile once)."""
@@ -170,6 +182,23 @@ def tile_payloads(model: Model, geometry: TileGeometry, tiles: int) -> list[byte
         filt += b"\0" * (-len(filt) % 4)
         payloads.append(filt + (bias[first : first + count].tobytes() if bias is not None else b""))
     return payloads
+
+
+def encoded_tile_payloads(model: Model, geometry: TileGeometry, tiles: int) -> tuple[list[bytes], int] | None:
+    """Each tile's segment palette-encoded (the entry of its filter slice, then its raw bias) and the
+    largest tile's table bytes; None unless every tile's filter slice is smaller encoded."""
+    raw = tile_payloads(model, geometry, tiles)
+    payloads, table_bytes = [], 0
+    for (_, count), payload in zip(geometry.ranges(tiles), raw):
+        filter_bytes = count * geometry.channel_bytes
+        depthwise = geometry.kind == "DEPTHWISE_CONV_2D"  # [Kh*Kw, tile]: channel innermost
+        entry = palette.encode(np.frombuffer(payload[:filter_bytes], np.int8), count,
+                               1 if depthwise else geometry.channel_bytes)
+        if entry is None:
+            return None
+        table_bytes = max(table_bytes, palette.read_header(entry, "tile").table_bytes)
+        payloads.append(entry + payload[len(payload) - (4 * count if geometry.bias >= 0 else 0):])
+    return payloads, table_bytes
 
 
 def tiled_options(model: Model, geometry: TileGeometry, entry: int, flags: int) -> bytes:

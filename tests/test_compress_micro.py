@@ -1,6 +1,7 @@
 """Compressed (palette-encoded) segments on a real TFLite Micro (xmos-ai-tools' host TFLM): TSWAP_LOAD
 decodes them into the staged tensor, bit-identical to the same TFLM running the compressed model,
-blocking, with prefetch (encoded loads stay blocking) and next to tiled operators (raw tiles)."""
+blocking, with prefetch (encoded loads stay blocking) and next to tiled operators, whose tiles are
+encoded too and decoded tile by tile (blocking and prefetched)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tflm_swap.converters.tflm_tiles import TileChoice
 from tflm_swap.errors import TflmSwapError
 from tflm_swap.format.model import Model
 from tflm_swap.micro import LOAD_OP, rewrite_for_tflm, run_host_tflm
+from tflm_swap.micro.predict import predict_head, predict_tail
 from tflm_swap.micro.tiles import tileable_operators
 
 pytestmark = pytest.mark.native
@@ -44,9 +46,22 @@ def test_host_tflm_decodes_bit_identical(runner, name):  # noqa: F811
     assert _same(stock.outputs, run_host_tflm(prefetch.graph, prefetch.image, x, deferred=True).outputs)
     tileable = tileable_operators(Model.from_bytes(reference))
     op = max(tileable, key=lambda k: tileable[k].channels)  # one tiled operator, the rest loaded
-    tiled = rewrite_for_tflm(result.model, tiles={op: TileChoice(2, True)})
-    assert _encoded_loads(tiled) or name == "ad01_int8"
-    assert _same(stock.outputs, run_host_tflm(tiled.graph, tiled.image, x, deferred=True).outputs)
+    raw_tiles = rewrite_for_tflm(result.model, tiles={op: TileChoice(2, True)}, encode=False)
+    for choice, verify in [(TileChoice(2, True), False), (TileChoice(3, False), True)]:
+        tiled = rewrite_for_tflm(result.model, tiles={op: choice}, verify_crc=verify)
+        assert _encoded_loads(tiled) or name == "ad01_int8"
+        assert _tiles_encoded(tiled), "the tiled operator's tiles should be palette-encoded"
+        ran = run_host_tflm(tiled.graph, tiled.image, x, deferred=choice.prefetch)
+        assert _same(stock.outputs, ran.outputs), f"encoded tiles {choice} differ from the compressed model"
+        assert ran.arena_head == predict_head(tiled)  # tile buffers + slack, then the value tables
+        assert 0 <= predict_tail(tiled, stock.arena_tail) - ran.arena_tail <= 64 * (len(tiled.loads) + 1)
+    assert tiled.flash_bytes_per_inference < raw_tiles.flash_bytes_per_inference
+
+
+def _tiles_encoded(micro) -> bool:
+    graph = Model.from_bytes(micro.graph)
+    return all(int.from_bytes(bytes(graph.operators[t.op].customOptions)[4:8], "little") & FLAG_ENCODED
+               for t in micro.tiled)
 
 
 def test_corrupt_encoded_segment_fails_in_prepare_or_eval(runner):  # noqa: F811
@@ -67,6 +82,29 @@ def test_corrupt_encoded_segment_fails_in_prepare_or_eval(runner):  # noqa: F811
         parse_image(bytes(bad))
         with pytest.raises(TflmSwapError, match=f"segment {seg.id} \\(encoded.*corrupt palette-encoded segment"):
             run_host_tflm(micro.graph, bytes(bad), x)
+
+
+def test_corrupt_encoded_tile_fails_clearly(runner):  # noqa: F811
+    """A tile whose header is corrupt (CRCs valid) is refused in Prepare naming the tile; a tile
+    whose stored index bytes changed is caught by the CRC check before it is decoded."""
+    from tflm_swap.converters.flash_image import build_image
+    from tflm_swap.format.flash_image import parse_tile_table
+
+    result = compressed_mlperf("kws_ref_model")
+    tileable = tileable_operators(Model.from_bytes(result.original))
+    op = max(tileable, key=lambda k: tileable[k].channels)
+    micro = rewrite_for_tflm(result.model, tiles={op: TileChoice(2, True)}, verify_crc=True)
+    x = _inputs(result.original, 1)
+    seg = micro.segments[micro.tiled[0].first_segment + 1]
+    payloads = [bytearray(micro.image[s.offset : s.offset + s.size]) for s in micro.segments]
+    payloads[seg.id][5] = 9  # bit width 9
+    bad, _ = build_image([bytes(p) for p in payloads], tiles=parse_tile_table(micro.image))
+    with pytest.raises(TflmSwapError, match=f"tile 1 \\(segment {seg.id}, encoded.*corrupt palette-encoded"):
+        run_host_tflm(micro.graph, bytes(bad), x)
+    bad = bytearray(micro.image)
+    bad[seg.offset + seg.size - 4 * 32 - 1] ^= 0x11  # an index byte (before the bias), CRC left stale
+    with pytest.raises(TflmSwapError, match="CRC"):
+        run_host_tflm(micro.graph, bytes(bad), x, deferred=True)
 
 
 def _reseal(image: bytearray, seg, zlib) -> None:

@@ -442,17 +442,24 @@ int tswap_palette_decode(const tswap_palette* p, const uint8_t* stored, int8_t* 
   return rc != TSWAP_OK ? rc : tswap_palette_end(&d);
 }
 
-int tswap_palette_open(tswap_image* img, uint32_t id, uint32_t expect_count, tswap_palette* out) {
+int tswap_palette_open_entry(tswap_image* img, uint32_t id, uint32_t stored_size, uint32_t expect_count,
+                             tswap_palette* out) {
   uint8_t header[TSWAP_PALETTE_HEADER_BYTES];
   int rc;
   if (img == NULL || img->flash == NULL || out == NULL) return TSWAP_ERR_ARG;
   if (id >= img->segment_count) return TSWAP_ERR_SEGMENT_ID;
-  if (img->segments[id].size < TSWAP_PALETTE_HEADER_BYTES) return TSWAP_ERR_ENCODING;
+  if (stored_size < TSWAP_PALETTE_HEADER_BYTES || stored_size > img->segments[id].size) return TSWAP_ERR_ENCODING;
   if (img->pending) return TSWAP_ERR_BUSY;
   /* the header is read bypassing the driver's alignment: it is 24 bytes on the stack */
   rc = flash_read(img->flash, img->segments[id].offset, header, TSWAP_PALETTE_HEADER_BYTES);
   if (rc != TSWAP_OK) return rc;
-  return tswap_palette_parse(header, img->segments[id].size, expect_count, out);
+  return tswap_palette_parse(header, stored_size, expect_count, out);
+}
+
+int tswap_palette_open(tswap_image* img, uint32_t id, uint32_t expect_count, tswap_palette* out) {
+  if (img == NULL || img->flash == NULL || out == NULL) return TSWAP_ERR_ARG;
+  if (id >= img->segment_count) return TSWAP_ERR_SEGMENT_ID;
+  return tswap_palette_open_entry(img, id, img->segments[id].size, expect_count, out);
 }
 
 int tswap_load_palette(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst, int8_t* tables,

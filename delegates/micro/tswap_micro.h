@@ -226,11 +226,20 @@ int tswap_palette_feed(tswap_palette_decoder* d, const uint8_t* data, uint32_t l
 /* TSWAP_OK when every byte came, every index was inside its table and the padding bits are zero. */
 int tswap_palette_end(const tswap_palette_decoder* d);
 
-/* Decode an entry held in memory (`stored`: header included, size checked by tswap_palette_parse). */
+/* Decode an entry held in memory (`stored`: header included, size checked by tswap_palette_parse).
+ * In place is allowed when every element's index byte lies at or after the byte the element is
+ * written to: `out` <= `stored` and stored + 24 + table_bytes + index_bytes >= out + count + 1
+ * (the entry ends at least one byte past the decoded elements; the bytes are read in order, each
+ * before the elements it holds are written; the tables are copied to `tables` first). */
 int tswap_palette_decode(const tswap_palette* p, const uint8_t* stored, int8_t* tables, int8_t* out);
 
 /* Read segment `id`'s header from flash and parse it (the whole segment is the encoded entry). */
 int tswap_palette_open(tswap_image* img, uint32_t id, uint32_t expect_count, tswap_palette* out);
+
+/* The same for an entry of `stored_size` bytes at the start of segment `id` (other bytes follow it,
+ * e.g. a tile's raw bias). */
+int tswap_palette_open_entry(tswap_image* img, uint32_t id, uint32_t stored_size, uint32_t expect_count,
+                             tswap_palette* out);
 
 /* Blocking load of encoded segment `id` (parsed into `p` by tswap_palette_open) decoded into `dst`
  * (p->count bytes), reading through `chunk` (chunk_len >= 24 bytes, aligned as the driver needs;

@@ -21,7 +21,10 @@
 // (tile-table entry in the options) and compute each tile with TFLM's reference integer kernels.
 // Custom options: 18 little-endian 32-bit words, then the filter scales (float32):
 //   0 tile entry, 1 flags (bit 0 verify CRC, bit 1 prefetch: two tile buffers, tile k + 1 read
-//   while tile k computes), 2 padding (TfLitePadding), 3 stride_w, 4 stride_h, 5 dilation_w,
+//   while tile k computes; bit 2 encoded: each tile's segment is a palette entry of its filter slice
+//   followed by its raw bias, read to the end of a tile buffer 16 bytes (or the flash alignment)
+//   larger than the raw tile and decoded in place, the value tables in one more scratch buffer),
+//   2 padding (TfLitePadding), 3 stride_w, 4 stride_h, 5 dilation_w,
 //   6 dilation_h, 7 activation (TfLiteFusedActivation), 8 depth multiplier (depthwise) or 0,
 //   9 filter rank, 10..13 filter dims (0 past the rank), 14 has bias, 15 quantized dimension,
 //   16 filter zero point, 17 scale count, 18.. scales.
@@ -47,7 +50,7 @@ constexpr const char kDepthwiseConvOp[] = "TSWAP_DEPTHWISE_CONV_2D";
 constexpr const char kFullyConnectedOp[] = "TSWAP_FULLY_CONNECTED";
 constexpr unsigned kFlagVerifyCrc = 1u;
 constexpr unsigned kFlagPrefetch = 2u;  // tiled operators only
-constexpr unsigned kFlagEncoded = 4u;   // TSWAP_LOAD only: a palette-encoded segment
+constexpr unsigned kFlagEncoded = 4u;   // palette-encoded: a TSWAP_LOAD's segment, or a tiled operator's tiles
 constexpr unsigned kResolverSlots = 6u;  // what AddLoadOps registers
 
 TFLMRegistration* Register_TSWAP_LOAD();

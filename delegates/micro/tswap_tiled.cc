@@ -31,6 +31,8 @@ namespace {
 
 enum Kind { kConv = 0, kDepthwise = 1, kFullyConnected = 2 };
 
+constexpr uint32_t kEncodedSlack = 16u;  // see EncodedSlack (the converter plans with this figure)
+
 // Custom options: kOptionWords little-endian 32-bit words, then the filter scales (float32); words
 // 17.. have the layout of a TfLiteFloatArray (count, then the scales).
 enum Word {
@@ -49,6 +51,11 @@ struct TiledData {
   int32_t multiplier;      // depthwise: output channels per input channel
   int scratch[2];          // tile buffers (the second with prefetch, else -1)
   int window;              // depthwise: receptive-field window buffer, else -1
+  uint32_t buffer_bytes;   // bytes of each tile buffer
+  // Palette-encoded tiles (kFlagEncoded): each tile's header, checked in Prepare, and the value
+  // tables' scratch buffer (-1 for raw tiles).
+  tswap_palette* palettes;
+  int tables;
   union {
     tflite::OpDataConv conv;
     tflite::OpDataFullyConnected fc;
@@ -78,7 +85,7 @@ void* InitKind(TfLiteContext* context, const char* buffer, size_t length, Kind k
   if (d == nullptr) return nullptr;
   memset(d, 0, sizeof(*d));
   d->kind = kind;
-  d->scratch[0] = d->scratch[1] = d->window = -1;
+  d->scratch[0] = d->scratch[1] = d->window = d->tables = -1;
   // Options are checked in Prepare; here only where they are (the flatbuffer keeps them alive).
   if (buffer != nullptr && (reinterpret_cast<uintptr_t>(buffer) & 3u) == 0u && length % 4u == 0u) {
     d->words = reinterpret_cast<const int32_t*>(buffer);
@@ -96,7 +103,7 @@ bool OptionsValid(const TiledData& d) {
   if (d.words == nullptr || d.option_words < kOptionWords) return false;
   const int32_t* w = d.words;
   if (static_cast<uint32_t>(w[kScaleCount]) != d.option_words - kOptionWords || w[kScaleCount] < 1) return false;
-  if ((static_cast<uint32_t>(w[kFlags]) & ~(kFlagVerifyCrc | kFlagPrefetch)) != 0u) return false;
+  if ((static_cast<uint32_t>(w[kFlags]) & ~(kFlagVerifyCrc | kFlagPrefetch | kFlagEncoded)) != 0u) return false;
   const int rank = d.kind == kFullyConnected ? 2 : 4;
   if (w[kRank] != rank || w[kQuantizedDim] < 0 || w[kQuantizedDim] >= rank) return false;
   for (int i = 0; i < 4; ++i) {
@@ -231,8 +238,44 @@ TfLiteStatus PrepareFullyConnected(TfLiteContext* context, TiledData* d, const T
 }
 
 // The tile-table entry matches the graph: its channel count and every tile's segment size.
-TfLiteStatus CheckTiles(TfLiteContext* context, TiledData* d, uint32_t* largest) {
-  *largest = 0;
+bool Encoded(const TiledData& d) { return (static_cast<uint32_t>(d.words[kFlags]) & kFlagEncoded) != 0u; }
+
+uint32_t BiasBytes(const TiledData& d, uint32_t channels) { return d.words[kHasBias] ? 4u * channels : 0u; }
+
+// Room an encoded tile's buffer has past its decoded bytes: the stored tile is read to the buffer's
+// end (aligned down for the driver) and decoded in place, which needs the entry to end at least one
+// byte after the decoded filter (tswap_palette_decode): `align` bytes more than the raw tile covers it.
+uint32_t EncodedSlack(const tswap_image& image) {
+  const uint32_t align = image.flash->align > 1u ? image.flash->align : 1u;
+  return align > kEncodedSlack ? align : kEncodedSlack;
+}
+
+// An encoded tile k: segment = palette entry of the tile's filter, then its raw int32 bias.
+TfLiteStatus OpenEncodedTile(TiledData* d, uint32_t k, uint32_t* table_bytes) {
+  const uint32_t segment = d->tile.first_segment + k, channels = TileChannels(*d, k);
+  const uint32_t size = d->image->segments[segment].size, bias = BiasBytes(*d, channels);
+  // Never larger than the raw tile (the converter encodes only what shrinks): it fits the buffer.
+  const int rc = size < bias || size > TileBytes(*d, channels) ? TSWAP_ERR_ENCODING
+                             : tswap_palette_open_entry(d->image, segment, size - bias, channels * d->channel_bytes,
+                                                        &d->palettes[k]);
+  if (rc != TSWAP_OK) {
+    MicroPrintf("tswap: tile %u (segment %u, encoded, %u channels): %s", (unsigned)k, (unsigned)segment,
+                (unsigned)channels, tswap_strerror(rc));
+    return kTfLiteError;
+  }
+  if (d->palettes[k].table_bytes > *table_bytes) *table_bytes = d->palettes[k].table_bytes;
+  return kTfLiteOk;
+}
+
+// Every tile's segment: inside the image and the size its channels need (raw), or a valid entry
+// for them (encoded). `largest`: the tile buffer size; `table_bytes`: the largest tile's tables.
+TfLiteStatus CheckTiles(TfLiteContext* context, TiledData* d, uint32_t* largest, uint32_t* table_bytes) {
+  *largest = *table_bytes = 0;
+  if (Encoded(*d)) {
+    d->palettes = static_cast<tswap_palette*>(
+        context->AllocatePersistentBuffer(context, d->tile.tiles * sizeof(tswap_palette)));
+    TF_LITE_ENSURE(context, d->palettes != nullptr);
+  }
   for (uint32_t k = 0; k < d->tile.tiles; ++k) {
     const uint32_t segment = d->tile.first_segment + k, bytes = TileBytes(*d, TileChannels(*d, k));
     const int rc = tswap_check_request(d->image, segment, 0, d->image->segments[segment].size, nullptr);
@@ -240,14 +283,16 @@ TfLiteStatus CheckTiles(TfLiteContext* context, TiledData* d, uint32_t* largest)
       MicroPrintf("tswap: tile segment %u: %s", (unsigned)segment, tswap_strerror(rc));
       return kTfLiteError;
     }
-    if (d->image->segments[segment].size != bytes) {
+    if (Encoded(*d)) {
+      TF_LITE_ENSURE_OK(context, OpenEncodedTile(d, k, table_bytes));
+    } else if (d->image->segments[segment].size != bytes) {
       MicroPrintf("tswap: tile entry %u: segment %u holds %u bytes but tile %u needs %u", (unsigned)d->words[kEntry],
                   (unsigned)segment, (unsigned)d->image->segments[segment].size, (unsigned)k, (unsigned)bytes);
       return kTfLiteError;
     }
     if (bytes > *largest) *largest = bytes;
   }
-  (void)context;
+  if (Encoded(*d)) *largest += EncodedSlack(*d->image);
   return kTfLiteOk;
 }
 
@@ -301,13 +346,15 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
   // Tile buffers first (the planner predicts the arena from this request order), then the window.
   d->window = -1;
   TfLiteStatus status = kTfLiteOk;
-  uint32_t largest = 0;
-  status = CheckTiles(context, d, &largest);
+  uint32_t largest = 0, table_bytes = 0;
+  status = CheckTiles(context, d, &largest, &table_bytes);
+  d->buffer_bytes = largest;
   if (status == kTfLiteOk) status = context->RequestScratchBufferInArena(context, largest, &d->scratch[0]);
   if (status == kTfLiteOk && (d->words[kFlags] & kFlagPrefetch) != 0) {
     status = context->RequestScratchBufferInArena(context, largest, &d->scratch[1]);
   }
   if (status == kTfLiteOk) status = PrepareTensors(context, d, input, output);
+  if (status == kTfLiteOk && Encoded(*d)) status = context->RequestScratchBufferInArena(context, table_bytes, &d->tables);
   micro_context->DeallocateTempTfLiteTensor(input);
   micro_context->DeallocateTempTfLiteTensor(output);
   return status;
@@ -415,17 +462,49 @@ TfLiteStatus Report(int rc, const TiledData& d, uint32_t k) {
   return kTfLiteError;
 }
 
+// Where tile `segment`'s bytes are read to in a tile buffer: the start (raw), or the end aligned
+// down for the driver (encoded: decoded in place from there).
+uint32_t ReadOffset(const TiledData& d, uint32_t segment) {
+  if (!Encoded(d)) return 0u;
+  const uint32_t align = d.image->flash->align > 1u ? d.image->flash->align : 1u;
+  return (d.buffer_bytes - d.image->segments[segment].size) & ~(align - 1u);
+}
+
+// An encoded tile k read to `buffer` + ReadOffset: its header must be the one Prepare checked; the
+// filter is decoded to the buffer's start and the bias moved to just after it (TileBytes layout).
+int DecodeTile(TfLiteContext* context, const TiledData& d, uint32_t k, uint8_t* buffer) {
+  const uint32_t segment = d.tile.first_segment + k, channels = TileChannels(d, k);
+  const uint32_t size = d.image->segments[segment].size, bias = BiasBytes(d, channels);
+  const uint8_t* stored = buffer + ReadOffset(d, segment);
+  const tswap_palette& p = d.palettes[k];
+  tswap_palette again;
+  if (tswap_palette_parse(stored, size - bias, p.count, &again) != TSWAP_OK || memcmp(&again, &p, sizeof(p)) != 0) {
+    return TSWAP_ERR_ENCODING;
+  }
+  auto* tables = static_cast<int8_t*>(context->GetScratchBuffer(context, d.tables));
+  const int rc = tswap_palette_decode(&p, stored, tables, reinterpret_cast<int8_t*>(buffer));
+  if (rc == TSWAP_OK && bias != 0u) memmove(buffer + Align4(p.count), stored + (size - bias), bias);
+  return rc;
+}
+
 // Tile k is in `buffer`: reads it (blocking), or waits for the read started earlier and starts
-// reading tile k + 1 into `next` (prefetch).
-int FetchTile(const TiledData& d, uint32_t k, uint8_t* buffer, uint8_t* next) {
+// reading tile k + 1 into `next` (prefetch); an encoded tile is then decoded.
+int FetchTile(TfLiteContext* context, const TiledData& d, uint32_t k, uint8_t* buffer, uint8_t* next) {
   const uint32_t segment = d.tile.first_segment + k, bytes = d.image->segments[segment].size;
   const bool verify = (static_cast<uint32_t>(d.words[kFlags]) & kFlagVerifyCrc) != 0u;
-  if (next == nullptr) return tswap_load(d.image, segment, 0, buffer, bytes, verify ? 1 : 0);
-  int rc = tswap_load_wait(d.image);
-  if (rc == TSWAP_OK && verify && tswap_crc32(buffer, bytes) != d.image->segments[segment].crc32) rc = TSWAP_ERR_CRC;
-  if (rc == TSWAP_OK && k + 1 < d.tile.tiles) {
-    rc = tswap_load_start(d.image, segment + 1, 0, next, d.image->segments[segment + 1].size);
+  uint8_t* at = buffer + ReadOffset(d, segment);
+  int rc = TSWAP_OK;
+  if (next == nullptr) {
+    rc = tswap_load(d.image, segment, 0, at, bytes, verify ? 1 : 0);
+  } else {
+    rc = tswap_load_wait(d.image);
+    if (rc == TSWAP_OK && verify && tswap_crc32(at, bytes) != d.image->segments[segment].crc32) rc = TSWAP_ERR_CRC;
+    if (rc == TSWAP_OK && k + 1 < d.tile.tiles) {
+      rc = tswap_load_start(d.image, segment + 1, 0, next + ReadOffset(d, segment + 1),
+                            d.image->segments[segment + 1].size);
+    }
   }
+  if (rc == TSWAP_OK && Encoded(d)) rc = DecodeTile(context, d, k, buffer);
   return rc;
 }
 
@@ -437,13 +516,14 @@ TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
   uint8_t* buffers[2] = {static_cast<uint8_t*>(context->GetScratchBuffer(context, d->scratch[0])), nullptr};
   if (prefetch) {
     buffers[1] = static_cast<uint8_t*>(context->GetScratchBuffer(context, d->scratch[1]));
-    const int rc = tswap_load_start(d->image, d->tile.first_segment, 0, buffers[0],
+    const int rc = tswap_load_start(d->image, d->tile.first_segment, 0,
+                                    buffers[0] + ReadOffset(*d, d->tile.first_segment),
                                     d->image->segments[d->tile.first_segment].size);
     if (rc != TSWAP_OK) return Report(rc, *d, 0);
   }
   for (uint32_t k = 0; k < d->tile.tiles; ++k) {
     uint8_t* buffer = buffers[prefetch ? k % 2u : 0u];
-    const int rc = FetchTile(*d, k, buffer, prefetch ? buffers[(k + 1u) % 2u] : nullptr);
+    const int rc = FetchTile(context, *d, k, buffer, prefetch ? buffers[(k + 1u) % 2u] : nullptr);
     if (rc != TSWAP_OK) {
       if (d->image->pending) (void)tswap_load_wait(d->image);
       return Report(rc, *d, k);

@@ -8,9 +8,11 @@ Overhead model (checked against TFLM's RecordingMicroAllocator on the MLPerf Tin
   A tiled operator adds its arena scratch buffers (tile buffers, depthwise window), each live at
   that operator only, after the tensors in request order (as TFLM's allocation info lists them).
 - tail (persistent) = the stock model's tail + `TAIL_PER_LOAD_OP` bytes per inserted operator
-  (TFLM's node + registration record and our 24-byte OpData; 64-bit host figure, within 16 bytes)
+  (TFLM's node + registration record and our 24-byte OpData; 64-bit host figure, within 16 bytes;
+  `TAIL_PER_ENCODED_LOAD` more when it decodes an encoded segment)
   + at most `TAIL_PER_TILED_OP[kind]` per tiled operator (our OpData is larger than the stock
-  kernel's, plus the scratch-buffer handles; an upper bound, measured 32..96 bytes).
+  kernel's, plus the scratch-buffer handles; an upper bound, measured 48..112 bytes), and with
+  encoded tiles each tile's parsed palette header (`PALETTE_RECORD` bytes, the block rounded to 16).
 - The per-operator lower bound (`plan.strategies['per_op'].lower_bound`: live activations plus the
   operator's own weights) bounds the head; head / bound is what the rewrite costs over the ideal.
 """
@@ -27,7 +29,9 @@ from ..planner import Block, activation_blocks, activation_tensors, greedy_arena
 
 TAIL_PER_LOAD_OP = 120  # bytes of TFLM persistent arena per inserted operator (64-bit host)
 # Upper bound of the persistent bytes a tiled operator adds over the stock kernel it replaces.
-TAIL_PER_TILED_OP = {"CONV_2D": 64, "DEPTHWISE_CONV_2D": 64, "FULLY_CONNECTED": 96}
+TAIL_PER_TILED_OP = {"CONV_2D": 80, "DEPTHWISE_CONV_2D": 80, "FULLY_CONNECTED": 112}
+TAIL_PER_ENCODED_LOAD = 40  # more for a TSWAP_LOAD of an encoded segment (its parsed palette header)
+PALETTE_RECORD = 28  # bytes of a tswap_palette: an encoded tiled operator keeps one per tile
 
 
 @dataclass(frozen=True)
@@ -92,4 +96,6 @@ def predict_tail(micro: MicroModel, stock_tail: int) -> int:
     """TFLM's persistent arena for the rewritten graph, from the stock model's (an upper bound when
     the graph has tiled operators)."""
     return (stock_tail + TAIL_PER_LOAD_OP * len(micro.loads)
-            + sum(TAIL_PER_TILED_OP[t.kind] for t in micro.tiled))
+            + TAIL_PER_ENCODED_LOAD * sum(s.encoded for s in micro.loads)
+            + sum(TAIL_PER_TILED_OP[t.kind] + (-(-PALETTE_RECORD * t.tiles // 16) * 16 if t.encoded else 0)
+                  for t in micro.tiled))

@@ -660,12 +660,61 @@ static void test_palette_load(void) {
   CHECK_EQ(tswap_palette_open(&im, 1, 320, &p), TSWAP_ERR_ENCODING);
 }
 
+/* In-place decoding as the tiled kernels do it: the entry read to the end of a buffer with one
+ * spare byte past the decoded elements decodes into the buffer's start, for every bit width, layout
+ * and count; an entry at the start of a segment (bytes following it) opens by its own size. */
+static void test_palette_in_place(void) {
+  static const uint32_t shapes[][5] = {{4, 16, 320, 5, 64}, {3, 8, 90, 10, 1}, {7, 100, 257, 1, 257},
+                                       {1, 2, 33, 3, 11}, {8, 200, 400, 2, 200}, {2, 4, 64, 64, 1}};
+  uint8_t buffer[1024], blob[1024];
+  int8_t expect[512], tables[1024];
+  tswap_palette p;
+  uint32_t s;
+  for (s = 0; s < sizeof(shapes) / sizeof(shapes[0]); ++s) {
+    const uint32_t* sh = shapes[s];
+    const uint32_t size = make_palette(blob, sh[0], sh[1], sh[2], sh[3], sh[4], expect);
+    const uint32_t at = sh[2] + 1u > size ? sh[2] + 1u - size : 0u; /* entry ends 1 byte past the elements */
+    memset(buffer, 0xA5, sizeof(buffer));
+    memcpy(buffer + at, blob, size);
+    CHECK_EQ(tswap_palette_parse(buffer + at, size, sh[2], &p), TSWAP_OK);
+    CHECK_EQ(tswap_palette_decode(&p, buffer + at, tables, (int8_t*)buffer), TSWAP_OK);
+    CHECK_EQ(memcmp(buffer, expect, sh[2]), 0);
+  }
+  {
+    uint8_t img[1024];
+    tswap_segment table[2];
+    tswap_flash fl;
+    tswap_memory_flash mem;
+    tswap_image im;
+    const uint32_t size = make_palette(blob, 4, 16, 320, 5, 64, expect), offset = 32 + 16;
+    memset(img, 0, sizeof(img));
+    memcpy(img, "TSWI", 4);
+    put_u32(img + 4, 1);
+    put_u32(img + 8, offset);
+    put_u32(img + 12, 1);
+    put_u32(img + 20, 16);
+    memcpy(img + offset, blob, size); /* the entry, then 8 bytes of something else */
+    put_u32(img + 32, offset);
+    put_u32(img + 36, size + 8u);
+    put_u32(img + 40, tswap_crc32(img + offset, size + 8u));
+    put_u32(img + 16, offset + size + 8u);
+    seal(img);
+    CHECK_EQ(open_mem(&im, &fl, &mem, img, offset + size + 8u, table, 2), TSWAP_OK);
+    CHECK_EQ(tswap_palette_open(&im, 0, 320, &p), TSWAP_ERR_ENCODING);
+    CHECK_EQ(tswap_palette_open_entry(&im, 0, size, 320, &p), TSWAP_OK);
+    CHECK_EQ(tswap_palette_open_entry(&im, 0, size + 1u, 320, &p), TSWAP_ERR_ENCODING);
+    CHECK_EQ(tswap_palette_open_entry(&im, 0, size + 9u, 320, &p), TSWAP_ERR_ENCODING); /* past the segment */
+    CHECK_EQ(tswap_palette_open_entry(&im, 1, size, 320, &p), TSWAP_ERR_SEGMENT_ID);
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     printf("usage: %s SCRATCH_FILE\n", argv[0]);
     return 2;
   }
   test_valid();
+  test_palette_in_place();
   test_tile_table();
   test_container();
   test_truncated();
