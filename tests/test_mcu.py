@@ -204,3 +204,27 @@ def test_cmsis_nn_kernels_are_bit_exact_stock_and_ours(mcu, model_runs, tmp_path
     assert instr["blocking"] < reference / 2
     print(f"\nkws with CMSIS-NN on mps2-an386: {instr['stock']:,} instructions stock, {instr['blocking']:,} ours "
           f"(reference kernels: {reference:,})")
+
+
+def test_compressed_project_decodes_bit_exact_on_cortex_m4(mcu, tmp_path):
+    """A 4-bit per-channel KWS on the Cortex-M4: encoded loads decoded by TSWAP_LOAD and, for its
+    widest operator, encoded tiles decoded in place tile by tile with the prefetch path; outputs
+    those of the host TFLM running the compressed model, fewer flash bytes than the raw tiles."""
+    import tflm_swap
+    from tflm_swap.converters.tflm_tiles import TileChoice
+    from tflm_swap.format.model import Model
+    from tflm_swap.micro import rewrite_for_tflm
+    from tflm_swap.micro.tiles import tileable_operators
+
+    result = tflm_swap.convert(str(require_model("kws_ref_model")), compress_bits=4)
+    inputs = _inputs(result.original, seed=18)[:2]
+    host = run_host_tflm(result.original, None, [[x] for x in inputs])
+    tileable = tileable_operators(Model.from_bytes(result.original))
+    tiles = {max(tileable, key=lambda k: tileable[k].channels): TileChoice(2, True)}
+    project = export_project(result, tmp_path / "kws4", tiles=tiles, arena_board=None)
+    run = mcu.run_project(project, inputs)
+    for n, (ours, ref) in enumerate(zip(run.outputs, host.outputs)):
+        assert np.array_equal(ours[0], ref[0]), f"inference {n}: the decoded model differs on the Cortex-M4"
+    assert run.flash_bytes_read == len(inputs) * project.flash_bytes_per_inference
+    raw = rewrite_for_tflm(result.model, tiles=tiles, encode=False)
+    assert project.flash_bytes_per_inference < raw.flash_bytes_per_inference
