@@ -353,16 +353,58 @@ void tswap_palette_begin(tswap_palette_decoder* d, const tswap_palette* p, int8_
   d->run_left = p->inner;
 }
 
+/* Eight elements from the `bits` bytes at `src` (the stream is at a byte boundary), element j looked
+ * up in `table` + j * `stride` (stride 0: one channel's table; the table length: eight consecutive
+ * channels), an index outside its table reading entry 0. Returns nonzero when one was outside.
+ * Inlined per bit width (decode_group) so that the shifts are constants. */
+static inline uint32_t decode_group_bits(const uint8_t* src, const uint32_t bits, uint32_t entries,
+                                         const int8_t* table, uint32_t stride, int8_t* out) {
+  const uint32_t mask = (1u << bits) - 1u;
+  uint64_t v = 0u;
+  uint32_t b, j, bad = 0u;
+  for (b = 0; b < bits; ++b) v = (v << 8) | src[b];
+  for (j = 0; j < 8u; ++j) {
+    const uint32_t index = (uint32_t)(v >> (bits * (7u - j))) & mask;
+    bad |= (uint32_t)(index >= entries);
+    out[j] = table[j * stride + (index < entries ? index : 0u)];
+  }
+  return bad;
+}
+
+static uint32_t decode_group(const uint8_t* src, uint32_t bits, uint32_t entries, const int8_t* table,
+                             uint32_t stride, int8_t* out) {
+  switch (bits) {
+    case 1u: return decode_group_bits(src, 1u, entries, table, stride, out);
+    case 2u: return decode_group_bits(src, 2u, entries, table, stride, out);
+    case 3u: return decode_group_bits(src, 3u, entries, table, stride, out);
+    case 4u: return decode_group_bits(src, 4u, entries, table, stride, out);
+    case 5u: return decode_group_bits(src, 5u, entries, table, stride, out);
+    case 6u: return decode_group_bits(src, 6u, entries, table, stride, out);
+    case 7u: return decode_group_bits(src, 7u, entries, table, stride, out);
+    default: return decode_group_bits(src, 8u, entries, table, stride, out);
+  }
+}
+
+/* A channel's run ended: the next channel (wrapping), a full run, its table. */
+static const int8_t* next_run(const tswap_palette_decoder* d, uint32_t* channel, uint32_t* run_left) {
+  *run_left = d->p->inner;
+  *channel = *channel + 1u == d->p->channels ? 0u : *channel + 1u;
+  return d->tables + *channel * d->p->table_len;
+}
+
 /* The decode loop: index bytes in, elements out. Validation is elsewhere: an index outside its table
- * reads entry 0 and marks the decoder bad (no branch on corrupt data). */
+ * reads entry 0 and marks the decoder bad (no branch on corrupt data). On a byte boundary: 4-bit
+ * indices two per byte along a channel's run; other widths eight elements at a time (`bits` bytes)
+ * while they share one channel's table or, channel innermost (inner 1), take eight consecutive
+ * tables; otherwise (and at a piece's end) a byte at a time. */
 static void decode_indices(tswap_palette_decoder* d, const uint8_t* src, uint32_t n) {
   const tswap_palette* p = d->p;
   const uint32_t bits = p->bits, mask = (1u << bits) - 1u, entries = p->table_len;
   uint32_t acc = d->acc, nbits = d->nbits, done = d->done, bad = d->bad;
-  uint32_t channel = d->channel, run_left = d->run_left, k;
+  uint32_t channel = d->channel, run_left = d->run_left, k = 0u;
   const int8_t* table = d->tables + channel * entries;
   int8_t* out = d->out;
-  for (k = 0; k < n; ++k) {
+  while (k < n) {
     if (bits == 4u && nbits == 0u && run_left >= 2u) {
       /* 4-bit indices on a byte boundary: the run's whole bytes at once (two indices per byte) */
       uint32_t bytes = (run_left < p->count - done ? run_left : p->count - done) / 2u, b;
@@ -375,19 +417,28 @@ static void decode_indices(tswap_palette_decoder* d, const uint8_t* src, uint32_
       }
       done += 2u * bytes;
       run_left -= 2u * bytes;
-      if (run_left == 0u) {
-        run_left = p->inner;
-        channel = channel + 1u == p->channels ? 0u : channel + 1u;
-        table = d->tables + channel * entries;
-      }
       k += bytes;
-      if (k == n) break;
-      if (bytes != 0u) {
-        --k; /* the loop's ++k: look at src[k] afresh (a new run may start here) */
-        continue;
-      }
+      if (run_left == 0u) table = next_run(d, &channel, &run_left);
+      if (bytes != 0u) continue;
     }
-    acc = (acc << 8) | src[k];
+    while (nbits == 0u && n - k >= bits && p->count - done >= 8u && !(bits == 4u && run_left >= 2u)) {
+      uint32_t stride = 0u;
+      if (run_left >= 8u) {
+        run_left -= 8u;
+      } else if (p->inner == 1u && channel + 8u <= p->channels) {
+        stride = entries;
+        channel += 7u; /* the last of the eight; the run end below moves past it */
+        run_left = 0u;
+      } else {
+        break;
+      }
+      bad |= decode_group(src + k, bits, entries, table, stride, out + done);
+      done += 8u;
+      k += bits;
+      if (run_left == 0u) table = next_run(d, &channel, &run_left);
+    }
+    if (k == n) break;
+    acc = (acc << 8) | src[k++];
     nbits += 8u;
     while (nbits >= bits && done < p->count) {
       uint32_t index;
@@ -395,11 +446,7 @@ static void decode_indices(tswap_palette_decoder* d, const uint8_t* src, uint32_
       index = (acc >> nbits) & mask;
       bad |= (uint32_t)(index >= entries);
       out[done++] = table[index < entries ? index : 0u];
-      if (--run_left == 0u) {
-        run_left = p->inner;
-        channel = channel + 1u == p->channels ? 0u : channel + 1u;
-        table = d->tables + channel * entries;
-      }
+      if (--run_left == 0u) table = next_run(d, &channel, &run_left);
     }
     acc &= (1u << nbits) - 1u;
   }

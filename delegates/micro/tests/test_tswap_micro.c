@@ -537,7 +537,8 @@ static uint32_t make_palette(uint8_t* blob, uint32_t bits, uint32_t entries, uin
 static void test_palette(void) {
   static const uint32_t shapes[][5] = {{4, 16, 96, 4, 24}, {3, 6, 50, 1, 50}, {1, 2, 33, 3, 11}, {8, 200, 64, 2, 32},
                                        {5, 17, 60, 6, 1}, {7, 100, 21, 7, 1}, {2, 1, 12, 4, 3}, {4, 11, 90, 2, 15},
-                                       {4, 9, 63, 3, 7}};
+                                       {4, 9, 63, 3, 7}, {3, 8, 240, 12, 1}, {6, 40, 96, 16, 1}, {2, 4, 200, 5, 8},
+                                       {7, 128, 80, 1, 80}, {4, 16, 72, 9, 1}};
   uint8_t blob[1024], bad[1024];
   int8_t expect[512], out[512], tables[2048];
   tswap_palette p;
