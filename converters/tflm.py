@@ -57,6 +57,9 @@ from .tflm_tiles import (
 LOAD_OP = "TSWAP_LOAD"
 LOAD_START_OP = "TSWAP_LOAD_START"
 LOAD_WAIT_OP = "TSWAP_LOAD_WAIT"
+# An encoded segment is prefetched only when at least this long: its WAIT reads the last
+# tswap_palette_tail_bytes (<= 8 * 16 + 15 for a 16-byte flash alignment) itself, after a header.
+PREFETCH_ENCODED_MIN_BYTES = 256
 FLAG_VERIFY_CRC = 1
 
 # Input slots whose constant data TFLM's reference kernels read only in Eval (checked bit-exact on
@@ -182,7 +185,8 @@ def rewrite_for_tflm(
     replace = {op: [tiled_operator(new, model, g, e, flags | (FLAG_PREFETCH if tiles[op].prefetch else 0)
                                    | (FLAG_ENCODED if op in tile_tables else 0))]
                for e, (op, g) in enumerate(geometries.items())}
-    loads, position = _insert_ops(new, picks, seg_of, prefetch, flags, replace, {seg_of[b] for b in encoded})
+    loads, position = _insert_ops(new, picks, seg_of, prefetch, flags, replace,
+                                  {seg_of[b]: len(blob) for b, blob in encoded.items()})
     tiled = [TiledStep(position[op], op, g.kind, e, entries[e].first_segment, entries[e].tiles,
                        entries[e].tile_channels, tiles[op].prefetch,
                        tuple(g.scratch(tiles[op], tile_tables.get(op))), op in tile_tables)
@@ -320,21 +324,26 @@ def _custom(opcode: int, inputs: list[int], outputs: list[int], segment: int, fl
 
 
 def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, flags: int,
-                replace: dict[int, list[tfl.OperatorT]], encoded: set[int]) -> tuple[list[LoadStep], list[int]]:
+                replace: dict[int, list[tfl.OperatorT]], encoded: dict[int, int]) -> tuple[list[LoadStep], list[int]]:
     """Insert the load operators into the model's operator list and put in the `replace`ments;
     returns the loads in graph order and each source operator's new index. Segments in `encoded`
-    are decoded by blocking loads (never prefetched)."""
+    (segment -> stored bytes) are decoded by their load; a prefetched one must be large enough to
+    split off the tail its WAIT reads (`PREFETCH_ENCODED_MIN_BYTES`)."""
     by_op: dict[int, list[tuple[int, int]]] = {}
     for op, t, b in picks:
         by_op.setdefault(op, []).append((t, seg_of[b]))
-    raw = {op: [x for x in items if x[1] not in encoded] for op, items in by_op.items()}
-    asynchronous = {op: max(items, key=lambda x: model.tensor_nbytes(x[0])) for op, items in raw.items()
+    eligible = {op: [x for x in items if encoded.get(x[1], PREFETCH_ENCODED_MIN_BYTES) >= PREFETCH_ENCODED_MIN_BYTES]
+                for op, items in by_op.items()}
+    asynchronous = {op: max(items, key=lambda x: model.tensor_nbytes(x[0])) for op, items in eligible.items()
                     if items and (op == 0 or op - 1 not in replace)} if prefetch else {}
     codes = {kind: opcode_index(model, tfl.BuiltinOperator.CUSTOM, kind)
              for kind in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP) if kind == LOAD_OP or prefetch}
     before: dict[int, list[tfl.OperatorT]] = {}
     steps: list[tuple[int, int, str, int, int, int]] = []  # original op, slot before it, kind, segment,
     #                                                         tensor, reader
+
+    def coded(s: int) -> int:
+        return FLAG_ENCODED if s in encoded else 0
 
     def load(k: int, kind: str, t: int, s: int, reader: int, op_flags: int) -> None:
         inputs, outputs = ([t], []) if kind == LOAD_WAIT_OP else ([], [t])
@@ -343,15 +352,14 @@ def _insert_ops(model: Model, picks, seg_of: dict[int, int], prefetch: bool, fla
 
     for k in range(len(model.operators)):
         if k == 0 and 0 in asynchronous:
-            load(0, LOAD_START_OP, *asynchronous[0], 0, 0)
+            load(0, LOAD_START_OP, *asynchronous[0], 0, coded(asynchronous[0][1]))
         if k in asynchronous:
-            load(k, LOAD_WAIT_OP, *asynchronous[k], k, flags)
+            load(k, LOAD_WAIT_OP, *asynchronous[k], k, flags | coded(asynchronous[k][1]))
         for t, s in by_op.get(k, []):
             if asynchronous.get(k) != (t, s):
-                load(k, LOAD_OP, t, s, k, flags | (FLAG_ENCODED if s in encoded else 0))
+                load(k, LOAD_OP, t, s, k, flags | coded(s))
         if k + 1 in asynchronous:
-            load(k, LOAD_START_OP, *asynchronous[k + 1], k + 1, 0)
+            load(k, LOAD_START_OP, *asynchronous[k + 1], k + 1, coded(asynchronous[k + 1][1]))
     position = splice_operators(model, before=before, replace=replace)  # original op k -> new index
-    return [LoadStep(position[k] - len(before[k]) + slot, kind, s, t, position[reader],
-                     kind == LOAD_OP and s in encoded)
+    return [LoadStep(position[k] - len(before[k]) + slot, kind, s, t, position[reader], s in encoded)
             for k, slot, kind, s, t, reader in steps], position

@@ -1,7 +1,8 @@
 """Compressed (palette-encoded) segments on a real TFLite Micro (xmos-ai-tools' host TFLM): TSWAP_LOAD
 decodes them into the staged tensor, bit-identical to the same TFLM running the compressed model,
-blocking, with prefetch (encoded loads stay blocking) and next to tiled operators, whose tiles are
-encoded too and decoded tile by tile (blocking and prefetched)."""
+blocking, prefetched (START reads the stored bytes to the tensor's end, WAIT decodes in place) and
+next to tiled operators, whose tiles are encoded too and decoded tile by tile (blocking and
+prefetched)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tflm_swap.converters.tflm import FLAG_ENCODED
 from tflm_swap.converters.tflm_tiles import TileChoice
 from tflm_swap.errors import TflmSwapError
 from tflm_swap.format.model import Model
-from tflm_swap.micro import LOAD_OP, rewrite_for_tflm, run_host_tflm
+from tflm_swap.micro import LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, rewrite_for_tflm, run_host_tflm
 from tflm_swap.micro.predict import predict_head, predict_tail
 from tflm_swap.micro.tiles import tileable_operators
 
@@ -42,8 +43,12 @@ def test_host_tflm_decodes_bit_identical(runner, name):  # noqa: F811
     ours = run_host_tflm(blocking.graph, blocking.image, x)
     assert _same(stock.outputs, ours.outputs), "decoded model differs from the compressed model on TFLM"
     assert ours.flash_bytes == 3 * blocking.flash_bytes_per_inference
-    prefetch = rewrite_for_tflm(result.model, prefetch=True)
-    assert _same(stock.outputs, run_host_tflm(prefetch.graph, prefetch.image, x, deferred=True).outputs)
+    prefetch = rewrite_for_tflm(result.model, prefetch=True, verify_crc=True)
+    assert {s.kind for s in _encoded_loads(prefetch)} >= {LOAD_START_OP, LOAD_WAIT_OP}  # decoded in place
+    ran = run_host_tflm(prefetch.graph, prefetch.image, x, deferred=True)
+    assert _same(stock.outputs, ran.outputs), "prefetched encoded loads differ from the compressed model"
+    assert ran.flash_bytes == 3 * prefetch.flash_bytes_per_inference == ours.flash_bytes
+    assert 0 <= predict_tail(prefetch, stock.arena_tail) - ran.arena_tail <= 64 * len(prefetch.loads)
     tileable = tileable_operators(Model.from_bytes(reference))
     op = max(tileable, key=lambda k: tileable[k].channels)  # one tiled operator, the rest loaded
     raw_tiles = rewrite_for_tflm(result.model, tiles={op: TileChoice(2, True)}, encode=False)

@@ -207,9 +207,10 @@ def test_cmsis_nn_kernels_are_bit_exact_stock_and_ours(mcu, model_runs, tmp_path
 
 
 def test_compressed_project_decodes_bit_exact_on_cortex_m4(mcu, tmp_path):
-    """A 4-bit per-channel KWS on the Cortex-M4: encoded loads decoded by TSWAP_LOAD and, for its
-    widest operator, encoded tiles decoded in place tile by tile with the prefetch path; outputs
-    those of the host TFLM running the compressed model, fewer flash bytes than the raw tiles."""
+    """A 4-bit per-channel KWS on the Cortex-M4: encoded loads prefetched and decoded in place by
+    their WAIT and, for its widest operator, encoded tiles decoded in place tile by tile with the
+    prefetch path, CRCs checked; outputs those of the host TFLM running the compressed model, fewer
+    flash bytes than raw tiles."""
     import tflm_swap
     from tflm_swap.converters.tflm_tiles import TileChoice
     from tflm_swap.format.model import Model
@@ -221,10 +222,10 @@ def test_compressed_project_decodes_bit_exact_on_cortex_m4(mcu, tmp_path):
     host = run_host_tflm(result.original, None, [[x] for x in inputs])
     tileable = tileable_operators(Model.from_bytes(result.original))
     tiles = {max(tileable, key=lambda k: tileable[k].channels): TileChoice(2, True)}
-    project = export_project(result, tmp_path / "kws4", tiles=tiles, arena_board=None)
+    project = export_project(result, tmp_path / "kws4", tiles=tiles, prefetch=True, verify_crc=True, arena_board=None)
     run = mcu.run_project(project, inputs)
     for n, (ours, ref) in enumerate(zip(run.outputs, host.outputs)):
         assert np.array_equal(ours[0], ref[0]), f"inference {n}: the decoded model differs on the Cortex-M4"
     assert run.flash_bytes_read == len(inputs) * project.flash_bytes_per_inference
-    raw = rewrite_for_tflm(result.model, tiles=tiles, encode=False)
+    raw = rewrite_for_tflm(result.model, tiles=tiles, prefetch=True, encode=False)
     assert project.flash_bytes_per_inference < raw.flash_bytes_per_inference

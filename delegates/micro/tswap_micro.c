@@ -541,6 +541,67 @@ int tswap_load_palette(tswap_image* img, uint32_t id, const tswap_palette* p, in
   return tswap_palette_end(&d);
 }
 
+/* ------------------------------------------------------------- prefetching an encoded segment */
+uint32_t tswap_palette_tail_bytes(const tswap_image* img, uint32_t id) {
+  uint32_t a, k, size;
+  if (img == NULL || img->flash == NULL || id >= img->segment_count) return 0u;
+  a = driver_align(img->flash);
+  size = img->segments[id].size;
+  /* 7 (a - 1) + 14 suffices for any bit width up to 7 (tswap_micro.h); the rest aligns the tail's
+   * flash address */
+  k = 7u * (a - 1u) + 16u;
+  if (size < k) return 0u;
+  return k + (size - k) % a;
+}
+
+/* Where the DMA part of segment `id` goes in the tensor: the end, aligned down for the driver. */
+static int palette_prefetch_layout(const tswap_image* img, uint32_t id, const tswap_palette* p, uint32_t* at,
+                                   uint32_t* head) {
+  const uint32_t size = img->segments[id].size, tail = tswap_palette_tail_bytes(img, id);
+  if (tail == 0u || size - tail < TSWAP_PALETTE_HEADER_BYTES || size > p->count) return TSWAP_ERR_ENCODING;
+  *at = (p->count - size) & ~(driver_align(img->flash) - 1u);
+  *head = size - tail;
+  return TSWAP_OK;
+}
+
+int tswap_load_palette_start(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst) {
+  uint32_t at, head;
+  int rc;
+  if (img == NULL || img->flash == NULL || p == NULL || dst == NULL) return TSWAP_ERR_ARG;
+  if (id >= img->segment_count) return TSWAP_ERR_SEGMENT_ID;
+  if ((rc = palette_prefetch_layout(img, id, p, &at, &head)) != TSWAP_OK) return rc;
+  return tswap_load_start(img, id, 0u, dst + at, head);
+}
+
+int tswap_load_palette_finish(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst, int8_t* tables,
+                              uint8_t* tail, int verify_crc) {
+  tswap_palette_decoder d;
+  tswap_palette again;
+  uint32_t at, head;
+  const uint8_t* stored;
+  int rc;
+  if (img == NULL || img->flash == NULL || p == NULL || dst == NULL || tables == NULL || tail == NULL) {
+    return TSWAP_ERR_ARG;
+  }
+  if (id >= img->segment_count) return TSWAP_ERR_SEGMENT_ID;
+  if ((rc = palette_prefetch_layout(img, id, p, &at, &head)) != TSWAP_OK) return rc;
+  if ((rc = tswap_load_wait(img)) != TSWAP_OK) return rc;
+  if ((rc = tswap_load(img, id, head, tail, img->segments[id].size - head, 0)) != TSWAP_OK) return rc;
+  stored = (const uint8_t*)dst + at;
+  if (verify_crc && tswap_crc32_update(tswap_crc32(stored, head), tail, img->segments[id].size - head) !=
+                        img->segments[id].crc32) {
+    return TSWAP_ERR_CRC;
+  }
+  rc = tswap_palette_parse(stored, img->segments[id].size, p->count, &again);
+  if (rc != TSWAP_OK || memcmp(&again, p, sizeof(again)) != 0) return TSWAP_ERR_ENCODING;
+  tswap_palette_begin(&d, p, tables, dst);
+  if ((rc = tswap_palette_feed(&d, stored + TSWAP_PALETTE_HEADER_BYTES, head - TSWAP_PALETTE_HEADER_BYTES)) != TSWAP_OK ||
+      (rc = tswap_palette_feed(&d, tail, img->segments[id].size - head)) != TSWAP_OK) {
+    return rc;
+  }
+  return tswap_palette_end(&d);
+}
+
 const char* tswap_strerror(int status) {
   switch (status) {
     case TSWAP_OK: return "ok";

@@ -248,6 +248,19 @@ int tswap_palette_open_entry(tswap_image* img, uint32_t id, uint32_t stored_size
 int tswap_load_palette(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst, int8_t* tables,
                        uint8_t* chunk, uint32_t chunk_len, int verify_crc);
 
+/* Prefetching encoded segment `id` (parsed into `p`) straight into the tensor it decodes to (`dst`,
+ * p->count bytes): start reads all but its last tswap_palette_tail_bytes() bytes (DMA, when the
+ * driver has start/poll) to the end of `dst`, aligned down for the driver; finish waits, reads the
+ * tail into `tail` (blocking), checks the CRC32 of the stored bytes when asked and the header against
+ * `p`, and decodes in place, the tail last. The tail, 7 (align - 1) + 16 bytes plus what aligns its
+ * flash address (at most 8 align + 15), holds the indices of the last elements, which decoding in
+ * place would otherwise write over before reading. Needs a segment no larger than the tensor and
+ * at least 24 bytes longer than the tail (else TSWAP_ERR_ENCODING); 0 when it is not. */
+uint32_t tswap_palette_tail_bytes(const tswap_image* img, uint32_t id);
+int tswap_load_palette_start(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst);
+int tswap_load_palette_finish(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst, int8_t* tables,
+                              uint8_t* tail, int verify_crc);
+
 /* A short English description of a tswap_status value. */
 const char* tswap_strerror(int status);
 

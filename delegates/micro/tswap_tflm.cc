@@ -23,12 +23,15 @@ struct OpData {
   bool options_ok;
 };
 
-// A TSWAP_LOAD of an encoded segment (Init allocates this larger record only for one).
+// A load operator of an encoded segment (Init allocates this larger record only for one).
 struct EncodedOpData {
   OpData base;
-  int tables;             // arena scratch buffer of the value tables
+  int tables;             // arena scratch buffer of the value tables (TSWAP_LOAD, TSWAP_LOAD_WAIT)
+  int tail;               // arena scratch buffer of the segment's last bytes (TSWAP_LOAD_WAIT)
   tswap_palette palette;  // the segment's header, checked in Prepare
 };
+
+enum Role { kLoad, kStart, kWait };
 
 uint32_t ReadU32(const uint8_t* p) {
   return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
@@ -47,27 +50,41 @@ void* Init(TfLiteContext* context, const char* buffer, size_t length) {
   data->flags = flags;
   data->bytes = 0;
   data->options_ok = options_ok;
-  if ((flags & kFlagEncoded) != 0u) reinterpret_cast<EncodedOpData*>(data)->tables = -1;
+  if ((flags & kFlagEncoded) != 0u) {
+    reinterpret_cast<EncodedOpData*>(data)->tables = -1;
+    reinterpret_cast<EncodedOpData*>(data)->tail = -1;
+  }
   return data;
 }
 
 // An encoded segment: its header (read from flash) must describe `bytes` decoded bytes and the whole
-// segment; the value tables get an arena scratch buffer.
-TfLiteStatus PrepareEncoded(TfLiteContext* context, OpData* data, size_t bytes) {
+// segment. The value tables get an arena scratch buffer where the segment is decoded (TSWAP_LOAD,
+// TSWAP_LOAD_WAIT); a prefetched one must fit its tensor with a tail to spare, which TSWAP_LOAD_WAIT
+// reads into one more scratch buffer (tswap_load_palette_start/finish).
+TfLiteStatus PrepareEncoded(TfLiteContext* context, OpData* data, size_t bytes, Role role) {
   auto* encoded = reinterpret_cast<EncodedOpData*>(data);
   int rc = tswap_check_request(data->image, data->segment, 0, 0, nullptr);
   if (rc == TSWAP_OK) rc = tswap_palette_open(data->image, data->segment, static_cast<uint32_t>(bytes), &encoded->palette);
+  const uint32_t size = rc == TSWAP_OK ? data->image->segments[data->segment].size : 0u;
+  const uint32_t tail = rc == TSWAP_OK ? tswap_palette_tail_bytes(data->image, data->segment) : 0u;
+  if (rc == TSWAP_OK && role != kLoad && (size > bytes || tail == 0u || size - tail < TSWAP_PALETTE_HEADER_BYTES)) {
+    rc = TSWAP_ERR_ENCODING;  // too large for its tensor, or too short to split off the tail
+  }
   if (rc != TSWAP_OK) {
-    MicroPrintf("tswap: segment %u (encoded, its tensor needs %u bytes): %s", (unsigned)data->segment,
-                (unsigned)bytes, tswap_strerror(rc));
+    MicroPrintf("tswap: segment %u (encoded, its tensor needs %u bytes%s): %s", (unsigned)data->segment,
+                (unsigned)bytes, role == kLoad ? "" : ", prefetched", tswap_strerror(rc));
     return kTfLiteError;
   }
   data->bytes = static_cast<uint32_t>(bytes);
-  return context->RequestScratchBufferInArena(context, encoded->palette.table_bytes, &encoded->tables);
+  if (role == kStart) return kTfLiteOk;
+  TF_LITE_ENSURE_OK(context, context->RequestScratchBufferInArena(context, encoded->palette.table_bytes,
+                                                                  &encoded->tables));
+  return role == kWait ? context->RequestScratchBufferInArena(context, tail, &encoded->tail) : kTfLiteOk;
 }
 
 // Validates options, image binding and the tensor the segment is read into (output or input 0).
-TfLiteStatus PrepareTarget(TfLiteContext* context, TfLiteNode* node, bool target_is_input) {
+TfLiteStatus PrepareTarget(TfLiteContext* context, TfLiteNode* node, Role role) {
+  const bool target_is_input = role == kWait;
   auto* data = static_cast<OpData*>(node->user_data);
   TF_LITE_ENSURE(context, data != nullptr);
   if (!data->options_ok) {
@@ -93,7 +110,7 @@ TfLiteStatus PrepareTarget(TfLiteContext* context, TfLiteNode* node, bool target
   }
   micro_context->DeallocateTempTfLiteTensor(tensor);
   TF_LITE_ENSURE_OK(context, status);
-  if ((data->flags & kFlagEncoded) != 0u) return PrepareEncoded(context, data, bytes);
+  if ((data->flags & kFlagEncoded) != 0u) return PrepareEncoded(context, data, bytes, role);
   int rc = tswap_check_request(data->image, data->segment, 0, static_cast<uint32_t>(bytes), nullptr);
   if (rc != TSWAP_OK) {
     MicroPrintf("tswap: segment %u: %s", (unsigned)data->segment, tswap_strerror(rc));
@@ -108,19 +125,9 @@ TfLiteStatus PrepareTarget(TfLiteContext* context, TfLiteNode* node, bool target
   return kTfLiteOk;
 }
 
-TfLiteStatus PrepareLoad(TfLiteContext* context, TfLiteNode* node) { return PrepareTarget(context, node, false); }
-
-// START and WAIT read raw segments only (an encoded one is decoded by a blocking TSWAP_LOAD).
-TfLiteStatus PrepareAsync(TfLiteContext* context, TfLiteNode* node, bool target_is_input) {
-  const auto* data = static_cast<const OpData*>(node->user_data);
-  if (data != nullptr && data->options_ok && (data->flags & kFlagEncoded) != 0u) {
-    MicroPrintf("tswap: segment %u: an encoded segment is loaded by TSWAP_LOAD, not START/WAIT", (unsigned)data->segment);
-    return kTfLiteError;
-  }
-  return PrepareTarget(context, node, target_is_input);
-}
-TfLiteStatus PrepareStart(TfLiteContext* context, TfLiteNode* node) { return PrepareAsync(context, node, false); }
-TfLiteStatus PrepareWait(TfLiteContext* context, TfLiteNode* node) { return PrepareAsync(context, node, true); }
+TfLiteStatus PrepareLoad(TfLiteContext* context, TfLiteNode* node) { return PrepareTarget(context, node, kLoad); }
+TfLiteStatus PrepareStart(TfLiteContext* context, TfLiteNode* node) { return PrepareTarget(context, node, kStart); }
+TfLiteStatus PrepareWait(TfLiteContext* context, TfLiteNode* node) { return PrepareTarget(context, node, kWait); }
 
 TfLiteStatus Report(int rc, const OpData* data) {
   if (rc == TSWAP_OK) return kTfLiteOk;
@@ -147,11 +154,24 @@ TfLiteStatus EvalLoad(TfLiteContext* context, TfLiteNode* node) {
 TfLiteStatus EvalStart(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
   TfLiteEvalTensor* out = tflite::micro::GetEvalOutput(context, node, 0);
+  if ((data->flags & kFlagEncoded) != 0u) {
+    const auto* encoded = reinterpret_cast<const EncodedOpData*>(data);
+    return Report(tswap_load_palette_start(data->image, data->segment, &encoded->palette, out->data.int8), data);
+  }
   return Report(tswap_load_start(data->image, data->segment, 0, out->data.raw, data->bytes), data);
 }
 
 TfLiteStatus EvalWait(TfLiteContext* context, TfLiteNode* node) {
   const auto* data = static_cast<const OpData*>(node->user_data);
+  if ((data->flags & kFlagEncoded) != 0u) {
+    const auto* encoded = reinterpret_cast<const EncodedOpData*>(data);
+    const TfLiteEvalTensor* in = tflite::micro::GetEvalInput(context, node, 0);
+    auto* tables = static_cast<int8_t*>(context->GetScratchBuffer(context, encoded->tables));
+    auto* tail = static_cast<uint8_t*>(context->GetScratchBuffer(context, encoded->tail));
+    return Report(tswap_load_palette_finish(data->image, data->segment, &encoded->palette, in->data.int8, tables, tail,
+                                            (data->flags & kFlagVerifyCrc) != 0u),
+                  data);
+  }
   int rc = tswap_load_wait(data->image);
   if (rc == TSWAP_OK && (data->flags & kFlagVerifyCrc) != 0u) {
     const TfLiteEvalTensor* in = tflite::micro::GetEvalInput(context, node, 0);

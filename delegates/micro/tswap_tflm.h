@@ -9,11 +9,13 @@
 //   TSWAP_LOAD_WAIT   1 input (the tensor a START filled), no outputs: waits for that read.
 //
 // Custom options (all three): 8 bytes, little-endian: uint32 segment id, uint32 flags
-// (bit 0: check the segment's CRC32 after the read: in TSWAP_LOAD, or in TSWAP_LOAD_WAIT; bit 2,
-// TSWAP_LOAD only: the segment is palette-encoded, see tswap_micro.h, and is decoded into the tensor).
-// Prepare validates the id, that the output tensor's byte size equals the segment size (encoded: the
-// header's, read from flash and checked, with the decoded size; it requests an arena scratch buffer for
-// the value tables) and the flash alignment; Eval only reads (and decodes).
+// (bit 0: check the segment's CRC32 after the read: in TSWAP_LOAD, or in TSWAP_LOAD_WAIT; bit 2: the
+// segment is palette-encoded, see tswap_micro.h, and is decoded into the tensor: by TSWAP_LOAD, or,
+// prefetched, read by TSWAP_LOAD_START to the tensor's end but for a short tail and decoded in place
+// by TSWAP_LOAD_WAIT). Prepare validates the id, that the output tensor's byte size equals the segment
+// size (encoded: the header's, read from flash and checked, with the decoded size; it requests arena
+// scratch buffers for the value tables and, in WAIT, the tail) and the flash alignment; Eval only
+// reads (and decodes).
 //
 // Tiled operators (one custom kernel per kind, no load operators): TSWAP_CONV_2D,
 // TSWAP_DEPTHWISE_CONV_2D and TSWAP_FULLY_CONNECTED take the int8 input and write the int8 output of

@@ -30,7 +30,7 @@ from ..planner import Block, activation_blocks, activation_tensors, greedy_arena
 TAIL_PER_LOAD_OP = 120  # bytes of TFLM persistent arena per inserted operator (64-bit host)
 # Upper bound of the persistent bytes a tiled operator adds over the stock kernel it replaces.
 TAIL_PER_TILED_OP = {"CONV_2D": 80, "DEPTHWISE_CONV_2D": 80, "FULLY_CONNECTED": 112}
-TAIL_PER_ENCODED_LOAD = 40  # more for a TSWAP_LOAD of an encoded segment (its parsed palette header)
+TAIL_PER_ENCODED_LOAD = 48  # more for a load operator of an encoded segment (its parsed palette header)
 PALETTE_RECORD = 28  # bytes of a tswap_palette: an encoded tiled operator keeps one per tile
 
 

@@ -534,6 +534,30 @@ static uint32_t make_palette(uint8_t* blob, uint32_t bits, uint32_t entries, uin
   return t + (count * bits + 7u) / 8u;
 }
 
+/* A version-1 image of `n` (<= 4) segments holding `lens[i]` bytes of `data[i]`, each at the next
+ * multiple of 16 after the header, table and the segment before; returns the image size. */
+static uint32_t segments_image(uint8_t* img, uint32_t cap, const uint8_t* const* data, const uint32_t* lens,
+                               uint32_t n) {
+  uint32_t i, cursor = 32u + 16u * n;
+  memset(img, 0, cap);
+  memcpy(img, "TSWI", 4);
+  put_u32(img + 4, 1);
+  put_u32(img + 8, cursor);
+  put_u32(img + 12, n);
+  put_u32(img + 20, 16);
+  for (i = 0; i < n; ++i) {
+    cursor = (cursor + 15u) & ~15u;
+    memcpy(img + cursor, data[i], lens[i]);
+    put_u32(img + 32 + 16 * i, cursor);
+    put_u32(img + 36 + 16 * i, lens[i]);
+    put_u32(img + 40 + 16 * i, tswap_crc32(data[i], lens[i]));
+    cursor += lens[i];
+  }
+  put_u32(img + 16, cursor);
+  seal(img);
+  return cursor;
+}
+
 static void test_palette(void) {
   static const uint32_t shapes[][5] = {{4, 16, 96, 4, 24}, {3, 6, 50, 1, 50}, {1, 2, 33, 3, 11}, {8, 200, 64, 2, 32},
                                        {5, 17, 60, 6, 1}, {7, 100, 21, 7, 1}, {2, 1, 12, 4, 3}, {4, 11, 90, 2, 15},
@@ -620,24 +644,11 @@ static void test_palette_load(void) {
   tswap_memory_flash mem;
   tswap_image im;
   tswap_palette p;
-  uint32_t size = make_palette(blob, 4, 16, 320, 5, 64, expect), offset = 32 + 2 * 16;
-  memset(img, 0, sizeof(img));
-  memcpy(img, "TSWI", 4);
-  put_u32(img + 4, 1);
-  put_u32(img + 8, 32 + 2 * 16);
-  put_u32(img + 12, 2);
-  put_u32(img + 20, 16);
-  put_u32(img + 32, offset); /* segment 0: 16 raw bytes */
-  put_u32(img + 36, 16);
-  put_u32(img + 40, tswap_crc32(img + offset, 16));
-  offset += 16;
-  memcpy(img + offset, blob, size);
-  put_u32(img + 48, offset);
-  put_u32(img + 52, size);
-  put_u32(img + 56, tswap_crc32(blob, size));
-  put_u32(img + 16, offset + size);
-  seal(img);
-  CHECK_EQ(open_mem(&im, &fl, &mem, img, offset + size, table, 4), TSWAP_OK);
+  static const uint8_t zeros[16];
+  const uint32_t size = make_palette(blob, 4, 16, 320, 5, 64, expect), offset = 80; /* segment 1's */
+  const uint8_t* data[2] = {zeros, blob}; /* segment 0: 16 raw bytes */
+  const uint32_t lens[2] = {16, size};
+  CHECK_EQ(open_mem(&im, &fl, &mem, img, segments_image(img, sizeof(img), data, lens, 2), table, 4), TSWAP_OK);
   CHECK_EQ(tswap_palette_open(&im, 1, 320, &p), TSWAP_OK);
   CHECK_EQ(tswap_palette_open(&im, 1, 321, &p), TSWAP_ERR_ENCODING);
   CHECK_EQ(tswap_palette_open(&im, 0, 16, &p), TSWAP_ERR_ENCODING); /* a raw segment */
@@ -687,25 +698,69 @@ static void test_palette_in_place(void) {
     tswap_flash fl;
     tswap_memory_flash mem;
     tswap_image im;
-    const uint32_t size = make_palette(blob, 4, 16, 320, 5, 64, expect), offset = 32 + 16;
-    memset(img, 0, sizeof(img));
-    memcpy(img, "TSWI", 4);
-    put_u32(img + 4, 1);
-    put_u32(img + 8, offset);
-    put_u32(img + 12, 1);
-    put_u32(img + 20, 16);
-    memcpy(img + offset, blob, size); /* the entry, then 8 bytes of something else */
-    put_u32(img + 32, offset);
-    put_u32(img + 36, size + 8u);
-    put_u32(img + 40, tswap_crc32(img + offset, size + 8u));
-    put_u32(img + 16, offset + size + 8u);
-    seal(img);
-    CHECK_EQ(open_mem(&im, &fl, &mem, img, offset + size + 8u, table, 2), TSWAP_OK);
+    const uint32_t size = make_palette(blob, 4, 16, 320, 5, 64, expect);
+    const uint8_t* data[1] = {blob};
+    const uint32_t lens[1] = {size + 8u};
+    memset(blob + size, 0x3C, 8); /* the entry, then 8 bytes of something else */
+    CHECK_EQ(open_mem(&im, &fl, &mem, img, segments_image(img, sizeof(img), data, lens, 1), table, 2), TSWAP_OK);
     CHECK_EQ(tswap_palette_open(&im, 0, 320, &p), TSWAP_ERR_ENCODING);
     CHECK_EQ(tswap_palette_open_entry(&im, 0, size, 320, &p), TSWAP_OK);
     CHECK_EQ(tswap_palette_open_entry(&im, 0, size + 1u, 320, &p), TSWAP_ERR_ENCODING);
     CHECK_EQ(tswap_palette_open_entry(&im, 0, size + 9u, 320, &p), TSWAP_ERR_ENCODING); /* past the segment */
     CHECK_EQ(tswap_palette_open_entry(&im, 1, size, 320, &p), TSWAP_ERR_SEGMENT_ID);
+  }
+}
+
+/* Prefetching an encoded segment into its own tensor (start: all but the tail to the tensor's end;
+ * finish: tail, CRC, decode in place) gives the decoded values for every bit width 1..7 and flash
+ * alignment 1, 4 and 16; a segment larger than the tensor, a stale CRC and a header changed after
+ * Prepare are refused. */
+static void test_palette_prefetch(void) {
+  static const uint32_t shapes[][5] = {{7, 20, 512, 1, 512}, {7, 16, 512, 2, 256}, {6, 12, 480, 2, 240},
+                                       {6, 8, 480, 8, 1},     {5, 16, 480, 3, 160}, {4, 16, 320, 5, 64},
+                                       {3, 8, 240, 12, 1},    {2, 4, 200, 5, 8},    {1, 2, 512, 1, 512},
+                                       {4, 16, 320, 40, 1}};
+  static const uint32_t aligns[3] = {1, 4, 16};
+  uint8_t img[2048], blob[1024], tail[160];
+  int8_t expect[512], tables[1024];
+  int8_t dst_storage[512 + 16];
+  int8_t* dst = dst_storage + (16u - ((uintptr_t)dst_storage & 15u)) % 16u; /* 16-byte aligned */
+  tswap_segment table[2];
+  tswap_flash fl;
+  tswap_memory_flash mem;
+  tswap_image im;
+  tswap_palette p;
+  uint32_t s, a, size, offset = 48; /* the one segment's */
+  for (s = 0; s < sizeof(shapes) / sizeof(shapes[0]); ++s) {
+    const uint32_t* sh = shapes[s];
+    const uint8_t* data[1] = {blob};
+    size = make_palette(blob, sh[0], sh[1], sh[2], sh[3], sh[4], expect);
+    CHECK_EQ(open_mem(&im, &fl, &mem, img, segments_image(img, sizeof(img), data, &size, 1), table, 2), TSWAP_OK);
+    CHECK_EQ(tswap_palette_open(&im, 0, sh[2], &p), TSWAP_OK);
+    for (a = 0; a < 3u; ++a) {
+      fl.align = aligns[a];
+      const uint32_t tail_bytes = tswap_palette_tail_bytes(&im, 0);
+      memset(dst, 0x55, 512);
+      if (size > sh[2] || tail_bytes == 0u || size - tail_bytes < TSWAP_PALETTE_HEADER_BYTES) {
+        /* stored larger than decoded (nowhere to put it), or too short to split off a tail */
+        CHECK_EQ(tswap_load_palette_start(&im, 0, &p, dst), TSWAP_ERR_ENCODING);
+        CHECK_EQ(size > sh[2] || aligns[a] == 16u, 1); /* every shape but the last prefetches at 1 and 4 */
+        continue;
+      }
+      CHECK_EQ(tswap_load_palette_start(&im, 0, &p, dst), TSWAP_OK);
+      CHECK_EQ(tswap_load_palette_finish(&im, 0, &p, dst, tables, tail, 1), TSWAP_OK);
+      CHECK_EQ(memcmp(dst, expect, sh[2]), 0);
+      CHECK_EQ(tail_bytes <= 8u * aligns[a] + 15u, 1);
+    }
+    if (size > sh[2]) continue;
+    fl.align = 1;
+    img[offset + size - 1u] ^= 0x80u; /* a tail byte: the CRC notices */
+    CHECK_EQ(tswap_load_palette_start(&im, 0, &p, dst), TSWAP_OK);
+    CHECK_EQ(tswap_load_palette_finish(&im, 0, &p, dst, tables, tail, 1), TSWAP_ERR_CRC);
+    img[offset + size - 1u] ^= 0x80u;
+    img[offset + 5] = (uint8_t)(sh[0] == 7u ? 6u : sh[0] + 1u); /* bit width changed after Prepare */
+    CHECK_EQ(tswap_load_palette_start(&im, 0, &p, dst), TSWAP_OK);
+    CHECK_EQ(tswap_load_palette_finish(&im, 0, &p, dst, tables, tail, 0), TSWAP_ERR_ENCODING);
   }
 }
 
@@ -716,6 +771,7 @@ int main(int argc, char** argv) {
   }
   test_valid();
   test_palette_in_place();
+  test_palette_prefetch();
   test_tile_table();
   test_container();
   test_truncated();
