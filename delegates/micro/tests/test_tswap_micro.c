@@ -721,7 +721,8 @@ static void test_palette_prefetch(void) {
                                        {3, 8, 240, 12, 1},    {2, 4, 200, 5, 8},    {1, 2, 512, 1, 512},
                                        {4, 16, 320, 40, 1}};
   static const uint32_t aligns[3] = {1, 4, 16};
-  uint8_t img[2048], blob[1024], tail[160];
+  uint8_t img[2048], blob[1024], tail_storage[160 + 16];
+  uint8_t* tail = tail_storage + (16u - ((uintptr_t)tail_storage & 15u)) % 16u; /* the driver's alignment */
   int8_t expect[512], tables[1024];
   int8_t dst_storage[512 + 16];
   int8_t* dst = dst_storage + (16u - ((uintptr_t)dst_storage & 15u)) % 16u; /* 16-byte aligned */
