@@ -114,7 +114,9 @@ def test_synthetic_decode_layout_bit_identical(synthetic, prefetch):
 def test_one_bit_per_tensor_lut(tmp_path):
     reference = synthetic_reference(1, per_channel=False)
     path = write(tmp_path, "decode", segment_model(upstream_decode_layout(reference, 1, per_channel=False)))
-    run_delegated(path, write(tmp_path, "reference", reference), n=1, tile_bytes=4096)
+    stats = run_delegated(path, write(tmp_path, "reference", reference), n=1, tile_bytes=4096,
+                          min_weight_bytes=1 << 30)  # decode pairs are claimed whatever the threshold
+    assert stats.claimed_nodes == 5
 
 
 def test_decoded_filters_are_not_allocated_by_litert(synthetic):

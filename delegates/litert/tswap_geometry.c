@@ -246,7 +246,8 @@ int tswap_node_claimable(TswapDelegate* d, TfLiteContext* ctx, const TfLiteNode*
       (n->bias != -1 && !tensor_index_ok(ctx, n->bias)))
     return 0;
   const TfLiteTensor* f = &ctx->tensors[n->filter];
-  if (f->bytes < d->opts.min_weight_bytes) return 0;
+  /* a decoded filter is always claimed: nothing else can run its TFLM_DECODE */
+  if (!decode && f->bytes < d->opts.min_weight_bytes) return 0;
   if (n->bias >= 0 && ctx->tensors[n->bias].allocation_type != kTfLiteMmapRo) return 0;
   if (decode) {
     if (!decoded_filter_claimable(d, ctx, decode, n)) return 0;
