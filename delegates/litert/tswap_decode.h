@@ -34,8 +34,8 @@ void tswap_lut_free(TswapLut* lut);
 /* Bytes of the encoded bitstring of `elems` indices. */
 uint64_t tswap_lut_encoded_bytes(const TswapLut* lut, uint64_t elems);
 /* Decode elements [first, first + count) (first a multiple of 8) from `enc`, the encoded bytes that
- * start at element `first`, into `out`. Returns 0, or -1 if an index is outside its value table
- * (index of the first bad element in *bad). */
+ * start at element `first`, into `out` (which holds the indices in between). Returns 0, or -1 if an
+ * index is outside its value table (index of the first bad element in *bad). */
 int tswap_lut_decode(const TswapLut* lut, const uint8_t* enc, uint64_t first, size_t count, int8_t* out,
                      uint64_t* bad);
 
