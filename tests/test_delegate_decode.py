@@ -10,6 +10,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ai_edge_litert.interpreter import load_delegate
 from conftest import require_model
@@ -29,7 +30,7 @@ from tflm_swap.delegate import (
     read_tile_table,
 )
 from tflm_swap.errors import UnsupportedModelError
-from tflm_swap.interpreters import litert_interpreter
+from tflm_swap.interpreters import litert_interpreter, random_inputs, run_litert
 
 
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -239,3 +240,20 @@ def test_palette_encoded_file_is_refused_with_the_way_out(tmp_path):
     path = write(tmp_path, "v3", segment_model(reference, encode=True))
     with pytest.raises(UnsupportedModelError, match="palette-encoded.*decode_layout.to_decode_layout"):
         delegate_options(path)
+
+
+def test_prepare_again_after_invokes_with_a_tile_fetched_ahead(synthetic):
+    """Re-preparing (same shapes) while the reader may hold a decoded tile ahead stays bit-identical."""
+    path, reference, _ = synthetic
+    delegate = load_delegate(delegate_library(), delegate_options(path, tile_bytes=4096, prefetch=True))
+    interpreter = litert_interpreter(model_path=str(path), delegates=[delegate], reference_kernels=True)
+    interpreter.allocate_tensors()
+    stock = litert_interpreter(model_path=str(reference), reference_kernels=True)
+    stock.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = random_inputs(stock.get_input_details(), rng)
+        assert_same([run_litert(interpreter, x)], [run_litert(stock, x)])
+        interpreter.resize_tensor_input(detail["index"], detail["shape"])
+        interpreter.allocate_tensors()

@@ -173,6 +173,12 @@ static TfLiteStatus node_prepare(TfLiteContext* ctx, TfLiteNode* node) {
     ctx->ReportError(ctx, "tflm_swap delegate: node was not initialised");
     return kTfLiteError;
   }
+  /* the reader may be fetching (and decoding, with this node's value tables) a tile ahead: stop it */
+  pthread_mutex_lock(&n->d->eval_mu);
+  tswap_reader_drain(&n->d->reader);
+  n->d->pending_node = NULL;
+  n->prepared = 0;
+  pthread_mutex_unlock(&n->d->eval_mu);
   char why[128];
   if (tswap_build_geometry(ctx, n, why, sizeof why) != 0) {
     ctx->ReportError(ctx, "tflm_swap delegate: cannot run node on tensor %d: %s", n->filter, why);
