@@ -11,6 +11,7 @@ setup.cfg.
 from setuptools import Extension, setup
 
 NATIVE_SOURCES = [
+    "delegates/litert/tswap_decode.c",
     "delegates/litert/tswap_delegate.c",
     "delegates/litert/tswap_geometry.c",
     "delegates/litert/tswap_options.c",
@@ -25,7 +26,8 @@ NATIVE_SOURCES = [
 native = Extension(
     "tflm_swap._native",
     sources=NATIVE_SOURCES,
-    depends=["delegates/litert/tswap_tflite_abi.h", "delegates/litert/tswap_delegate.h",
+    depends=["delegates/litert/tswap_tflite_abi.h", "delegates/litert/tswap_decode.h",
+             "delegates/litert/tswap_delegate.h",
              "delegates/litert/tswap_geometry.h", "delegates/litert/tswap_options.h",
              "delegates/litert/tswap_kernels.h", "delegates/litert/tswap_reader.h",
              "delegates/litert/tswap_table.h", "delegates/runtime/tswap_crc32_fast.h",

@@ -12,7 +12,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from upstream_decode import upstream_decode_layout
 
+import tflm_swap
 from tflm_swap import Model, segment_model
 from tflm_swap.converters import synthetic as m
 from tflm_swap.delegate import delegate_library, delegate_options
@@ -120,7 +122,7 @@ def run(path, delegate=None):
     return outs
 result = {"version": tflite_runtime.__version__, "numpy": np.__version__, "cases": {}}
 for name, case in job["cases"].items():
-    stock = run(case["path"])
+    stock = run(case.get("reference", case["path"]))  # a DECODE-layout model: its decoded reference
     result["cases"][name] = {mode: run(case["path"], load_delegate(job["library"], {**case["options"],
                              "rounding": mode})) == stock for mode in ("single", "double")}
 try:  # the delegate reads the model's metadata through TfLiteContext.GetModelMetadata
@@ -139,7 +141,8 @@ print(json.dumps(result))
 
 
 def test_delegate_on_tflite_runtime_214(tmp_path):
-    """Loads in tflite-runtime 2.14 and matches its reference kernels bit for bit (float and int8)."""
+    """Loads in tflite-runtime 2.14 and matches its reference kernels bit for bit (float and int8, and a
+    DECODE-layout model against its decoded reference)."""
     python = _venv_python()
     cases = {
         "fc_f32": ([2, 700], [m.fc(300, "RELU"), m.fc(50)], "float32", True),
@@ -158,6 +161,13 @@ def test_delegate_on_tflite_runtime_214(tmp_path):
         raw = m.build_model(shape, layers, dtype, per_channel=per_channel, seed=7 if name.startswith("probe") else 3)
         path.write_bytes(segment_model(Model.from_bytes(raw)))
         job["cases"][name] = {"path": str(path), "options": delegate_options(path, tile_bytes=4096, rounding="double")}
+    reference = tflm_swap.compress(m.build_model(*cases["conv_dw_i8"][:3], per_channel=True, seed=3), 3,
+                                   per_channel=False)
+    (tmp_path / "reference.tflite").write_bytes(reference)
+    path = tmp_path / "decode.tflite"
+    path.write_bytes(segment_model(upstream_decode_layout(reference, 3, per_channel=True)))
+    job["cases"]["decode_i8"] = {"path": str(path), "reference": str(tmp_path / "reference.tflite"),
+                                 "options": delegate_options(path, tile_bytes=4096, rounding="double")}
     job["other_model"] = str(tmp_path / "fc_f32_other.tflite")
     raw = m.build_model(*cases["fc_f32"][:3], per_channel=True, seed=4)
     Path(job["other_model"]).write_bytes(segment_model(Model.from_bytes(raw)))
@@ -173,6 +183,7 @@ def test_delegate_on_tflite_runtime_214(tmp_path):
     # (LiteRT 2.3: single rounding for FULLY_CONNECTED)
     assert result["cases"]["fc_i8"] == {"single": False, "double": True}
     assert result["cases"]["conv_dw_i8"]["double"] is True
+    assert result["cases"]["decode_i8"]["double"] is True  # TFLM_DECODE pairs, claimed and decoded there too
     for op in _ROUNDING_PROBES:
         assert result["cases"][f"probe_{op}"] == {"single": False, "double": True}, op
     assert "cannot open weights file '/nonexistent.tflite'" in (result["missing_weights_error"] or "")

@@ -70,6 +70,7 @@ int main(void) {
   E(kTfLiteNoQuantization); E(kTfLiteAffineQuantization); E(kTfLiteMmapRo); E(kTfLiteArenaRw);
   E(kTfLitePaddingSame); E(kTfLitePaddingValid); E(kTfLiteActNone); E(kTfLiteActRelu); E(kTfLiteActReluN1To1);
   E(kTfLiteActRelu6); E(kTfLiteFullyConnectedWeightsFormatDefault); E(kTfLiteBuiltinConv2d);
-  E(kTfLiteBuiltinDepthwiseConv2d); E(kTfLiteBuiltinFullyConnected);
+  E(kTfLiteBuiltinDepthwiseConv2d); E(kTfLiteBuiltinFullyConnected); E(kTfLiteBuiltinCustom); E(kTfLiteUInt8);
+  E(kTfLiteDelegateFlagsAllowDynamicTensors);
   return 0;
 }

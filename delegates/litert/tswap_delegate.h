@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "tswap_decode.h"
 #include "tswap_kernels.h"
 #include "tswap_options.h"
 #include "tswap_reader.h"
@@ -21,6 +22,7 @@ typedef struct TswapDelegate {
   pthread_mutex_t eval_mu;
   uint64_t claimed;
   uint64_t invokes;
+  uint64_t mapped_bytes; /* encoded bytes decoded from the mapped graph (inline TFLM_DECODE inputs) */
   struct TswapNode* first; /* claimed nodes in execution order (the order they were initialised) */
   struct TswapNode* last;
   struct TswapNode* pending_node; /* node whose tile 0 the reader is fetching ahead, or NULL */
@@ -35,8 +37,12 @@ typedef struct TswapNode {
   TfLiteConvParams conv;
   TfLiteDepthwiseConvParams dw;
   TfLiteFullyConnectedParams fc;
-  const TswapTensorRecord* rec;
+  const TswapTensorRecord* rec;      /* the streamed tensor: the filter, or the encoded tensor of a TFLM_DECODE pair */
   const TswapTensorRecord* bias_rec; /* bias stored in a segment: read from the file, not the mmap */
+  int encoded, ancillary;            /* inputs of the claimed TFLM_DECODE producing the filter, or -1 */
+  const TswapTensorRecord* anc_rec;  /* ancillary data stored in a segment, or NULL (inline in the graph) */
+  TswapLut lut;                      /* parsed ancillary data (prepare) */
+  int8_t* decoded;                   /* inline encoded tensor (rec NULL): one decoded tile, from the mapped graph */
   void* bias_copy;
   TswapKernel kernel;
   int prepared;

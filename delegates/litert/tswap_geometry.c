@@ -106,7 +106,7 @@ int tswap_build_geometry(TfLiteContext* ctx, TswapNode* n, char* why, size_t why
       g->dil_h = n->conv.dilation_height_factor; g->dil_w = n->conv.dilation_width_factor;
     } else {
       g->out_c = f->dims->data[3];
-      oc_dim = 3;
+      oc_dim = tswap_channel_axis(n->op);
       if (f->dims->data[0] != 1 || g->in_c <= 0 || g->out_c % g->in_c) {
         snprintf(why, why_len, "depthwise filter shape"); return -1;
       }
@@ -189,9 +189,35 @@ void tswap_node_multipliers(TfLiteContext* ctx, TswapNode* n) {
   }
 }
 
+int tswap_channel_axis(int op) { return op == kTfLiteBuiltinDepthwiseConv2d ? 3 : 0; }
+
+static int is_mmapped(const TfLiteContext* ctx, int idx, TfLiteType type) {
+  return ctx->tensors[idx].allocation_type == kTfLiteMmapRo && ctx->tensors[idx].type == type;
+}
+
+/* The filter is the output of a TFLM_DECODE node: its encoded input must be a uint8 constant, in a
+ * segment the tile table lists as encoded or inline in the graph, its ancillary input a uint8 constant. */
+static int decoded_filter_claimable(TswapDelegate* d, TfLiteContext* ctx, const TfLiteNode* decode, TswapNode* n) {
+  if (!decode->inputs || decode->inputs->size != 2 || !decode->outputs || decode->outputs->size != 1 ||
+      decode->outputs->data[0] != n->filter)
+    return 0;
+  n->encoded = decode->inputs->data[0];
+  n->ancillary = decode->inputs->data[1];
+  if (!tensor_index_ok(ctx, n->encoded) || !tensor_index_ok(ctx, n->ancillary) ||
+      !is_mmapped(ctx, n->encoded, kTfLiteUInt8) || !is_mmapped(ctx, n->ancillary, kTfLiteUInt8) ||
+      ctx->tensors[n->filter].type != kTfLiteInt8)
+    return 0;
+  n->rec = tswap_table_find(&d->table, (uint32_t)n->encoded); /* NULL: a small encoded tensor inline in the graph */
+  if (n->rec && (!n->rec->bits || n->rec->size != ctx->tensors[n->encoded].bytes)) return 0;
+  n->anc_rec = tswap_table_find(&d->table, (uint32_t)n->ancillary);
+  return !n->anc_rec || n->anc_rec->size == ctx->tensors[n->ancillary].bytes;
+}
+
 /* Can the delegate take this node? Fills n (tensor indices, params) when it can. */
-int tswap_node_claimable(TswapDelegate* d, TfLiteContext* ctx, const TfLiteNode* node, int code, TswapNode* n) {
+int tswap_node_claimable(TswapDelegate* d, TfLiteContext* ctx, const TfLiteNode* node, int code,
+                         const TfLiteNode* decode, TswapNode* n) {
   memset(n, 0, sizeof *n);
+  n->encoded = n->ancillary = -1;
   n->d = d;
   n->op = code;
   if (code == kTfLiteBuiltinFullyConnected && (d->opts.ops & OP_FC)) {
@@ -220,10 +246,16 @@ int tswap_node_claimable(TswapDelegate* d, TfLiteContext* ctx, const TfLiteNode*
       (n->bias != -1 && !tensor_index_ok(ctx, n->bias)))
     return 0;
   const TfLiteTensor* f = &ctx->tensors[n->filter];
-  if (f->allocation_type != kTfLiteMmapRo || f->bytes < d->opts.min_weight_bytes) return 0;
+  /* a decoded filter is always claimed: nothing else can run its TFLM_DECODE */
+  if (!decode && f->bytes < d->opts.min_weight_bytes) return 0;
   if (n->bias >= 0 && ctx->tensors[n->bias].allocation_type != kTfLiteMmapRo) return 0;
-  n->rec = tswap_table_find(&d->table, (uint32_t)n->filter);
-  if (!n->rec || n->rec->size != f->bytes) return 0;
+  if (decode) {
+    if (!decoded_filter_claimable(d, ctx, decode, n)) return 0;
+  } else {
+    if (f->allocation_type != kTfLiteMmapRo) return 0;
+    n->rec = tswap_table_find(&d->table, (uint32_t)n->filter);
+    if (!n->rec || n->rec->bits || n->rec->size != f->bytes) return 0;
+  }
   n->bias_rec = n->bias >= 0 ? tswap_table_find(&d->table, (uint32_t)n->bias) : NULL;
   if (n->bias_rec && n->bias_rec->size != ctx->tensors[n->bias].bytes) return 0;
   char why[128];

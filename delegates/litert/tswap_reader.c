@@ -15,9 +15,11 @@ static uint64_t now_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Read and check one tile; returns 0 or -1 with a message. Runs without the lock. */
-static int read_tile(int fd, uint8_t* dst, const TswapReadRequest* q, char* msg) {
-  int64_t got = tswap_pread_full(fd, dst, q->len, q->offset);
+/* Read and check one tile (into `raw` first when it is encoded, then decoded into dst); returns 0
+ * or -1 with a message. Runs without the lock. */
+static int read_tile(int fd, uint8_t* dst, uint8_t* raw, const TswapReadRequest* q, char* msg) {
+  uint8_t* stored = q->lut ? raw : dst;
+  int64_t got = tswap_pread_full(fd, stored, q->len, q->offset);
   if (got < 0) {
     snprintf(msg, TSWAP_ERR_LEN, "tflm_swap delegate: reading tile %u of tensor %u (file bytes %llu..%llu) "
              "failed: %s", q->tile, q->tensor, (unsigned long long)q->offset,
@@ -30,11 +32,18 @@ static int read_tile(int fd, uint8_t* dst, const TswapReadRequest* q, char* msg)
              (unsigned long long)q->offset, (unsigned long long)(q->offset + q->len), (long long)got);
     return -1;
   }
-  uint32_t crc = tswap_crc32_fast(0, dst, q->len);
+  uint32_t crc = tswap_crc32_fast(0, stored, q->len);
   if (crc != q->crc) {
     snprintf(msg, TSWAP_ERR_LEN, "tflm_swap delegate: tile %u of tensor %u (file bytes %llu..%llu) fails "
              "its CRC32 check (computed %08x, table has %08x): the weights file is corrupt", q->tile,
              q->tensor, (unsigned long long)q->offset, (unsigned long long)(q->offset + q->len), crc, q->crc);
+    return -1;
+  }
+  uint64_t bad = 0;
+  if (q->lut && tswap_lut_decode(q->lut, raw, q->first_elem, q->elems, (int8_t*)dst, &bad) != 0) {
+    snprintf(msg, TSWAP_ERR_LEN, "tflm_swap delegate: element %llu of encoded tensor %u has an index past its "
+             "value table (%u entries): the TFLM_DECODE data is inconsistent", (unsigned long long)bad, q->tensor,
+             q->lut->stride);
     return -1;
   }
   return 0;
@@ -54,7 +63,7 @@ static void* reader_main(void* arg) {
     pthread_mutex_unlock(&r->mu);
     char msg[TSWAP_ERR_LEN];
     msg[0] = '\0';
-    int status = read_tile(r->fd, dst, &q, msg);
+    int status = read_tile(r->fd, dst, r->raw, &q, msg);
     pthread_mutex_lock(&r->mu);
     r->status[slot] = status;
     memcpy(r->msg[slot], msg, sizeof msg);
@@ -98,28 +107,39 @@ void tswap_reader_destroy(TswapReader* r) {
   }
   free(r->slot[0]);
   free(r->slot[1]);
-  r->slot[0] = r->slot[1] = NULL;
+  free(r->raw);
+  r->slot[0] = r->slot[1] = r->raw = NULL;
   pthread_mutex_destroy(&r->mu);
   pthread_cond_destroy(&r->cv);
 }
 
-int tswap_reader_reserve(TswapReader* r, size_t bytes) {
-  if (bytes <= r->capacity) return 0;
+static int grow(uint8_t** buf, size_t bytes) {
+  uint8_t* p = NULL;
+  if (posix_memalign((void**)&p, 64, bytes) != 0) return -1;
+  free(*buf);
+  *buf = p;
+  return 0;
+}
+
+int tswap_reader_reserve(TswapReader* r, size_t bytes, size_t raw_bytes) {
+  if (bytes <= r->capacity && raw_bytes <= r->raw_capacity) return 0;
   tswap_reader_drain(r);
-  int n_slots = r->prefetch ? 2 : 1;
-  for (int i = 0; i < n_slots; ++i) {
-    uint8_t* p = NULL;
-    if (posix_memalign((void**)&p, 64, bytes) != 0) return -1;
-    free(r->slot[i]);
-    r->slot[i] = p;
+  if (bytes > r->capacity) {
+    for (int i = 0; i < (r->prefetch ? 2 : 1); ++i) {
+      if (grow(&r->slot[i], bytes) != 0) return -1;
+    }
+    r->capacity = bytes;
   }
-  r->capacity = bytes;
+  if (raw_bytes > r->raw_capacity) {
+    if (grow(&r->raw, raw_bytes) != 0) return -1;
+    r->raw_capacity = raw_bytes;
+  }
   return 0;
 }
 
 void tswap_reader_submit(TswapReader* r, int slot, const TswapReadRequest* q) {
   if (!r->prefetch) {
-    r->status[slot] = read_tile(r->fd, r->slot[slot], q, r->msg[slot]);
+    r->status[slot] = read_tile(r->fd, r->slot[slot], r->raw, q, r->msg[slot]);
     r->done[slot] = 1;
     r->bytes_read += q->len;
     r->tiles_read += 1;

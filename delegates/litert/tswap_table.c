@@ -91,7 +91,7 @@ static int parse(const uint8_t* d, size_t len, TswapTable* t, const char* path, 
   }
   uint32_t version = rd32(d + 4);
   if (version != TSWAP_TABLE_VERSION) {
-    snprintf(err, err_len, "tile table '%s' has version %u; this delegate reads version %u; rebuild it", path,
+    snprintf(err, err_len, "tile table '%s' has version %u; this delegate reads version %u; rebuild it with tflm_swap.delegate_options()", path,
              version, TSWAP_TABLE_VERSION);
     return -1;
   }
@@ -134,13 +134,16 @@ static int parse(const uint8_t* d, size_t len, TswapTable* t, const char* path, 
     rec->size = rd64(r + 16);
     rec->first_tile = rd32(r + 24);
     rec->n_tiles = rd32(r + 28);
-    uint64_t tiles = (rec->size + t->tile_bytes - 1) / t->tile_bytes;
-    if (rec->size == 0 || rec->offset < t->graph_bytes || rec->offset > t->file_size ||
+    rec->tile_len = rd32(r + 32);
+    rec->bits = rd32(r + 36);
+    uint64_t want_len = rec->bits ? t->tile_bytes / 8 * rec->bits : t->tile_bytes;
+    uint64_t tiles = rec->tile_len ? (rec->size + rec->tile_len - 1) / rec->tile_len : 0;
+    if (rec->size == 0 || rec->bits > 7 || rec->tile_len != want_len || rec->offset < t->graph_bytes || rec->offset > t->file_size ||
         rec->size > t->file_size - rec->offset || rec->n_tiles != tiles || rec->first_tile != next_tile ||
         (uint64_t)rec->first_tile + rec->n_tiles > t->n_tiles || (i > 0 && rec->tensor <= t->records[i - 1].tensor)) {
       snprintf(err, err_len, "tile table '%s': record %u (tensor %u) is inconsistent (offset %llu, size %llu, "
-               "tiles %u) ", path, i, rec->tensor, (unsigned long long)rec->offset,
-               (unsigned long long)rec->size, rec->n_tiles);
+               "tiles %u of %u bytes, bits %u)", path, i, rec->tensor, (unsigned long long)rec->offset,
+               (unsigned long long)rec->size, rec->n_tiles, rec->tile_len, rec->bits);
       return -1;
     }
     next_tile += rec->n_tiles;

@@ -8,9 +8,9 @@
 #include <stdint.h>
 
 #define TSWAP_TABLE_MAGIC "TSWT"
-#define TSWAP_TABLE_VERSION 1u
+#define TSWAP_TABLE_VERSION 2u
 #define TSWAP_TABLE_HEADER_BYTES 64u
-#define TSWAP_TABLE_RECORD_BYTES 32u
+#define TSWAP_TABLE_RECORD_BYTES 40u
 #define TSWAP_ERR_LEN 512
 
 typedef struct TswapTensorRecord {
@@ -19,7 +19,9 @@ typedef struct TswapTensorRecord {
   uint64_t offset;      /* absolute file offset of the tensor's bytes */
   uint64_t size;        /* bytes */
   uint32_t first_tile;  /* index of its first tile in the CRC array */
-  uint32_t n_tiles;     /* ceil(size / tile_bytes) */
+  uint32_t n_tiles;     /* ceil(size / tile_len) */
+  uint32_t tile_len;    /* stored bytes per tile: tile_bytes, or tile_bytes * bits / 8 for an encoded tensor */
+  uint32_t bits;        /* 0, or the index bitwidth of a TFLM_DECODE encoded tensor (tiles of tile_bytes indices) */
 } TswapTensorRecord;
 
 typedef struct TswapTable {

@@ -250,11 +250,17 @@ typedef struct {
   int dilation_height_factor;
 } TfLiteDepthwiseConvParams;
 
+/* TfLiteDelegateFlags */
+enum {
+  kTfLiteDelegateFlagsAllowDynamicTensors = 1,
+};
+
 /* BuiltinOperator codes (schema.fbs) */
 enum {
   kTfLiteBuiltinConv2d = 3,
   kTfLiteBuiltinDepthwiseConv2d = 4,
   kTfLiteBuiltinFullyConnected = 9,
+  kTfLiteBuiltinCustom = 32,
 };
 
 #ifdef __cplusplus

@@ -12,6 +12,9 @@ tiles. Typical use::
     delegate = load_delegate(tflm_swap.delegate_library(), options)
     interpreter = Interpreter(model_path="model.tflite", experimental_delegates=[delegate])
 
+A filter decoded by upstream TFLite Micro's TFLM_DECODE operator (the DECODE layout) is claimed with
+that operator and decoded tile by tile, so it never exists whole.
+
 `delegate_options` writes the *tile table* (docs/DELEGATE.md): for every segment-resident tensor its
 file offset and size and the CRC32 of each tile. It reads the file once and checks every segment
 against the manifest's CRC32 first, so a table is only ever built from intact weights.

@@ -26,6 +26,7 @@ class DelegateStats:
     wait_seconds: float  # time the interpreter thread waited for tiles
     slot_bytes: int  # size of each tile buffer
     slots: int  # 2 with prefetch, 1 without
+    mapped_bytes: int = 0  # encoded (TFLM_DECODE) bytes decoded from the mapped graph, not read from segments
 
     @property
     def buffer_bytes(self) -> int:
@@ -90,8 +91,8 @@ def delegate_stats(delegate) -> DelegateStats:
     fn = lib.tflm_swap_delegate_stats
     fn.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.c_int]
     fn.restype = ctypes.c_int
-    out = (ctypes.c_uint64 * 7)()
-    if fn(delegate._get_native_delegate_pointer(), out, 7) != 7:
+    out = (ctypes.c_uint64 * 8)()
+    if fn(delegate._get_native_delegate_pointer(), out, 8) != 8:
         raise DelegateError("not a tflm_swap delegate")
     v = list(out)
-    return DelegateStats(v[0], v[1], v[2], v[3], v[4] / 1e9, v[5], v[6])
+    return DelegateStats(v[0], v[1], v[2], v[3], v[4] / 1e9, v[5], v[6], v[7])

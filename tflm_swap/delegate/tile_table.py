@@ -1,6 +1,10 @@
 """The delegate's tile table (docs/DELEGATE.md): for every segment-resident tensor of a segmented
 model, its file offset and size and the CRC32 of each tile. Built once from intact weights (every
 segment is checked against the manifest's CRC32 first) and reused while the file is unchanged.
+
+The encoded input of an upstream TFLM_DECODE operator (a bitstring of `bits`-bit indices) is tiled
+on whole groups of indices: each tile holds `tile_bytes` indices, i.e. `tile_bytes * bits / 8`
+stored bytes, so a tile decodes into exactly one `tile_bytes` buffer.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ MIN_TILE_BYTES = 4096
 MAX_TILE_BYTES = 1 << 31
 TABLE_SUFFIX = ".tiles"
 TABLE_MAGIC = b"TSWT"
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: records carry their tile length and index bitwidth (TFLM_DECODE inputs)
+DECODE_OP = "CUSTOM:TFLM_DECODE"
 _HEADER = struct.Struct("<4sIQQQIII16s4x")  # magic, version, tile_bytes, file_size, graph_bytes, graph_crc,
 #                                              n_records, n_tiles, manifest header, reserved -> 64 bytes
-_RECORD = struct.Struct("<IIQQII")  # tensor, buffer, file offset, size, first tile, tile count -> 32 bytes
+_RECORD = struct.Struct("<IIQQIIII")  # tensor, buffer, file offset, size, first tile, tile count, tile length,
+#                                       index bits (0: not encoded) -> 40 bytes
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class TileRecord:
     offset: int  # absolute file offset
     size: int
     tile_crcs: tuple[int, ...]
+    tile_len: int = 0  # stored bytes per tile (the last may be shorter)
+    bits: int = 0  # index bitwidth of a TFLM_DECODE encoded tensor, 0 for plain weights
 
 
 def default_table_path(model_path: str | Path) -> Path:
@@ -61,7 +69,7 @@ def build_tile_table(
     manifest_header = find_metadata(graph, MANIFEST_NAME)[:HEADER_SIZE]
     if _table_matches(table_path, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header):
         return table_path
-    records = _scan_segments(model_path, graph, manifest, tile_bytes)
+    records = _scan_segments(model_path, graph, manifest, tile_bytes, _decode_bits(model_path, graph, manifest))
     blob = _encode_table(records, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header)
     try:
         return write_atomic(table_path, blob, inputs=(model_path,))
@@ -85,9 +93,12 @@ def read_tile_table(table_path: str | Path) -> tuple[dict, list[TileRecord]]:
     crc_base = _HEADER.size + n_rec * _RECORD.size
     records = []
     for i in range(n_rec):
-        tensor, buffer, offset, size, first, count = _RECORD.unpack_from(data, _HEADER.size + i * _RECORD.size)
+        if version != TABLE_VERSION:
+            break  # the records of other versions are not read; the header says which version it is
+        tensor, buffer, offset, size, first, count, tile_len, bits = _RECORD.unpack_from(
+            data, _HEADER.size + i * _RECORD.size)
         crcs = struct.unpack_from(f"<{count}I", data, crc_base + 4 * first)
-        records.append(TileRecord(tensor, buffer, offset, size, crcs))
+        records.append(TileRecord(tensor, buffer, offset, size, crcs, tile_len, bits))
     return header, records
 
 
@@ -113,9 +124,40 @@ def _read_graph(model_path: Path) -> tuple[bytes, Manifest]:
     encoded = [seg.id for seg in manifest.segments if seg.encoded]
     if encoded:
         raise UnsupportedModelError(
-            f"{model_path}: segments {encoded[:5]} hold palette-encoded (compressed) weights, which the LiteRT "
-            "delegate does not decode; run the file with SwapInterpreter, or convert without --compress")
+            f"{model_path}: segments {encoded[:5]} hold palette-encoded (compressed, manifest v3) weights, which "
+            "the LiteRT delegate does not decode; write the model in upstream TFLM's DECODE layout "
+            "(tflm_swap.converters.decode_layout.to_decode_layout) and segment that for the delegate, run this "
+            "file with SwapInterpreter, or convert without --compress")
     return head, manifest
+
+
+def _decode_bits(model_path: Path, graph: bytes, manifest: Manifest) -> dict[int, int]:
+    """{encoded tensor: index bitwidth} of the TFLM_DECODE operators (LUT ancillary data byte 5)."""
+    model = Model.from_bytes(graph[: manifest.graph_size], source=str(model_path), read_external=False)
+    bits: dict[int, int] = {}
+    for op in range(len(model.operators)):
+        if model.opcode_name(op) != DECODE_OP:
+            continue
+        inputs = model.op_inputs(op)
+        for encoded, ancillary in zip(inputs[0::2], inputs[1::2]):
+            header = _ancillary_header(model_path, model, ancillary)
+            width = header[5] & 0x0F if len(header) > 5 else 0
+            if not 1 <= width <= 7:
+                raise DelegateError(f"{model_path}: TFLM_DECODE ancillary tensor {ancillary} (of encoded tensor "
+                                    f"{encoded}) gives index bitwidth {width}, outside 1..7")
+            bits[encoded] = width
+    return bits
+
+
+def _ancillary_header(model_path: Path, model: Model, tensor: int) -> bytes:
+    """The first 16 bytes (DCM header) of a constant tensor, inline or stored after the graph."""
+    buffer = model.tensors[tensor].buffer
+    ext = model.deferred.get(buffer)
+    if ext is None:
+        return bytes(model.buffers[buffer][:16])
+    with model_path.open("rb") as f:
+        f.seek(ext.offset)
+        return f.read(min(16, ext.size))
 
 
 def _buffer_offsets(graph: bytes) -> dict[int, tuple[int, int]]:
@@ -128,8 +170,11 @@ def _buffer_offsets(graph: bytes) -> dict[int, tuple[int, int]]:
     return out
 
 
-def _scan_segments(model_path: Path, graph: bytes, manifest: Manifest, tile_bytes: int) -> list[TileRecord]:
-    """Read every segment once: check its CRC32 and compute each entry's tile CRCs."""
+def _scan_segments(
+    model_path: Path, graph: bytes, manifest: Manifest, tile_bytes: int, bits: dict[int, int]
+) -> list[TileRecord]:
+    """Read every segment once: check its CRC32 and compute each entry's tile CRCs (per tile length:
+    `tile_bytes`, or `tile_bytes * bits / 8` for the tensors in `bits`)."""
     offsets = _buffer_offsets(graph)
     records: list[TileRecord] = []
     with model_path.open("rb") as f:
@@ -144,13 +189,18 @@ def _scan_segments(model_path: Path, graph: bytes, manifest: Manifest, tile_byte
                         f"buffer's Buffer.offset/size {offsets.get(entry.buffer)}"
                     )
                 seg_crc = zlib.crc32(_read_exact(f, pos, start - pos, model_path, seg.id), seg_crc)
-                crcs = []
-                for t0 in range(0, entry.size, tile_bytes):
-                    tile = _read_exact(f, start + t0, min(tile_bytes, entry.size - t0), model_path, seg.id)
-                    crcs.append(zlib.crc32(tile))
-                    seg_crc = zlib.crc32(tile, seg_crc)
+                lengths = {t: tile_bytes // 8 * bits[t] if t in bits else tile_bytes for t in entry.tensors}
+                tile_crcs: dict[int, tuple[int, ...]] = {}
+                for n, length in enumerate(sorted(set(lengths.values()))):
+                    crcs = []
+                    for t0 in range(0, entry.size, length):
+                        tile = _read_exact(f, start + t0, min(length, entry.size - t0), model_path, seg.id)
+                        crcs.append(zlib.crc32(tile))
+                        seg_crc = zlib.crc32(tile, seg_crc) if n == 0 else seg_crc
+                    tile_crcs[length] = tuple(crcs)
+                records += [TileRecord(t, entry.buffer, start, entry.size, tile_crcs[lengths[t]], lengths[t],
+                                       bits.get(t, 0)) for t in entry.tensors]
                 pos = start + entry.size
-                records += [TileRecord(t, entry.buffer, start, entry.size, tuple(crcs)) for t in entry.tensors]
             seg_crc = zlib.crc32(_read_exact(f, pos, base + seg.size - pos, model_path, seg.id), seg_crc)
             if seg_crc != seg.crc32:
                 raise SegmentIntegrityError(
@@ -183,7 +233,7 @@ def _encode_table(
                           len(records), n_tiles, manifest_header)]
     first = 0
     for r in records:
-        parts.append(_RECORD.pack(r.tensor, r.buffer, r.offset, r.size, first, len(r.tile_crcs)))
+        parts.append(_RECORD.pack(r.tensor, r.buffer, r.offset, r.size, first, len(r.tile_crcs), r.tile_len, r.bits))
         first += len(r.tile_crcs)
     parts += [struct.pack(f"<{len(r.tile_crcs)}I", *r.tile_crcs) for r in records]
     body = b"".join(parts)
