@@ -45,6 +45,7 @@ static void check_image(const tswap_flash* flash, uint32_t flash_size) {
   static uint8_t dst[MAX_LOAD];
   static int8_t decoded[MAX_LOAD], tables[MAX_LOAD];
   static uint8_t chunk[64];
+  static uint8_t tail[8 * 8 + 15]; /* tswap_palette_tail_bytes at the fuzzer's largest alignment, 8 */
   tswap_palette palette;
   uint8_t scratch[33];
   tswap_image image;
@@ -65,6 +66,11 @@ static void check_image(const tswap_flash* flash, uint32_t flash_size) {
       if (palette.count > MAX_LOAD || palette.table_bytes > MAX_LOAD) continue;
       rc = tswap_load_palette(&image, i, &palette, decoded, tables, chunk, sizeof(chunk), 1);
       if (rc != TSWAP_OK && rc != TSWAP_ERR_ENCODING && rc != TSWAP_ERR_ALIGN) abort();
+      /* prefetched: stored bytes to the tensor's end, decoded in place (the tail apart) */
+      rc = tswap_load_palette_start(&image, i, &palette, decoded);
+      if (rc == TSWAP_OK) rc = tswap_load_palette_finish(&image, i, &palette, decoded, tables, tail, 1);
+      if (rc != TSWAP_OK && rc != TSWAP_ERR_ENCODING && rc != TSWAP_ERR_ALIGN && rc != TSWAP_ERR_CRC) abort();
+      if (image.pending) abort(); /* finish always ends the transfer start began */
     }
   }
   for (i = 0; i < image.tile_count && i < MAX_SEGMENTS; ++i) { /* every entry was checked at open */
