@@ -86,7 +86,7 @@ def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, prog
         values = np.frombuffer(buffers[b], dtype=np.int8)
         buffers[b] = cluster_tensor(values, channels if per_channel else 1,
                                     inner if per_channel else values.size, 1 << bits).tobytes()
-    return bytes(_without_manifest(model, buffers).pack())
+    return bytes(without_manifest(model, buffers).pack())
 
 
 def cluster_tensor(values: np.ndarray, channels: int, inner: int, clusters: int) -> np.ndarray:
@@ -123,7 +123,7 @@ def cluster_values(row: np.ndarray, clusters: int) -> np.ndarray:
     return centres[nearest][np.searchsorted(used, row)]
 
 
-def _without_manifest(model: Model, buffers: list[bytes]) -> Model:
+def without_manifest(model: Model, buffers: list[bytes]) -> Model:
     """A copy of `model` holding `buffers`, without a tflm_swap manifest (which would be stale)."""
     fb = copy.copy(model.fb)
     kept = [m for m in fb.metadata or [] if text(m.name) != MANIFEST_NAME]
