@@ -55,12 +55,17 @@ def filter_channels(model: Model) -> dict[int, tuple[int, int]]:
 
 def encoded_filters(model: Model, buffers: list[int] | None = None) -> dict[int, bytes]:
     """Palette encodings (`tflm_swap.format.palette`) of the int8 filters (those among `buffers`,
-    default all) wherever they are smaller than the raw bytes."""
+    default all) wherever they are smaller than the raw bytes. A buffer read from upstream TFLM's
+    DECODE layout keeps its tables and bit width (`Model.transcoded`) where that is smaller than raw."""
     from tflm_swap.format import palette
 
     encoded = {}
     for b, (channels, inner) in filter_channels(model).items():
         if buffers is None or b in buffers:
+            kept = model.transcoded.get(b)
+            if kept is not None and len(kept) < len(model.buffers[b]):
+                encoded[b] = kept
+                continue
             blob = palette.encode(np.frombuffer(model.buffers[b], dtype=np.int8), channels, inner)
             if blob is not None:
                 encoded[b] = blob
@@ -76,6 +81,9 @@ def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, prog
         raise TflmSwapError(f"compression bit width {bits} must be in 1..7 (8 bits is the int8 model itself)")
     if not isinstance(model, Model):
         model = Model.from_bytes(model)
+    from .decode_layout import expand
+
+    model = expand(model)  # upstream TFLM's DECODE layout: the values it decodes to
     buffers = list(model.buffers)
     filters = filter_channels(model)
     items = filters.items()

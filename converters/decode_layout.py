@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tflm_swap.errors import MalformedModelError, TflmSwapError, UnsupportedModelError
+from tflm_swap.errors import MalformedModelError, UnsupportedModelError
 from tflm_swap.format import palette
 from tflm_swap.format.model import Model, numpy_dtype
 from tflm_swap.format.schema import text, tfl
