@@ -81,7 +81,9 @@ def plan_tflm(model_path: str, args) -> int:
     from ..units import parse_size
     from .tiles import choose_tiles, stock_tail
 
-    model = Model.load(model_path)
+    from ..converters.decode_layout import expand
+
+    model = expand(Model.load(model_path))
     budget = parse_size(args.ram_budget)
     if budget <= 0:
         raise TflmSwapError(f"RAM budget {args.ram_budget!r} must be positive")

@@ -83,11 +83,13 @@ def host_runner(model: Model, pinned: bool = False) -> Path:
     TFLM_DECODE (that library lacks it): such a model runs on TFLM built for this machine from the
     pinned sources (`mcu.source_host_tflm`)."""
     ops, variables = builtin_ops(model), model.resource_variable_count()
+    if pinned:  # upstream's custom operators too, so that a model and its DECODE layout share one runner
+        ops = sorted(set(ops) | UPSTREAM_CUSTOM_OPS.keys())
     tflm = None
     needs = ("resource variables, which need TFLM built from the pinned sources (xmos-ai-tools' host TFLM "
              "crashes on them)" if variables else
              "TFLM_DECODE, which needs TFLM built from the pinned sources (xmos-ai-tools' host TFLM lacks it)"
-             if UPSTREAM_CUSTOM_OPS.keys() & set(ops) else "pinned" if pinned else None)
+             if UPSTREAM_CUSTOM_OPS.keys() & set(ops) else None)
     if needs:
         from . import mcu
 
