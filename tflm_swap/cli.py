@@ -242,10 +242,9 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load_plan(args):
+    from .converters.decode_layout import expand
     from .format.model import Model
     from .planner import plan_model
-
-    from .converters.decode_layout import expand
 
     depths = _depths(args.prefetch)
     model = expand(Model.load(args.model))  # upstream TFLM's DECODE layout: the model it decodes to
@@ -483,12 +482,11 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_stages(args) -> int:
+    from .converters.decode_layout import expand
     from .format.model import Model
     from .planner import partition_stages, plan_model
     from .report import parse_size
     from .runtime.stage_files import export_stage_dir
-
-    from .converters.decode_layout import expand
 
     plan_outputs([], [args.model])
     model = expand(Model.load(args.model))
