@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import BudgetError, TflmSwapError
+from .errors import BudgetError, TflmSwapError, UnsupportedModelError
 from .fileio import plan_outputs, write_atomic, write_files
 from .format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE
 from .units import at_least
@@ -444,8 +444,13 @@ def _cmd_run(args) -> int:
     budget = parse_size(args.ram_budget) if args.ram_budget else None
     options = {"backend": args.backend, "reference_kernels": args.reference_kernels,
                "default_delegates": not args.no_xnnpack}
+    from .converters.decode_layout import has_decode
+
     for path in dict.fromkeys([args.model, args.original or args.model]):
-        Model.load(path)  # a malformed model (or damaged weights) is reported before LiteRT sees it
+        model = Model.load(path)  # a malformed model (or damaged weights) is reported before LiteRT sees it
+        if has_decode(model):
+            raise UnsupportedModelError(f"{path}: TFLite Micro's compressed layout (TFLM_DECODE operators), "
+                                        "which LiteRT cannot run; `tflm-swap convert` it first")
     stock = litert_interpreter(model_path=args.original or args.model, **options)
     stock.allocate_tensors()
     rng = np.random.default_rng(0)
