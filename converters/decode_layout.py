@@ -13,8 +13,10 @@ first, trailing bits zero). docs/FORMAT.md "Upstream TFLM compression" has the d
 from __future__ import annotations
 
 import copy
+import importlib
 import math
 import struct
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +27,7 @@ from tflm_swap.format.model import Model, numpy_dtype
 from tflm_swap.format.schema import text, tfl
 
 from . import graph
-from .compress import filter_channels, without_manifest
+from .compress import FILTER_OPS, filter_channels, without_manifest
 
 DECODE_OP = "TFLM_DECODE"
 DCM_SIZE = 16
@@ -377,3 +379,39 @@ def _lut_layout(model: Model, t: int, channels: int, inner: int) -> tuple[bytes,
     stride = 0 if shared and len(scales[0] if scales else ()) > 1 else h.table_len
     dcm = struct.pack("<BBHBBB9x", LUT, DCM_VERSION, 0, LUT_VERSION, (axis << 4) | h.bits, stride)
     return indices, dcm + tables
+
+
+# ------------------------------------------------------------------------------ upstream's own tool
+def upstream_compress(model: Model | bytes) -> bytes:
+    """`model` (filters taking at most 128 values per channel, as `compress` writes) compressed by
+    upstream TFLM's own tool (pip `tflite_micro`; ImportError without it), in the form the pinned
+    TFLM's kernel decodes: LUT tables per channel along the quantized axis of a filter quantized per
+    channel, one table (the bit width its values need, at least 4) for a filter quantized per tensor."""
+    up = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.compress")
+    spec = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.spec")
+    model = Model.from_bytes(model if isinstance(model, bytes) else bytes(model.pack()))
+    # upstream's model editor reads builtin_code only: a code written in deprecated_builtin_code alone
+    # (TFLite's converter and our writer do so below 127) would collapse to ADD (0)
+    for code in model.fb.operatorCodes:
+        code.builtinCode = max(code.builtinCode, code.deprecatedBuiltinCode)
+    specs = []
+    for op in range(len(model.operators)):
+        if model.opcode_name(op) not in FILTER_OPS or len(model.op_inputs(op)) < 2:
+            continue
+        t = model.op_inputs(op)[1]
+        if model.constant_buffer(t) is None:
+            continue
+        scales = _scales(model.tensors[t])
+        if scales and len(scales[0]) > 1:
+            mode, bits = spec.PerChannel(axis=scales[1]), 4
+        else:
+            used = len(np.unique(np.frombuffer(model.buffers[model.tensors[t].buffer], np.int8)))
+            mode, bits = spec.PerTensor(), max(4, palette.bits_for(used))
+        if bits > MAX_BITS:
+            raise UnsupportedModelError(f"{model.source}: tensor {t} ({model.tensor_name(t)}) takes {used} "
+                                        f"values; upstream's LUT holds at most {1 << MAX_BITS}")
+        specs.append(spec.Tensor(subgraph=0, tensor=t, compression=[
+            spec.LookUpTableCompression(index_bitwidth=bits, mode=mode)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # upstream warns of "expansion" for small depthwise filters
+        return bytes(up.compress(bytes(model.pack()), specs))

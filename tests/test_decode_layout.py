@@ -6,10 +6,7 @@ converted by us streams palette-encoded segments through our load operators, bit
 from __future__ import annotations
 
 import functools
-import importlib
-import warnings
 
-import numpy as np
 import pytest
 from test_compress import compressed_mlperf
 from test_compress_micro import _encoded_loads
@@ -18,8 +15,7 @@ from test_micro_native import native_or_skip
 
 import tflm_swap
 from tflm_swap.cli import main
-from tflm_swap.converters.compress import FILTER_OPS
-from tflm_swap.converters.decode_layout import DCM_SIZE, expand, has_decode, to_decode_layout
+from tflm_swap.converters.decode_layout import DCM_SIZE, expand, has_decode, to_decode_layout, upstream_compress
 from tflm_swap.errors import MalformedModelError, UnsupportedModelError
 from tflm_swap.format.model import Model
 from tflm_swap.micro import rewrite_for_tflm, run_host_tflm
@@ -27,41 +23,12 @@ from tflm_swap.micro import rewrite_for_tflm, run_host_tflm
 MLPERF = ["ad01_int8", "kws_ref_model", "pretrainedResnet_quant", "vww_96_int8"]
 
 
-def upstream_compress(plain: bytes) -> bytes:
-    """`plain` (every filter <= 16 values per channel) compressed by upstream TFLM's own tool: LUT per
-    channel along the quantized axis, per tensor for a filter quantized per tensor (the bit width
-    its values need: the pinned kernel counts channels from the quantization)."""
-    try:
-        up = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.compress")
-        spec = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.spec")
-    except ImportError as exc:
-        pytest.skip(f"upstream TFLM's compression tool (pip tflite_micro) is missing: {exc}")
-    model = Model.from_bytes(plain)
-    # upstream's model editor reads only builtin_code: one written in deprecated_builtin_code alone
-    # (as TFLite's converter and our writer do for codes < 127) would collapse to ADD
-    for code in model.fb.operatorCodes:
-        code.builtinCode = max(code.builtinCode, code.deprecatedBuiltinCode)
-    specs = []
-    for op in range(len(model.operators)):
-        if model.opcode_name(op) not in FILTER_OPS:
-            continue
-        t = model.op_inputs(op)[1]
-        q = model.tensors[t].quantization
-        if len(q.scale) > 1:
-            mode, bits = spec.PerChannel(axis=int(q.quantizedDimension)), 4
-        else:
-            values = np.unique(np.frombuffer(model.buffers[model.tensors[t].buffer], np.int8))
-            mode, bits = spec.PerTensor(), max(4, (len(values) - 1).bit_length())
-        specs.append(spec.Tensor(subgraph=0, tensor=t, compression=[
-            spec.LookUpTableCompression(index_bitwidth=bits, mode=mode)]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "resulted in expansion" for small depthwise filters
-        return bytes(up.compress(bytes(model.pack()), specs))
-
-
 @functools.cache
 def upstream_mlperf(name: str) -> bytes:
-    return upstream_compress(compressed_mlperf(name).original)
+    try:
+        return upstream_compress(compressed_mlperf(name).original)
+    except ImportError as exc:
+        pytest.skip(f"upstream TFLM's compression tool (pip tflite_micro) is missing: {exc}")
 
 
 def _constants_by_name(model: Model) -> dict[str, bytes]:
