@@ -56,17 +56,17 @@ def filter_channels(model: Model) -> dict[int, tuple[int, int]]:
 def encoded_filters(model: Model, buffers: list[int] | None = None) -> dict[int, bytes]:
     """Palette encodings (`tflm_swap.format.palette`) of the int8 filters (those among `buffers`,
     default all) wherever they are smaller than the raw bytes. A buffer read from upstream TFLM's
-    DECODE layout keeps its tables and bit width (`Model.transcoded`) where that is smaller than raw."""
+    DECODE layout keeps its tables, bit width and bitstring (`Model.transcoded`) unless our own
+    encoding is smaller."""
     from tflm_swap.format import palette
 
     encoded = {}
     for b, (channels, inner) in filter_channels(model).items():
         if buffers is None or b in buffers:
-            kept = model.transcoded.get(b)
-            if kept is not None and len(kept) < len(model.buffers[b]):
-                encoded[b] = kept
-                continue
             blob = palette.encode(np.frombuffer(model.buffers[b], dtype=np.int8), channels, inner)
+            kept = model.transcoded.get(b)
+            if kept is not None and len(kept) < len(model.buffers[b]) and (blob is None or len(kept) <= len(blob)):
+                blob = kept
             if blob is not None:
                 encoded[b] = blob
     return encoded

@@ -386,7 +386,8 @@ def upstream_compress(model: Model | bytes) -> bytes:
     """`model` (filters taking at most 128 values per channel, as `compress` writes) compressed by
     upstream TFLM's own tool (pip `tflite_micro`; ImportError without it), in the form the pinned
     TFLM's kernel decodes: LUT tables per channel along the quantized axis of a filter quantized per
-    channel, one table (the bit width its values need, at least 4) for a filter quantized per tensor."""
+    channel, one table (the bit width its values need, at least 4) for a filter quantized per tensor
+    (left raw when it takes more than 128 values)."""
     up = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.compress")
     spec = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.spec")
     model = Model.from_bytes(model if isinstance(model, bytes) else bytes(model.pack()))
@@ -408,8 +409,7 @@ def upstream_compress(model: Model | bytes) -> bytes:
             used = len(np.unique(np.frombuffer(model.buffers[model.tensors[t].buffer], np.int8)))
             mode, bits = spec.PerTensor(), max(4, palette.bits_for(used))
         if bits > MAX_BITS:
-            raise UnsupportedModelError(f"{model.source}: tensor {t} ({model.tensor_name(t)}) takes {used} "
-                                        f"values; upstream's LUT holds at most {1 << MAX_BITS}")
+            continue  # more than 128 values in one table: the pinned kernel has no form for it, left raw
         specs.append(spec.Tensor(subgraph=0, tensor=t, compression=[
             spec.LookUpTableCompression(index_bitwidth=bits, mode=mode)]))
     with warnings.catch_warnings():
