@@ -79,12 +79,13 @@ def convert(
                        int8_io=int8_io)
     source = str(model) if isinstance(model, (str, Path)) else "<model>"
     parsed, tiled = expand(Model.from_bytes(tflite, source=source)), []
-    encode = compress_bits is not None or bool(parsed.transcoded)
-    if parsed.transcoded or compress_bits is not None:
-        tflite, upstream = bytes(parsed.raw), parsed  # an upstream-compressed model: the one it decodes to
-        if compress_bits is not None:
-            tflite = compress(tflite, compress_bits, per_channel)
-            parsed = Model.from_bytes(tflite, source=source)
+    upstream = parsed  # read from upstream TFLM's DECODE layout when it has transcoded entries
+    encode = compress_bits is not None or bool(upstream.transcoded)
+    if upstream.transcoded:
+        tflite = bytes(parsed.raw)  # the model it decodes to
+    if compress_bits is not None:
+        tflite = compress(parsed, compress_bits, per_channel)
+        parsed = Model.from_bytes(tflite, source=source)
         parsed.transcoded = {b: blob for b, blob in upstream.transcoded.items()
                              if parsed.buffers[b] == upstream.buffers[b]}  # still the values upstream encoded
     if tile_bytes is not None:
