@@ -81,9 +81,13 @@ def expand(model: Model) -> Model:
     for k, op in enumerate(sg.operators):
         if op.opcodeIndex == code:
             for (enc, anc), dec in zip(_decode_pairs(out, k), out.op_outputs(k)):
+                if dec in decoded:
+                    raise MalformedModelError(f"{model.source}: operator {k} ({DECODE_OP}) writes tensor {dec}, "
+                                              "which another DECODE writes too")
                 values, lut = read_lut(out, k, enc, anc, dec)
                 decoded[dec] = (enc, values, lut)
                 ancillary.add(anc)
+    _check_only_decoded(out, code, {enc for enc, _, _ in decoded.values()})
     sg.operators = [op for op in sg.operators if op.opcodeIndex != code]
     old_buffers = {int(sg.tensors[t].buffer) for t in [*decoded, *ancillary]} | {
         int(sg.tensors[e].buffer) for e, _, _ in decoded.values()}
@@ -271,17 +275,23 @@ def _rewire(model: Model, target: dict[int, int]) -> None:
     sg.outputs = [target.get(int(t), int(t)) for t in sg.outputs]
 
 
+def _check_only_decoded(model: Model, code: int, encoded: set[int]) -> None:
+    """An encoded tensor is read by DECODE operators only (it becomes the decoded constant)."""
+    for k, op in enumerate(model.operators):
+        read = encoded & set(model.op_inputs(k)) if op.opcodeIndex != code else set()
+        if read:
+            raise MalformedModelError(f"{model.source}: operator {k} ({model.opcode_name(k)}) reads encoded "
+                                      f"tensor {min(read)} directly, not through {DECODE_OP}")
+
+
 def _referenced_tensors(model: Model) -> set[int]:
-    sg, used = model.subgraph, set(model.inputs) | set(model.outputs)
-    for op in sg.operators:
-        for field in (op.inputs, op.outputs, op.intermediates):
-            used.update(int(t) for t in field if t >= 0) if field is not None else None
+    used = set(model.inputs) | set(model.outputs)
+    for k in range(len(model.operators)):
+        used.update(model.op_inputs(k), model.op_outputs(k), model.op_intermediates(k))
     for sig in model.fb.signatureDefs or []:
         if int(sig.subgraphIndex) == 0:
             used.update(int(e.tensorIndex) for e in [*(sig.inputs or []), *(sig.outputs or [])])
     return used
-
-
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -299,46 +309,57 @@ def to_decode_layout(model: Model | bytes) -> bytes:
     model.check_single_graph()
     out = without_manifest(model, list(model.buffers))
     out = Model.from_bytes(bytes(out.pack()), source=model.source)  # a deep copy to edit
-    filters = filter_channels(out)
+    originals = copy.deepcopy(out.tensors)
+    encoded = _encode_filters(out)
+    if encoded:
+        _insert_decodes(out, encoded, originals)
+    return bytes(out.pack())
+
+
+def _encode_filters(model: Model) -> dict[int, int]:
+    """Rewrite each filter `_lut_layout` encodes to its uint8 indices, next to a new ancillary
+    tensor; returns encoded tensor -> its ancillary tensor."""
     users: dict[int, list[int]] = {}
-    for t, tensor in enumerate(out.tensors):
+    for t, tensor in enumerate(model.tensors):
         users.setdefault(int(tensor.buffer), []).append(t)
-    consumers: dict[int, list[int]] = {}  # operator -> its encoded inputs
-    encoded: dict[int, tuple[int, int]] = {}  # encoded tensor -> (ancillary tensor, its original copy index)
-    originals = {t: copy.deepcopy(out.tensors[t]) for t in range(len(out.tensors))}
-    for b, (channels, inner) in filters.items():
+    encoded: dict[int, int] = {}
+    for b, (channels, inner) in filter_channels(model).items():
         tensors = users[b]
-        layout = _lut_layout(out, tensors[0], channels, inner)
-        if layout is None or not all(_same_filter(out, t, tensors[0]) for t in tensors):
+        layout = _lut_layout(model, tensors[0], channels, inner)
+        if layout is None or not all(_same_filter(model, t, tensors[0]) for t in tensors):
             continue
         indices, ancillary = layout
-        out.buffers[b] = indices
-        anc = graph.add_tensor(out, graph.make_tensor(f"{out.tensor_name(tensors[0])}_ancillary",
-                                                      [len(ancillary)], tfl.TensorType.UINT8,
-                                                      graph.add_buffer(out, ancillary)))
+        model.buffers[b] = indices
+        anc = graph.add_tensor(model, graph.make_tensor(f"{model.tensor_name(tensors[0])}_ancillary",
+                                                        [len(ancillary)], tfl.TensorType.UINT8,
+                                                        graph.add_buffer(model, ancillary)))
         for t in tensors:
-            tensor = out.tensors[t]
+            tensor = model.tensors[t]
             tensor.shape, tensor.shapeSignature = [len(indices)], None
             tensor.type, tensor.quantization = tfl.TensorType.UINT8, None
-            encoded[t] = (anc, t)
-    for k in range(len(out.operators)):
-        reads = [t for t in out.op_inputs(k) if t in encoded]
-        if reads:
-            consumers[k] = list(dict.fromkeys(reads))
-    code = graph.opcode_index(out, tfl.BuiltinOperator.CUSTOM, DECODE_OP)
+            encoded[t] = anc
+    return encoded
+
+
+def _insert_decodes(model: Model, encoded: dict[int, int], originals: list[tfl.TensorT]) -> None:
+    """One TFLM_DECODE before each operator reading encoded tensors, writing them decoded into new
+    tensors (copies of the `originals`, without buffer) that only this operator reads, as upstream
+    inserts them (a decoded tensor lives until its one consumer has run)."""
+    code = graph.opcode_index(model, tfl.BuiltinOperator.CUSTOM, DECODE_OP)
     before = {}
-    for k, reads in consumers.items():
+    for k in range(len(model.operators)):
+        reads = list(dict.fromkeys(t for t in model.op_inputs(k) if t in encoded))
+        if not reads:
+            continue
         outputs = []
         for t in reads:
             decoded = copy.deepcopy(originals[t])
             decoded.name, decoded.buffer = f"{text(originals[t].name)}_decoded", 0
-            outputs.append(graph.add_tensor(out, decoded))
-        op = out.operators[k]
+            outputs.append(graph.add_tensor(model, decoded))
+        op = model.operators[k]
         op.inputs = [outputs[reads.index(int(t))] if int(t) in reads else t for t in op.inputs]
-        pairs = [x for t in reads for x in (t, encoded[t][0])]
-        before[k] = [graph.make_operator(code, pairs, outputs)]
-    graph.splice_operators(out, before=before)
-    return bytes(out.pack())
+        before[k] = [graph.make_operator(code, [x for t in reads for x in (t, encoded[t])], outputs)]
+    graph.splice_operators(model, before=before)
 
 
 def _same_filter(model: Model, t: int, first: int) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 
 import pytest
+from conftest import require_model
 from test_compress import compressed_mlperf
 from test_compress_micro import _encoded_loads
 from test_micro import _inputs, _same
@@ -65,6 +66,20 @@ def test_pinned_tflm_decode_bit_identical(name):
     micro = rewrite_for_tflm(converted.model)
     assert _encoded_loads(micro)
     assert _same(reference, run_host_tflm(micro.graph, micro.image, x, pinned=True).outputs)
+
+
+@pytest.mark.native
+def test_shared_tables_on_per_channel_filters_run_on_pinned_tflm():
+    """Per-tensor clustering: one table for a filter quantized per channel, stride 0 (the pinned kernel
+    steps one stride per quantization channel), bit-identical on TFLM's DECODE."""
+    plain = tflm_swap.compress(require_model("kws_ref_model").read_bytes(), 4, per_channel=False)
+    layout = Model.from_bytes(to_decode_layout(plain))
+    strides = {layout.buffers[layout.tensors[layout.op_inputs(k)[1]].buffer][6] for k in range(len(layout.operators))
+               if layout.opcode_name(k) == "CUSTOM:TFLM_DECODE"}
+    assert 0 in strides
+    x = _inputs(plain, 2)
+    reference = native_or_skip(lambda: run_host_tflm(plain, None, x, pinned=True)).outputs
+    assert _same(reference, run_host_tflm(bytes(layout.raw), None, x).outputs)
 
 
 def test_convert_keeps_upstream_tables_and_cli_layout(tmp_path, capsys):
@@ -136,3 +151,23 @@ def test_corrupt_upstream_file_is_refused_by_name(tmp_path, edit, error, message
     (tmp_path / "bad.tflite").write_bytes(data)
     assert main(["convert", str(tmp_path / "bad.tflite"), "-o", str(tmp_path / "out.tflite")]) != 0
     assert not (tmp_path / "out.tflite").exists()
+
+
+def test_pinned_archive_format_and_direct_reads():
+    """Files of the pinned archive's own tool (no axis bits: the tables follow the quantization, as
+    its kernel reads them) expand alike; an operator reading an encoded tensor itself is refused."""
+    upstream = Model.from_bytes(upstream_mlperf("vww_96_int8"))
+    decodes = [k for k in range(len(upstream.operators)) if upstream.opcode_name(k) == "CUSTOM:TFLM_DECODE"]
+    for k in decodes:
+        anc = upstream.tensors[upstream.op_inputs(k)[1]].buffer
+        data = bytearray(upstream.buffers[anc])
+        data[5] &= 0x07
+        upstream.buffers[anc] = bytes(data)
+    legacy = Model.from_bytes(bytes(upstream.pack()))
+    assert _constants_by_name(expand(legacy)) == _constants_by_name(Model.from_bytes(compressed_mlperf(
+        "vww_96_int8").original))
+    k = decodes[0]
+    consumer = legacy.operators[k + 1]
+    consumer.inputs = [legacy.op_inputs(k)[0] if t == legacy.op_outputs(k)[0] else t for t in consumer.inputs]
+    with pytest.raises(MalformedModelError, match=f"operator {k + 1} .* reads encoded tensor"):
+        expand(Model.from_bytes(bytes(legacy.pack()), source="direct.tflite"))
