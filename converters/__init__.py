@@ -7,6 +7,8 @@
     tflm         rewrite_for_tflm(): load operators for TFLite Micro + the flash image
     flash_image  build_image(): the TFLM target's flash image
     submodel     stage sub-models of the LiteRT stage runtime
+    compress     k-means weight sharing of int8 filters; which filters are palette-encoded
+    decode_layout  upstream TFLM's compressed layout (TFLM_DECODE): read (expand) and written
     synthetic    small seeded models built from a list of layers (tests, probes)
     graph        the one graph-editing surface the editors above share
 

@@ -55,13 +55,18 @@ def filter_channels(model: Model) -> dict[int, tuple[int, int]]:
 
 def encoded_filters(model: Model, buffers: list[int] | None = None) -> dict[int, bytes]:
     """Palette encodings (`tflm_swap.format.palette`) of the int8 filters (those among `buffers`,
-    default all) wherever they are smaller than the raw bytes."""
+    default all) wherever they are smaller than the raw bytes. A buffer read from upstream TFLM's
+    DECODE layout keeps its tables, bit width and bitstring (`Model.transcoded`) unless our own
+    encoding is smaller."""
     from tflm_swap.format import palette
 
     encoded = {}
     for b, (channels, inner) in filter_channels(model).items():
         if buffers is None or b in buffers:
             blob = palette.encode(np.frombuffer(model.buffers[b], dtype=np.int8), channels, inner)
+            kept = model.transcoded.get(b)
+            if kept is not None and len(kept) < len(model.buffers[b]) and (blob is None or len(kept) <= len(blob)):
+                blob = kept
             if blob is not None:
                 encoded[b] = blob
     return encoded
@@ -76,6 +81,9 @@ def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, prog
         raise TflmSwapError(f"compression bit width {bits} must be in 1..7 (8 bits is the int8 model itself)")
     if not isinstance(model, Model):
         model = Model.from_bytes(model)
+    from .decode_layout import expand
+
+    model = expand(model)  # upstream TFLM's DECODE layout: the values it decodes to
     buffers = list(model.buffers)
     filters = filter_channels(model)
     items = filters.items()
@@ -86,7 +94,7 @@ def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, prog
         values = np.frombuffer(buffers[b], dtype=np.int8)
         buffers[b] = cluster_tensor(values, channels if per_channel else 1,
                                     inner if per_channel else values.size, 1 << bits).tobytes()
-    return bytes(_without_manifest(model, buffers).pack())
+    return bytes(without_manifest(model, buffers).pack())
 
 
 def cluster_tensor(values: np.ndarray, channels: int, inner: int, clusters: int) -> np.ndarray:
@@ -123,7 +131,7 @@ def cluster_values(row: np.ndarray, clusters: int) -> np.ndarray:
     return centres[nearest][np.searchsorted(used, row)]
 
 
-def _without_manifest(model: Model, buffers: list[bytes]) -> Model:
+def without_manifest(model: Model, buffers: list[bytes]) -> Model:
     """A copy of `model` holding `buffers`, without a tflm_swap manifest (which would be stale)."""
     fb = copy.copy(model.fb)
     kept = [m for m in fb.metadata or [] if text(m.name) != MANIFEST_NAME]

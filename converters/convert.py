@@ -19,6 +19,7 @@ from tflm_swap.format.model import Model
 from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE, split
 
 from .compress import compress
+from .decode_layout import expand
 from .keras import to_tflite
 from .segment import segment_model
 from .tiling import TiledLayer, tile_fully_connected, verify_tiling
@@ -70,17 +71,26 @@ def convert(
     outputs on LiteRT here (`tiling.verify_tiling`). With `compress_bits`, the int8 filters are
     first clustered to at most 2**compress_bits values per channel (`per_channel`) or per tensor
     (`compress.compress`) and stored palette-encoded where that is smaller; `original` is then the
-    clustered model, to which the segmented file decodes byte for byte.
+    clustered model, to which the segmented file decodes byte for byte. A model compressed by
+    upstream TFLM (TFLM_DECODE operators) is read as the model it decodes to (`decode_layout.expand`)
+    and its filters are stored palette-encoded with upstream's tables and bitstring.
     """
     tflite = to_tflite(model, representative_data=representative_data, quantization=quantization,
                        int8_io=int8_io)
-    if compress_bits is not None:
-        tflite = compress(tflite, compress_bits, per_channel)
     source = str(model) if isinstance(model, (str, Path)) else "<model>"
-    parsed, tiled = Model.from_bytes(tflite, source=source), []
+    parsed, tiled = expand(Model.from_bytes(tflite, source=source)), []
+    upstream = parsed  # read from upstream TFLM's DECODE layout when it has transcoded entries
+    encode = compress_bits is not None or bool(upstream.transcoded)
+    if upstream.transcoded:
+        tflite = bytes(parsed.raw)  # the model it decodes to
+    if compress_bits is not None:
+        tflite = compress(parsed, compress_bits, per_channel)
+        parsed = Model.from_bytes(tflite, source=source)
+        parsed.transcoded = {b: blob for b, blob in upstream.transcoded.items()
+                             if parsed.buffers[b] == upstream.buffers[b]}  # still the values upstream encoded
     if tile_bytes is not None:
         parsed, tiled = tile_fully_connected(parsed, tile_bytes)
         if tiled:
             verify_tiling(tflite, bytes(parsed.raw), source)
-    data = segment_model(parsed, page_size, min_segment_bytes, source=tflite, encode=compress_bits is not None)
+    data = segment_model(parsed, page_size, min_segment_bytes, source=tflite, encode=encode)
     return SegmentedModel(original=tflite, data=data, manifest=read_manifest(data), tiled=tiled)

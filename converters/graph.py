@@ -129,3 +129,52 @@ def detach_tensor(model: Model, tensor: int) -> None:
 
 def _custom_name(code: tfl.OperatorCodeT) -> str:
     return text(code.customCode)
+
+
+def drop_tensors(model: Model, drop: set[int]) -> None:
+    """Remove the main subgraph's tensors `drop` (none may still be read or written) and renumber
+    every reference to the others: operators, subgraph inputs/outputs, signatures."""
+    sg = model.subgraph
+    new_index, kept = {}, []
+    for t, tensor in enumerate(sg.tensors or []):
+        if t not in drop:
+            new_index[t] = len(kept)
+            kept.append(tensor)
+    sg.tensors = kept
+
+    def renumber(indices):
+        return None if indices is None else [t if t < 0 else new_index[int(t)] for t in indices]
+
+    for op in sg.operators or []:
+        op.inputs, op.outputs = renumber(op.inputs), renumber(op.outputs)
+        op.intermediates = renumber(op.intermediates)
+    sg.inputs, sg.outputs = renumber(sg.inputs), renumber(sg.outputs)
+    for sig in model.fb.signatureDefs or []:
+        if int(sig.subgraphIndex) == 0:
+            for entry in [*(sig.inputs or []), *(sig.outputs or [])]:
+                entry.tensorIndex = new_index[int(entry.tensorIndex)]
+
+
+def drop_buffers(model: Model, drop: set[int]) -> None:
+    """Remove buffers `drop` (no tensor or metadata may still refer to one) and renumber the rest."""
+    new_index, kept_fb, kept = {}, [], []
+    for b, (entry, data) in enumerate(zip(model.fb.buffers, model.buffers)):
+        if b not in drop:
+            new_index[b] = len(kept)
+            kept_fb.append(entry)
+            kept.append(data)
+    model.fb.buffers, model.buffers = kept_fb, kept
+    for sg in model.fb.subgraphs:
+        for tensor in sg.tensors or []:
+            tensor.buffer = new_index[int(tensor.buffer)]
+    for m in model.fb.metadata or []:
+        m.buffer = new_index[int(m.buffer)]
+
+
+def drop_operator_code(model: Model, code: int) -> None:
+    """Remove operator code `code` (no operator may still run it) and renumber the others."""
+    del model.fb.operatorCodes[code]
+    for sg in model.fb.subgraphs:
+        for op in sg.operators or []:
+            if op.opcodeIndex > code:
+                op.opcodeIndex -= 1

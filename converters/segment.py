@@ -30,6 +30,7 @@ from tflm_swap.format.segments import (
 )
 
 from .compress import encoded_filters
+from .decode_layout import expand
 
 
 def segment_model(
@@ -45,8 +46,11 @@ def segment_model(
     the model's own bytes; a re-segmented model keeps the hash it recorded). With `encode`, the
     int8 filters of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED are stored palette-encoded
     (`tflm_swap.format.palette`) where that is smaller, in a version-3 manifest; the file then needs
-    a tflm_swap reader, which decodes them back to `model`'s bytes."""
+    a tflm_swap reader, which decodes them back to `model`'s bytes. An upstream-compressed model
+    (TFLM_DECODE operators) is segmented as the model it decodes to (`decode_layout.expand`)."""
     _check_options(page_size, min_segment_bytes)
+    source = source or model.raw
+    model = expand(model)  # upstream TFLM's DECODE layout: the model it decodes to
     model.check_single_graph()
     stored = encoded_filters(model) if encode else {}
     segments, image = _build_image(model, layout_segments(model, min_segment_bytes), page_size, stored)

@@ -41,6 +41,7 @@ from tflm_swap.interpreters import ensure_tflm_compatible
 from tflm_swap.planner import Block, activation_tensors, packed_arena
 
 from .compress import encoded_filters
+from .decode_layout import expand
 from .flash_image import build_image
 from .graph import detach_tensor, make_operator, opcode_index, set_metadata, splice_operators
 from .tflm_tiles import (
@@ -151,12 +152,13 @@ def rewrite_for_tflm(
 
     With `encode` (default: when the input is a segmented model with palette-encoded entries, as
     `convert(..., compress_bits=)` writes), loaded int8 filters are stored palette-encoded where that
-    is smaller and decoded by their TSWAP_LOAD (blocking: prefetch skips them), and tiled operators
-    whose every tile's filter slice is smaller encoded read encoded tiles (decoded tile by tile, with
-    or without prefetch)."""
+    is smaller and decoded by their load operator (blocking, or prefetched and decoded in place), and
+    tiled operators whose every tile's filter slice is smaller encoded read encoded tiles (decoded
+    tile by tile, with or without prefetch). A model in upstream TFLM's DECODE layout is rewritten as
+    the model it decodes to, encoded."""
     if min_segment_bytes < 1:
         raise UnsupportedModelError(f"minimum segment size {min_segment_bytes} must be >= 1 byte")
-    model = data if isinstance(data, Model) else Model.from_bytes(data, source=source)
+    model = expand(data if isinstance(data, Model) else Model.from_bytes(data, source=source))
     model.check_single_graph(allow_call_once=True)  # stateful models: resource variables set up by CALL_ONCE
     _refuse_offline_plan(model)
     if offline_plan and len(model.fb.subgraphs) > 1:
@@ -314,9 +316,10 @@ def _strip(model: Model, loaded: set[int], detached: set[int] = frozenset()) -> 
 
 
 def _was_encoded(model: Model) -> bool:
-    """The model was read from a segmented file holding palette-encoded entries."""
+    """The model was read from a segmented file holding palette-encoded entries, or from upstream
+    TFLM's DECODE layout."""
     blob = model.metadata(MANIFEST_NAME)
-    return blob is not None and any(s.encoded for s in Manifest.decode(blob).segments)
+    return bool(model.transcoded) or blob is not None and any(s.encoded for s in Manifest.decode(blob).segments)
 
 
 def _custom(opcode: int, inputs: list[int], outputs: list[int], segment: int, flags: int) -> tfl.OperatorT:

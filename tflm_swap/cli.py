@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import BudgetError, TflmSwapError
+from .errors import BudgetError, TflmSwapError, UnsupportedModelError
 from .fileio import plan_outputs, write_atomic, write_files
 from .format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE
 from .units import at_least
@@ -135,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight sharing: cluster int8 filters to at most 2**BITS values per channel and store "
                         "them palette-encoded (docs/FORMAT.md); outputs are those of the clustered model")
     c.add_argument("--per-tensor", action="store_true", help="with --compress: one set of values per tensor")
+    c.add_argument("--layout", choices=("segments", "decode"), default="segments",
+                   help="with --compress: segments (default: our palette-encoded segments) or decode (upstream "
+                        "TFLM's TFLM_DECODE layout, one plain .tflite for stock TFLM; docs/FORMAT.md)")
     from .micro.cli import add_tflm_arguments
 
     add_tflm_arguments(c)
@@ -239,11 +242,12 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def _load_plan(args):
+    from .converters.decode_layout import expand
     from .format.model import Model
     from .planner import plan_model
 
     depths = _depths(args.prefetch)
-    model = Model.load(args.model)
+    model = expand(Model.load(args.model))  # upstream TFLM's DECODE layout: the model it decodes to
     return model, plan_model(model, prefetch_depths=depths, min_segment_bytes=args.min_segment_bytes)
 
 
@@ -269,6 +273,9 @@ def _cmd_convert(args) -> int:
     elif args.graph or args.image:
         if not (args.graph and args.image):
             raise TflmSwapError("--graph and --image go together")
+    if args.layout == "decode" and (args.compress is None or args.target != "litert" or args.graph or args.tile_fc):
+        raise TflmSwapError("--layout decode writes one .tflite from --compress BITS; it goes without --target "
+                            "tflm, --graph/--image and --tile-fc")
     plan_outputs([args.output, args.graph, args.image] if args.target == "litert" else [], inputs)
     data = read_npy(args.representative_data) if args.representative_data else None
     result = convert(args.model, representative_data=data, quantization=args.quantization,
@@ -282,6 +289,13 @@ def _cmd_convert(args) -> int:
         from .micro.cli import convert_tflm
 
         return convert_tflm(result, args.model, args)
+    if args.layout == "decode":
+        from .converters.decode_layout import to_decode_layout
+
+        data = to_decode_layout(result.original)
+        write_files({args.output: data}, inputs)
+        print(f"wrote {args.output}: {len(data)} bytes in TFLM's DECODE layout ({len(result.original)} plain)")
+        return 0
     files = {args.output: result.data}
     if args.graph:
         graph, image = result.split()
@@ -430,8 +444,13 @@ def _cmd_run(args) -> int:
     budget = parse_size(args.ram_budget) if args.ram_budget else None
     options = {"backend": args.backend, "reference_kernels": args.reference_kernels,
                "default_delegates": not args.no_xnnpack}
+    from .converters.decode_layout import has_decode
+
     for path in dict.fromkeys([args.model, args.original or args.model]):
-        Model.load(path)  # a malformed model (or damaged weights) is reported before LiteRT sees it
+        model = Model.load(path)  # a malformed model (or damaged weights) is reported before LiteRT sees it
+        if has_decode(model):
+            raise UnsupportedModelError(f"{path}: TFLite Micro's compressed layout (TFLM_DECODE operators), "
+                                        "which LiteRT cannot run; `tflm-swap convert` it first")
     stock = litert_interpreter(model_path=args.original or args.model, **options)
     stock.allocate_tensors()
     rng = np.random.default_rng(0)
@@ -468,13 +487,14 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_stages(args) -> int:
+    from .converters.decode_layout import expand
     from .format.model import Model
     from .planner import partition_stages, plan_model
     from .report import parse_size
     from .runtime.stage_files import export_stage_dir
 
     plan_outputs([], [args.model])
-    model = Model.load(args.model)
+    model = expand(Model.load(args.model))
     stages = partition_stages(plan_model(model), parse_size(args.ram_budget), args.prefetch)
     export_stage_dir(model, stages, args.out, (args.model,))
     print(f"wrote {len(stages)} stage models and stages.json to {args.out}/")

@@ -89,6 +89,9 @@ class Model:
         self.raw = raw
         self.source = source
         self.deferred = deferred or {}  # external buffers not read (graph-only parse)
+        # buffer -> palette entry with the tables and bitstring the file stored it as (upstream TFLM's
+        # DECODE layout, read by `converters.decode_layout.expand`); `segment_model(encode=True)` keeps it
+        self.transcoded: dict[int, bytes] = {}
 
     # ----------------------------------------------------------------------------------- reading
     @classmethod

@@ -73,13 +73,15 @@ def encode(values: np.ndarray, channels: int, inner: int) -> bytes | None:
     candidates = [(channels, inner), (1, flat.size)] if channels > 1 else [(1, flat.size)]
     best: bytes | None = None
     for c, run in candidates:
-        blob = _encode_tables(flat, c, run)
+        blob = encode_tables(flat, c, run)
         if len(blob) < flat.size and (best is None or len(blob) < len(best)):
             best = blob
     return best
 
 
-def _encode_tables(flat: np.ndarray, channels: int, inner: int) -> bytes:
+def encode_tables(flat: np.ndarray, channels: int, inner: int) -> bytes:
+    """The palette encoding of int8 `flat` with exactly `channels` tables (runs of `inner`), each
+    holding only the values its channel uses."""
     by_channel = flat.reshape(-1, channels, inner).transpose(1, 0, 2).reshape(channels, -1)
     tables = [np.unique(row) for row in by_channel]
     table_len = max(len(t) for t in tables)
@@ -90,8 +92,12 @@ def _encode_tables(flat: np.ndarray, channels: int, inner: int) -> bytes:
         table[c, : len(used)], table[c, len(used):] = used, 0  # unused entries are 0, as upstream TFLM pads
         index[c] = np.searchsorted(used, row)
     index = index.reshape(channels, -1, inner).transpose(1, 0, 2).reshape(-1)  # back to element order
-    header = _HEADER.pack(MAGIC, VERSION, bits, table_len, flat.size, channels, inner, 0)
-    return header + table.tobytes() + pack_indices(index, bits)
+    return pack_header(bits, table_len, flat.size, channels, inner) + table.tobytes() + pack_indices(index, bits)
+
+
+def pack_header(bits: int, table_len: int, count: int, channels: int, inner: int) -> bytes:
+    """The 24-byte header of an entry of these dimensions."""
+    return _HEADER.pack(MAGIC, VERSION, bits, table_len, count, channels, inner, 0)
 
 
 def pack_indices(index: np.ndarray, bits: int) -> bytes:

@@ -77,11 +77,12 @@ def parse_tiles(items: list[str]) -> dict[int, int]:
 def plan_tflm(model_path: str, args) -> int:
     """`tflm-swap plan M --target tflm --ram-budget B`: the tiles `convert` would pick and the
     predicted arena, without writing anything; 1 when the budget cannot be reached."""
+    from ..converters.decode_layout import expand
     from ..format.model import Model
     from ..units import parse_size
     from .tiles import choose_tiles, stock_tail
 
-    model = Model.load(model_path)
+    model = expand(Model.load(model_path))
     budget = parse_size(args.ram_budget)
     if budget <= 0:
         raise TflmSwapError(f"RAM budget {args.ram_budget!r} must be positive")

@@ -32,6 +32,9 @@ _RESOLVER_NAMES = {
     "MAX_POOL_2D": "MaxPool2D", "L2_POOL_2D": "L2Pool2D", "PADV2": "PadV2", "RELU6": "Relu6",
     "RELU_N1_TO_1": "ReluN1To1", "BATCH_MATMUL": "BatchMatMul", "TRANSPOSE_CONV": "TransposeConv",
 }
+# Custom operators of upstream TFLM itself, registered by a MicroMutableOpResolver method: its DECODE
+# (compressed tensors, converters/decode_layout.py), built from kernels/decode*.cc (`mcu.KERNEL_COMPANIONS`)
+UPSTREAM_CUSTOM_OPS = {"CUSTOM:TFLM_DECODE": "Decode"}
 _OUR_OPS = {f"CUSTOM:{k}" for k in (LOAD_OP, LOAD_START_OP, LOAD_WAIT_OP, *TILED_KERNELS.values())}
 _OUR_SLOTS = len(_OUR_OPS)  # tswap::AddLoadOps registers them all (tswap::kResolverSlots)
 EXAMPLE_DIR = Path("micro") / "example"  # templates of the generated files, under native_sources()
@@ -40,7 +43,8 @@ TOOLCHAIN_FILE = "cmake/arm-none-eabi.cmake"  # CMake toolchain file for Cortex-
 
 def resolver_method(builtin: str) -> str:
     """`MicroMutableOpResolver` method registering a builtin (e.g. FULLY_CONNECTED -> AddFullyConnected)."""
-    return "Add" + _RESOLVER_NAMES.get(builtin, "".join(p.capitalize() for p in builtin.split("_")))
+    named = UPSTREAM_CUSTOM_OPS.get(builtin) or _RESOLVER_NAMES.get(builtin)
+    return "Add" + (named or "".join(p.capitalize() for p in builtin.split("_")))
 
 
 def c_array(name: str, data: bytes) -> str:
@@ -98,11 +102,12 @@ def check_options(prefix: str, arena_size: int | None = None) -> None:
 
 
 def builtin_ops(graph: bytes | Model) -> list[str]:
-    """The builtin operators of every subgraph of `graph` (sorted), which a resolver must register
-    next to tflm_swap's own; raises UnsupportedModelError for another custom operator."""
+    """The builtin operators of every subgraph of `graph` (sorted), and upstream TFLM's own custom
+    operators (TFLM_DECODE), which a resolver must register next to tflm_swap's own; raises
+    UnsupportedModelError for another custom operator."""
     model = graph if isinstance(graph, Model) else Model.from_bytes(graph)
     names = sorted({name for _, name in model.all_operator_names()} - _OUR_OPS)
-    custom = [n for n in names if n.startswith("CUSTOM:")]
+    custom = [n for n in names if n.startswith("CUSTOM:") and n not in UPSTREAM_CUSTOM_OPS]
     if custom:
         raise UnsupportedModelError(f"the graph uses custom operators {custom}; the generated example "
                                     "cannot register them (add them to main.cc's resolver yourself)")

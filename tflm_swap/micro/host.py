@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import TflmSwapError
 from ..format.model import Model, numpy_dtype
-from .codegen import builtin_ops, resolver_lines, resolver_method
+from .codegen import UPSTREAM_CUSTOM_OPS, builtin_ops, resolver_lines, resolver_method
 from .toolchain import NativeToolError, build_host_runner
 
 
@@ -41,10 +41,11 @@ def io_specs(graph: bytes | Model, which: str) -> list[tuple[tuple[int, ...], np
 
 
 def run_host_tflm(graph: bytes, image: bytes | None, inputs: list[list[np.ndarray]],
-                  deferred: bool = False, graph_model: Model | None = None) -> HostRun:
+                  deferred: bool = False, graph_model: Model | None = None, pinned: bool = False) -> HostRun:
     """Run `len(inputs)` inferences of `graph` (with `image` behind its load operators, or None for a
     model without them). `deferred` makes the file flash driver complete reads only when polled.
-    `graph_model`: `graph` already parsed (its inputs and outputs are read from it)."""
+    `graph_model`: `graph` already parsed (its inputs and outputs are read from it). `pinned`: on TFLM
+    built from the pinned sources even where xmos-ai-tools' would do (to compare with a model that needs it)."""
     if not inputs:
         raise TflmSwapError("run_host_tflm needs at least one inference's inputs")
     parsed = graph_model if graph_model is not None else Model.from_bytes(graph, read_external=False)
@@ -55,7 +56,7 @@ def run_host_tflm(graph: bytes, image: bytes | None, inputs: list[list[np.ndarra
             raise TflmSwapError(f"inference {n}: {len(arrays)} inputs given, the model has {len(in_specs)}")
         for (shape, dtype), x in zip(in_specs, arrays):
             blob += np.ascontiguousarray(x, dtype=dtype).reshape(shape).tobytes()
-    runner = host_runner(parsed)
+    runner = host_runner(parsed, pinned)
     with tempfile.TemporaryDirectory(prefix="tswap_host_") as tmp:
         d = Path(tmp)
         (d / "model.tflite").write_bytes(graph)
@@ -76,20 +77,26 @@ def run_host_tflm(graph: bytes, image: bytes | None, inputs: list[list[np.ndarra
                    report["arena_tail"], report["flash_bytes"])
 
 
-def host_runner(model: Model) -> Path:
+def host_runner(model: Model, pinned: bool = False) -> Path:
     """The host runner for `model`'s operators. Against xmos-ai-tools' TFLM, except for a model with
-    resource variables: that library crashes in MicroResourceVariables::Allocate, so such a model
-    runs on TFLM built for this machine from the pinned sources (`mcu.source_host_tflm`)."""
+    resource variables (that library crashes in MicroResourceVariables::Allocate) or with upstream's
+    TFLM_DECODE (that library lacks it): such a model runs on TFLM built for this machine from the
+    pinned sources (`mcu.source_host_tflm`)."""
     ops, variables = builtin_ops(model), model.resource_variable_count()
+    if pinned:  # upstream's custom operators too, so that a model and its DECODE layout share one runner
+        ops = sorted(set(ops) | UPSTREAM_CUSTOM_OPS.keys())
     tflm = None
-    if variables:
+    needs = ("resource variables, which need TFLM built from the pinned sources (xmos-ai-tools' host TFLM "
+             "crashes on them)" if variables else
+             "TFLM_DECODE, which needs TFLM built from the pinned sources (xmos-ai-tools' host TFLM lacks it)"
+             if UPSTREAM_CUSTOM_OPS.keys() & set(ops) else None)
+    if needs:
         from . import mcu
 
         try:
             tflm = mcu.source_host_tflm([resolver_method(o) for o in ops])
         except NativeToolError as exc:
-            raise NativeToolError(f"the model has resource variables, which need TFLM built from the pinned "
-                                  f"sources (xmos-ai-tools' host TFLM crashes on them): {exc}") from exc
+            raise NativeToolError(f"the model has {needs}: {exc}") from exc
     return build_host_runner(host_ops_source(ops, variables), tflm)
 
 

@@ -101,6 +101,11 @@ CMSIS_NN_DIR = f"{KERNELS_DIR}/cmsis_nn"
 CMSIS_NN_FLAGS = ("-DCMSIS_NN", "-DARM_NN_ENABLE_F16=0", "-DARM_NN_ENABLE_F32=0")
 # The parameter helpers our tiled kernels (delegates/micro/tswap_tiled.cc) share with TFLM's own.
 TILED_KERNEL_SOURCES = tuple(f"{KERNELS_DIR}/{k}_common.cc" for k in ("conv", "depthwise_conv", "fully_connected"))
+# Kernel files whose registration needs further files of the same kernel (TFLM's sources.inc lists them):
+# DECODE's per-type decoders (LUT, Huffman, pruning). No defines: the DECODE path is compiled unconditionally.
+KERNEL_COMPANIONS = {
+    "decode.cc": ("decode_state.cc", "decode_state_huffman.cc", "decode_state_lut.cc", "decode_state_prune.cc"),
+}
 RESOLVER_HEADER = "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 MCU_DIR = "micro/mcu"  # our board files, under native_sources()
 
@@ -341,7 +346,8 @@ def kernel_sources(sources: Sources, methods: Sequence[str], kernels: str = "ref
         if reg not in defined:
             raise TflmSwapError(f"no reference kernel in {KERNELS_DIR} defines {reg} (used by {method})")
         common = f"{KERNELS_DIR}/{Path(defined[reg]).stem}_common.cc"  # shared by both kernel sets
-        for rel in (defined[reg], common):
+        companions = [f"{KERNELS_DIR}/{c}" for c in KERNEL_COMPANIONS.get(Path(defined[reg]).name, ())]
+        for rel in (defined[reg], common, *companions):
             if (sources.tflm / rel).is_file() and rel not in result:
                 result.append(rel)
     return result
