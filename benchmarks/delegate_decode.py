@@ -92,7 +92,7 @@ def run_model(name: str, shared: Path, tmp: Path, bits: int, tile_bytes: int, ru
     plain.write_bytes(segment_model(Model.from_bytes(reference)))
     layout = upstream_decode_layout(reference, bits, per_channel=True)
     decode = tmp / f"{name}.decode.tflite"
-    decode.write_bytes(segment_model(layout))
+    decode.write_bytes(segment_model(layout, keep_decode=True))
     decoded = [layout.fb.subgraphs[0].operators[op].outputs[0] for op in decode_ops(layout)]
     ref_model = Model.from_bytes(reference)
     return {

@@ -39,6 +39,7 @@ def segment_model(
     min_segment_bytes: int = DEFAULT_MIN_SEGMENT_BYTES,
     source: bytes | None = None,
     encode: bool = False,
+    keep_decode: bool = False,
 ) -> bytes:
     """Return the segmented `.tflite` bytes for `model` (see module docstring).
 
@@ -47,10 +48,13 @@ def segment_model(
     int8 filters of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED are stored palette-encoded
     (`tflm_swap.format.palette`) where that is smaller, in a version-3 manifest; the file then needs
     a tflm_swap reader, which decodes them back to `model`'s bytes. An upstream-compressed model
-    (TFLM_DECODE operators) is segmented as the model it decodes to (`decode_layout.expand`)."""
+    (TFLM_DECODE operators) is segmented as the model it decodes to (`decode_layout.expand`), or,
+    with `keep_decode`, as it is: its encoded and ancillary tensors are then ordinary buffers in the
+    segments, the layout the LiteRT delegate decodes (docs/DELEGATE.md)."""
     _check_options(page_size, min_segment_bytes)
     source = source or model.raw
-    model = expand(model)  # upstream TFLM's DECODE layout: the model it decodes to
+    if not keep_decode:
+        model = expand(model)  # upstream TFLM's DECODE layout: the model it decodes to
     model.check_single_graph()
     stored = encoded_filters(model) if encode else {}
     segments, image = _build_image(model, layout_segments(model, min_segment_bytes), page_size, stored)

@@ -101,7 +101,7 @@ def test_convert_keeps_upstream_tables_and_cli_layout(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "up.tflite"), "-o", str(tmp_path / "seg.tflite")]) == 0
     assert main(["inspect", str(tmp_path / "up.tflite"), "--no-latency", "--plot", str(tmp_path / "m.png")]) == 0
     assert main(["convert", str(src), "-o", str(tmp_path / "x.tflite"), "--layout", "decode"]) != 0
-    assert "--layout decode writes one .tflite" in capsys.readouterr().err
+    assert "--layout decode needs --compress BITS" in capsys.readouterr().err
 
 
 def _corrupt(edit) -> bytes:

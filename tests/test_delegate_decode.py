@@ -19,7 +19,8 @@ from test_delegate import assert_same, outputs
 from upstream_decode import decode_ops, upstream_decode_layout
 
 import tflm_swap
-from tflm_swap import Model, segment_model
+from tflm_swap import Model, segment_model, verify
+from tflm_swap.cli import main
 from tflm_swap.converters import synthetic as m
 from tflm_swap.delegate import (
     DelegateError,
@@ -73,7 +74,7 @@ def test_mlperf_decode_layout_bit_identical(tmp_path, name, lut):
     reference = compressed_mlperf(name).original if lut == "per_channel" else per_tensor_reference(name)
     decoded = write(tmp_path, "reference", reference)
     model = upstream_decode_layout(reference, 4, per_channel=lut == "per_channel")
-    path = write(tmp_path, "decode", segment_model(model))
+    path = write(tmp_path, "decode", segment_model(model, keep_decode=True))
     stats = run_delegated(path, decoded, tile_bytes=4096, prefetch=lut == "per_channel")
     assert stats.claimed_nodes == len(decode_ops(model))
     in_segments, inline = streamed_encoded_bytes(path)
@@ -97,7 +98,7 @@ def synthetic(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("decode")
     reference = synthetic_reference(3, per_channel=False)  # k-means per tensor is fast; the LUT is per channel
     model = upstream_decode_layout(reference, 3, per_channel=True)
-    return write(tmp, "decode", segment_model(model)), write(tmp, "reference", reference), model
+    return write(tmp, "decode", segment_model(model, keep_decode=True)), write(tmp, "reference", reference), model
 
 
 @pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "blocking"])
@@ -112,9 +113,23 @@ def test_synthetic_decode_layout_bit_identical(synthetic, prefetch):
     assert stats.slot_bytes == 4096  # a tile decodes into one tile_bytes buffer
 
 
+def test_cli_writes_the_segmented_decode_layout_the_delegate_runs(tmp_path):
+    """`tflm-swap convert --compress 4 --layout decode-segments`: the DECODE layout, segmented with its
+    TFLM_DECODE operators kept; the delegate's outputs are those of the compressed model."""
+    raw = tmp_path / "raw.tflite"
+    raw.write_bytes(m.build_model([1, 12, 12, 16], [m.conv(32, (3, 3), (1, 1), "SAME", "RELU"), m.fc(300), m.fc(10)],
+                                  "int8", per_channel=True, seed=4))
+    out = tmp_path / "decode.tflite"
+    assert main(["convert", str(raw), "-o", str(out), "--compress", "4", "--layout", "decode-segments"]) == 0
+    assert decode_ops(Model.load(out)) and verify(out.read_bytes()).segments
+    reference = write(tmp_path, "reference", tflm_swap.convert(str(raw), compress_bits=4).original)
+    assert run_delegated(out, reference, n=1, tile_bytes=4096).claimed_nodes == len(decode_ops(Model.load(out)))
+
+
 def test_one_bit_per_tensor_lut(tmp_path):
     reference = synthetic_reference(1, per_channel=False)
-    path = write(tmp_path, "decode", segment_model(upstream_decode_layout(reference, 1, per_channel=False)))
+    layout = upstream_decode_layout(reference, 1, per_channel=False)
+    path = write(tmp_path, "decode", segment_model(layout, keep_decode=True))
     stats = run_delegated(path, write(tmp_path, "reference", reference), n=1, tile_bytes=4096,
                           min_weight_bytes=1 << 30)  # decode pairs are claimed whatever the threshold
     assert stats.claimed_nodes == 5
@@ -179,7 +194,7 @@ def _with_ancillary(model: Model, op: int, edit) -> bytes:
     data = bytearray(model.buffers[buffer])
     model.buffers[buffer] = bytes(edit(data) or data)
     model.fb.subgraphs[0].tensors[model.op_inputs(op)[1]].shape = [len(model.buffers[buffer])]
-    return segment_model(Model.from_bytes(bytes(model.pack())))
+    return segment_model(Model.from_bytes(bytes(model.pack())), keep_decode=True)
 
 
 def _set(index: int, value: int):

@@ -135,9 +135,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="weight sharing: cluster int8 filters to at most 2**BITS values per channel and store "
                         "them palette-encoded (docs/FORMAT.md); outputs are those of the clustered model")
     c.add_argument("--per-tensor", action="store_true", help="with --compress: one set of values per tensor")
-    c.add_argument("--layout", choices=("segments", "decode"), default="segments",
-                   help="with --compress: segments (default: our palette-encoded segments) or decode (upstream "
-                        "TFLM's TFLM_DECODE layout, one plain .tflite for stock TFLM; docs/FORMAT.md)")
+    c.add_argument("--layout", choices=("segments", "decode", "decode-segments"), default="segments",
+                   help="with --compress (or a model in upstream TFLM's DECODE layout): segments (default: our "
+                        "palette-encoded segments), decode (upstream TFLM's TFLM_DECODE layout, one plain .tflite for "
+                        "stock TFLM; docs/FORMAT.md) or decode-segments (that layout segmented, for the LiteRT "
+                        "delegate; docs/DELEGATE.md)")
     from .micro.cli import add_tflm_arguments
 
     add_tflm_arguments(c)
@@ -261,6 +263,26 @@ def _depths(text: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------ commands
+def _write_decode_layout(args: argparse.Namespace, result, inputs: list[str]) -> int:
+    """`convert --layout decode[-segments]`: upstream TFLM's DECODE layout of the compressed model,
+    plain (stock TFLM) or segmented with its TFLM_DECODE operators kept (the LiteRT delegate)."""
+    from .converters.decode_layout import to_decode_layout
+    from .converters.segment import segment_model
+    from .format.model import Model
+
+    if args.compress is None and not any(s.encoded for s in result.manifest.segments):
+        raise TflmSwapError(f"--layout {args.layout} needs --compress BITS (or a model compressed by upstream TFLM)")
+    data = to_decode_layout(result.original)
+    what = "TFLM's DECODE layout"
+    if args.layout == "decode-segments":
+        data = segment_model(Model.from_bytes(data, source=args.model), args.page_size, args.min_segment_bytes,
+                             keep_decode=True)
+        what += ", segmented for the LiteRT delegate"
+    write_files({args.output: data}, inputs)
+    print(f"wrote {args.output}: {len(data)} bytes in {what} ({len(result.original)} plain)")
+    return 0
+
+
 def _cmd_convert(args) -> int:
     from .converters.convert import convert
     from .fileio import read_npy
@@ -273,9 +295,9 @@ def _cmd_convert(args) -> int:
     elif args.graph or args.image:
         if not (args.graph and args.image):
             raise TflmSwapError("--graph and --image go together")
-    if args.layout == "decode" and (args.compress is None or args.target != "litert" or args.graph or args.tile_fc):
-        raise TflmSwapError("--layout decode writes one .tflite from --compress BITS; it goes without --target "
-                            "tflm, --graph/--image and --tile-fc")
+    if args.layout != "segments" and (args.target != "litert" or args.graph or args.tile_fc):
+        raise TflmSwapError(f"--layout {args.layout} writes one .tflite; it goes without --target tflm, "
+                            "--graph/--image and --tile-fc")
     plan_outputs([args.output, args.graph, args.image] if args.target == "litert" else [], inputs)
     data = read_npy(args.representative_data) if args.representative_data else None
     result = convert(args.model, representative_data=data, quantization=args.quantization,
@@ -289,13 +311,8 @@ def _cmd_convert(args) -> int:
         from .micro.cli import convert_tflm
 
         return convert_tflm(result, args.model, args)
-    if args.layout == "decode":
-        from .converters.decode_layout import to_decode_layout
-
-        data = to_decode_layout(result.original)
-        write_files({args.output: data}, inputs)
-        print(f"wrote {args.output}: {len(data)} bytes in TFLM's DECODE layout ({len(result.original)} plain)")
-        return 0
+    if args.layout != "segments":
+        return _write_decode_layout(args, result, inputs)
     files = {args.output: result.data}
     if args.graph:
         graph, image = result.split()

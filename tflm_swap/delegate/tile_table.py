@@ -125,9 +125,9 @@ def _read_graph(model_path: Path) -> tuple[bytes, Manifest]:
     if encoded:
         raise UnsupportedModelError(
             f"{model_path}: segments {encoded[:5]} hold palette-encoded (compressed, manifest v3) weights, which "
-            "the LiteRT delegate does not decode; write the model in upstream TFLM's DECODE layout "
-            "(tflm_swap.converters.decode_layout.to_decode_layout) and segment that for the delegate, run this "
-            "file with SwapInterpreter, or convert without --compress")
+            "the LiteRT delegate does not decode; write it in upstream TFLM's DECODE layout for the delegate "
+            "(tflm-swap convert --compress N --layout decode-segments; in Python to_decode_layout, then "
+            "segment_model(..., keep_decode=True)), run this file with SwapInterpreter, or convert without --compress")
     return head, manifest
 
 
