@@ -1,4 +1,4 @@
-"""Compressed segments (issue 18): weight sharing by k-means, palette-encoded in flash, decoded on load.
+"""Compressed segments (issue 18): weight sharing by optimal clustering, palette-encoded in flash, decoded on load.
 
     python benchmarks/compression.py [--shared ../shared] [--out benchmarks/compression_results]
                                      [--inputs 200] [--mnist-epochs 3] [--no-mnist]

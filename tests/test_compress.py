@@ -235,3 +235,19 @@ def test_cli_convert_compress(tmp_path, capsys):
         assert len(np.unique(np.frombuffer(decoded.buffers[b], np.int8))) <= 8  # per tensor: 8 values in all
     assert main(["convert", str(src), "-o", str(out), "--compress", "8"]) == 2
     assert "invalid choice: 8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clustering_is_optimal_for_integer_centres(seed):
+    """The least squared error over every set of 3 integer centres (exhaustive) is what
+    `cluster_values` reaches."""
+    import itertools
+
+    from tflm_swap.converters.compress import cluster_values
+
+    rng = np.random.default_rng(seed)
+    row = np.rint(rng.normal(0, 3, 60)).clip(-7, 7).astype(np.int8)
+    error = float(np.sum((cluster_values(row, 3).astype(np.int64) - row) ** 2))
+    best = min(float(np.sum(np.min((row[:, None].astype(np.int64) - np.array(c)[None, :]) ** 2, axis=1)))
+               for c in itertools.combinations(range(-7, 8), 3))
+    assert len(np.unique(cluster_values(row, 3))) <= 3 and error == best
