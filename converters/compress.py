@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,13 +68,20 @@ def encoded_filters(model: Model, buffers: list[int] | None = None) -> dict[int,
     return encoded
 
 
-def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, progress: bool = False) -> bytes:
+def compress(model: Model | bytes | Any, bits: int = 4, per_channel: bool = True, progress: bool = False,
+             data: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
     """The `.tflite` bytes of `model` with every int8 filter of CONV_2D / DEPTHWISE_CONV_2D /
     FULLY_CONNECTED clustered to at most 2**bits values per output channel (`per_channel`) or per
     tensor; values of a channel that already has that few stay as they are. Quantization
-    parameters are kept. A segmented model's manifest is dropped (segment the result again)."""
+    parameters are kept. A segmented model's manifest is dropped (segment the result again).
+
+    With `data` = (x, y), `model` is a compiled Keras model: it is first fine-tuned with its
+    kernels tied to their clusters (`finetune.finetune_clustered`), then converted to int8 with `x`
+    as representative data, then clustered as above (which then changes next to nothing)."""
     if not 1 <= bits <= 7:
         raise TflmSwapError(f"compression bit width {bits} must be in 1..7 (8 bits is the int8 model itself)")
+    if data is not None:
+        model = _finetuned_int8(model, data, bits, per_channel, progress)
     if not isinstance(model, Model):
         model = Model.from_bytes(model)
     buffers = list(model.buffers)
@@ -86,6 +95,17 @@ def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, prog
         buffers[b] = cluster_tensor(values, channels if per_channel else 1,
                                     inner if per_channel else values.size, 1 << bits).tobytes()
     return bytes(_without_manifest(model, buffers).pack())
+
+
+def _finetuned_int8(model: Any, data: tuple[np.ndarray, np.ndarray], bits: int, per_channel: bool,
+                    progress: bool) -> bytes:
+    if isinstance(model, (Model, bytes, bytearray, memoryview, str, Path)):
+        raise TflmSwapError("fine-tuning (data=) needs the Keras model; a .tflite can only be clustered")
+    from .finetune import finetune_clustered
+    from .keras import to_tflite
+
+    tuned = finetune_clustered(model, data, bits, per_channel, progress=progress)
+    return to_tflite(tuned, representative_data=np.asarray(data[0]), quantization="int8")
 
 
 def cluster_tensor(values: np.ndarray, channels: int, inner: int, clusters: int) -> np.ndarray:

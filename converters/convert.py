@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from tflm_swap.errors import TflmSwapError
 from tflm_swap.fileio import write_atomic
 from tflm_swap.format.manifest import Manifest, read_manifest
 from tflm_swap.format.model import Model
 from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SIZE, split
 
 from .compress import compress
+from .finetune import finetune_clustered
 from .keras import to_tflite
 from .segment import segment_model
 from .tiling import TiledLayer, tile_fully_connected, verify_tiling
@@ -58,6 +60,7 @@ def convert(
     tile_bytes: int | None = None,
     compress_bits: int | None = None,
     per_channel: bool = True,
+    data: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> SegmentedModel:
     """Convert (if needed) and segment a model.
 
@@ -70,8 +73,15 @@ def convert(
     outputs on LiteRT here (`tiling.verify_tiling`). With `compress_bits`, the int8 filters are
     first clustered to at most 2**compress_bits values per channel (`per_channel`) or per tensor
     (`compress.compress`) and stored palette-encoded where that is smaller; `original` is then the
-    clustered model, to which the segmented file decodes byte for byte.
+    clustered model, to which the segmented file decodes byte for byte. `data` = (x, y) with a
+    compiled Keras model and `compress_bits`: the model is first fine-tuned with its kernels tied to
+    their clusters (`finetune.finetune_clustered`); `x` is the default representative data.
     """
+    if data is not None:
+        if compress_bits is None:
+            raise TflmSwapError("fine-tuning data is for compression: give compress_bits too")
+        model = finetune_clustered(model, data, compress_bits, per_channel)
+        representative_data = np.asarray(data[0]) if representative_data is None else representative_data
     tflite = to_tflite(model, representative_data=representative_data, quantization=quantization,
                        int8_io=int8_io)
     if compress_bits is not None:

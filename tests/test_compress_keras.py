@@ -26,9 +26,8 @@ OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 
 
 @functools.cache
-def keras_int8(per_channel_quant: bool) -> bytes:
-    """The tiny CNN, int8 (inputs and outputs too), weights quantized per channel or per tensor."""
-    import tensorflow as tf
+def keras_net():
+    """The tiny CNN, compiled and trained for a moment on random data, and that data (x, y)."""
     from tensorflow import keras
 
     keras.utils.set_random_seed(7)
@@ -47,6 +46,15 @@ def keras_int8(per_channel_quant: bool) -> bytes:
     y = rng.integers(0, 10, 256)
     net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     net.fit(x, y, epochs=2, batch_size=64, verbose=0)  # biases and weights away from their initial values
+    return net, x, y
+
+
+@functools.cache
+def keras_int8(per_channel_quant: bool) -> bytes:
+    """The tiny CNN, int8 (inputs and outputs too), weights quantized per channel or per tensor."""
+    import tensorflow as tf
+
+    net, x, _ = keras_net()
     converter = tf.lite.TFLiteConverter.from_keras_model(net)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([s[None]] for s in x[:64])
@@ -114,3 +122,44 @@ def test_keras_compressed_host_tflm_bit_identical(runner, quant_per_channel, bit
     tiled = rewrite_for_tflm(result.model, min_segment_bytes=MIN_SEGMENT, tiles={op: TileChoice(2, True)})
     assert _encoded_loads(tiled)
     assert _same(stock.outputs, run_host_tflm(tiled.graph, tiled.image, x, deferred=True).outputs)
+
+
+def _most_values_per_channel(model: Model) -> int:
+    return max(len(np.unique(v[:, c, :])) for b, (channels, inner) in filter_channels(model).items()
+               for v in [np.frombuffer(model.buffers[b], np.int8).reshape(-1, channels, inner)]
+               for c in range(channels))
+
+
+def test_finetuned_clusters_survive_int8_conversion(tmp_path):
+    """Fine-tuning with tied weights: every kernel holds <= 2**bits values per output channel, the
+    int8 model the converter makes from it too (clustering it again changes no byte), the caller's
+    model is untouched; `compress(keras, data=)` and `convert(keras, compress_bits=, data=)` run it."""
+    from tflm_swap.converters.finetune import finetune_clustered
+    from tflm_swap.converters.keras import to_tflite
+
+    net, x, y = keras_net()
+    before = [w.copy() for w in net.get_weights()]
+    tuned = finetune_clustered(net, (x, y), bits=2, epochs=1)
+    assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(before, tuned.get_weights()))
+    for layer in tuned.layers:
+        if hasattr(layer, "kernel"):
+            k = layer.kernel.numpy()
+            depthwise = type(layer).__name__ == "DepthwiseConv2D"  # channels: input channel x multiplier
+            k = k.reshape(-1, k.shape[-2] * k.shape[-1] if depthwise else k.shape[-1])
+            assert max(len(np.unique(k[:, c])) for c in range(k.shape[1])) <= 4
+    int8 = Model.from_bytes(to_tflite(tuned, representative_data=x, quantization="int8"))
+    assert _most_values_per_channel(int8) <= 4
+    again = Model.from_bytes(tflm_swap.compress(int8, 2))
+    assert all(int8.buffers[b] == again.buffers[b] for b in filter_channels(int8))
+    assert _most_values_per_channel(Model.from_bytes(tflm_swap.compress(net, 3, data=(x, y)))) <= 8
+    result = tflm_swap.convert(net, compress_bits=3, data=(x, y), min_segment_bytes=MIN_SEGMENT)
+    path = tmp_path / "ft.tflite"
+    path.write_bytes(result.data)
+    _stage_outputs(path, result.original, n=2)
+    with pytest.raises(tflm_swap.TflmSwapError, match="needs the Keras model"):
+        tflm_swap.compress(keras_int8(True), 4, data=(x, y))
+    with pytest.raises(tflm_swap.TflmSwapError, match="give compress_bits"):
+        tflm_swap.convert(net, data=(x, y))
+    with pytest.raises(tflm_swap.TflmSwapError, match="pair"):
+        tflm_swap.compress(net, 4, data=x)
