@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,21 +68,29 @@ def encoded_filters(model: Model, buffers: list[int] | None = None) -> dict[int,
 
 
 def compress(model: Model | bytes | Any, bits: int = 4, per_channel: bool = True, progress: bool = False,
-             data: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
+             data: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None) -> bytes:
     """The `.tflite` bytes of `model` with every int8 filter of CONV_2D / DEPTHWISE_CONV_2D /
     FULLY_CONNECTED clustered to at most 2**bits values per output channel (`per_channel`) or per
     tensor; values of a channel that already has that few stay as they are. Quantization
     parameters are kept. A segmented model's manifest is dropped (segment the result again).
 
-    With `data` = (x, y), `model` is a compiled Keras model: it is first fine-tuned with its
-    kernels tied to their clusters (`finetune.finetune_clustered`), then converted to int8 with `x`
-    as representative data, then clustered as above (which then changes next to nothing)."""
+    `data` = (x, y) with a compiled Keras `model`: the model is first fine-tuned with its kernels
+    tied to their clusters (`finetune.finetune_clustered`), then converted to int8 with `x` as
+    representative data, then clustered as above (which then changes next to nothing). `data` = x
+    (or (x, y)) with a `.tflite`: calibration inputs for a bias correction after the clustering
+    (`bias_correction.correct_biases`)."""
     if not 1 <= bits <= 7:
         raise TflmSwapError(f"compression bit width {bits} must be in 1..7 (8 bits is the int8 model itself)")
-    if data is not None:
+    calibration = None
+    if _is_tflite(model):
+        calibration = data[0] if isinstance(data, tuple) else data
+    elif data is not None:
         model = _finetuned_int8(model, data, bits, per_channel, progress)
+    else:
+        raise TflmSwapError(f"cannot compress a {type(model).__name__}: pass .tflite bytes, a Model, or a "
+                            "compiled Keras model with fine-tuning data=(x, y)")
     if not isinstance(model, Model):
-        model = Model.from_bytes(model)
+        model = Model.from_bytes(bytes(model))
     buffers = list(model.buffers)
     filters = filter_channels(model)
     items = filters.items()
@@ -94,13 +101,19 @@ def compress(model: Model | bytes | Any, bits: int = 4, per_channel: bool = True
         values = np.frombuffer(buffers[b], dtype=np.int8)
         buffers[b] = cluster_tensor(values, channels if per_channel else 1,
                                     inner if per_channel else values.size, 1 << bits).tobytes()
+    if calibration is not None:
+        from .bias_correction import correct_biases
+
+        buffers = correct_biases(model, buffers, calibration)
     return bytes(_without_manifest(model, buffers).pack())
+
+
+def _is_tflite(model: Any) -> bool:
+    return isinstance(model, (Model, bytes, bytearray, memoryview))
 
 
 def _finetuned_int8(model: Any, data: tuple[np.ndarray, np.ndarray], bits: int, per_channel: bool,
                     progress: bool) -> bytes:
-    if isinstance(model, (Model, bytes, bytearray, memoryview, str, Path)):
-        raise TflmSwapError("fine-tuning (data=) needs the Keras model; a .tflite can only be clustered")
     from .finetune import finetune_clustered
     from .keras import to_tflite
 

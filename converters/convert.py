@@ -60,7 +60,7 @@ def convert(
     tile_bytes: int | None = None,
     compress_bits: int | None = None,
     per_channel: bool = True,
-    data: tuple[np.ndarray, np.ndarray] | None = None,
+    data: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None,
 ) -> SegmentedModel:
     """Convert (if needed) and segment a model.
 
@@ -73,19 +73,21 @@ def convert(
     outputs on LiteRT here (`tiling.verify_tiling`). With `compress_bits`, the int8 filters are
     first clustered to at most 2**compress_bits values per channel (`per_channel`) or per tensor
     (`compress.compress`) and stored palette-encoded where that is smaller; `original` is then the
-    clustered model, to which the segmented file decodes byte for byte. `data` = (x, y) with a
-    compiled Keras model and `compress_bits`: the model is first fine-tuned with its kernels tied to
-    their clusters (`finetune.finetune_clustered`); `x` is the default representative data.
+    clustered model, to which the segmented file decodes byte for byte. `data` with `compress_bits`:
+    (x, y) with a compiled Keras model fine-tunes it first with its kernels tied to their clusters
+    (`finetune.finetune_clustered`; `x` is then the default representative data); inputs x (or
+    (x, y)) with any other model calibrate a bias correction after clustering (`compress.compress`).
     """
-    if data is not None:
-        if compress_bits is None:
-            raise TflmSwapError("fine-tuning data is for compression: give compress_bits too")
+    if data is not None and compress_bits is None:
+        raise TflmSwapError("fine-tuning or calibration data is for compression: give compress_bits too")
+    fine_tune = data is not None and hasattr(model, "layers")
+    if fine_tune:
         model = finetune_clustered(model, data, compress_bits, per_channel)
         representative_data = np.asarray(data[0]) if representative_data is None else representative_data
     tflite = to_tflite(model, representative_data=representative_data, quantization=quantization,
                        int8_io=int8_io)
     if compress_bits is not None:
-        tflite = compress(tflite, compress_bits, per_channel)
+        tflite = compress(tflite, compress_bits, per_channel, data=None if fine_tune else data)
     source = str(model) if isinstance(model, (str, Path)) else "<model>"
     parsed, tiled = Model.from_bytes(tflite, source=source), []
     if tile_bytes is not None:

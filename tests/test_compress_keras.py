@@ -157,9 +157,9 @@ def test_finetuned_clusters_survive_int8_conversion(tmp_path):
     path = tmp_path / "ft.tflite"
     path.write_bytes(result.data)
     _stage_outputs(path, result.original, n=2)
-    with pytest.raises(tflm_swap.TflmSwapError, match="needs the Keras model"):
-        tflm_swap.compress(keras_int8(True), 4, data=(x, y))
-    with pytest.raises(tflm_swap.TflmSwapError, match="give compress_bits"):
+    with pytest.raises(tflm_swap.TflmSwapError, match="cannot compress a Sequential"):
+        tflm_swap.compress(net, 4)
+    with pytest.raises(tflm_swap.TflmSwapError, match="give compress_bits too"):
         tflm_swap.convert(net, data=(x, y))
     with pytest.raises(tflm_swap.TflmSwapError, match="pair"):
         tflm_swap.compress(net, 4, data=x)
