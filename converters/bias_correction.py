@@ -80,6 +80,8 @@ def _quantized(x: np.ndarray, detail: dict) -> np.ndarray:
     if x.ndim == 0 or len(x) == 0 or x.shape[1:] != shape:
         raise TflmSwapError(f"calibration inputs of shape {x.shape} do not match the model's input "
                             f"[N, {', '.join(map(str, shape))}]")
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise TflmSwapError("calibration inputs hold NaN or infinite values")
     dtype = np.dtype(detail["dtype"])
     if x.dtype == dtype or not np.issubdtype(dtype, np.integer):
         return x.astype(dtype)

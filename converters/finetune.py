@@ -99,6 +99,8 @@ def _check_data(data: Any) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TflmSwapError("fine-tuning data must be a pair (x, y) of inputs and targets")
     x, y = np.asarray(data[0]), np.asarray(data[1])
-    if len(x) == 0 or len(x) != len(y):
-        raise TflmSwapError(f"fine-tuning data: {len(x)} inputs and {len(y)} targets (need as many, at least one)")
+    if x.ndim == 0 or y.ndim == 0 or len(x) == 0 or len(x) != len(y):
+        raise TflmSwapError(f"fine-tuning data: {x.shape} inputs and {y.shape} targets (need as many, at least one)")
+    if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
+        raise TflmSwapError("fine-tuning inputs must be finite numbers")
     return x, y

@@ -278,3 +278,7 @@ def test_bias_correction_keeps_mean_outputs(layer, shape):
     # within 0.5 LSB: the input means are per channel over all positions, a VALID convolution's
     # corner taps see fewer of them (border effects are not modelled)
     assert after.max() < 0.5 < before.max() and after.mean() < before.mean() / 3
+    with pytest.raises(tflm_swap.TflmSwapError, match="calibration inputs of shape \\(3, 5\\) do not match"):
+        compress(src, 2, data=np.zeros((3, 5), np.float32))
+    with pytest.raises(tflm_swap.TflmSwapError, match="NaN"):
+        compress(src, 2, data=np.full((2, *shape[1:]), np.nan, np.float32))

@@ -163,3 +163,5 @@ def test_finetuned_clusters_survive_int8_conversion(tmp_path):
         tflm_swap.convert(net, data=(x, y))
     with pytest.raises(tflm_swap.TflmSwapError, match="pair"):
         tflm_swap.compress(net, 4, data=x)
+    with pytest.raises(tflm_swap.TflmSwapError, match="finite"):
+        tflm_swap.compress(net, 4, data=(np.full_like(x, np.inf), y))
