@@ -235,6 +235,16 @@ def test_cli_convert_compress(tmp_path, capsys):
         assert len(np.unique(np.frombuffer(decoded.buffers[b], np.int8))) <= 8  # per tensor: 8 values in all
     assert main(["convert", str(src), "-o", str(out), "--compress", "8"]) == 2
     assert "invalid choice: 8" in capsys.readouterr().err
+    calibration = tmp_path / "x.npy"
+    np.save(calibration, np.random.default_rng(0).integers(-128, 128, (20, 8, 8, 4)).astype(np.int8))
+    corrected = tmp_path / "c.swap.tflite"
+    assert main(["convert", str(src), "-o", str(corrected), "--compress", "3", "--per-tensor",
+                 "--calibration", str(calibration)]) == 0
+    a, b = Model.from_bytes(out.read_bytes()), Model.from_bytes(corrected.read_bytes())
+    changed = {i for i, (x, y) in enumerate(zip(a.buffers, b.buffers)) if x != y}
+    assert changed and not changed & set(filter_channels(a))  # biases corrected, filters as without
+    assert main(["convert", str(src), "-o", str(corrected), "--calibration", str(calibration)]) == 2
+    assert "--calibration goes with --compress" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("seed", range(4))
