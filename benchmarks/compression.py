@@ -143,6 +143,18 @@ def run_model(path: Path, binary: Path, work: Path, n_inputs: int) -> list[dict]
     return rows
 
 
+def classifier_accuracy(data: bytes, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy (%) of an int8 classifier on float images `x` (one batched LiteRT invoke)."""
+    it = litert_interpreter(data)
+    d_in, d_out = it.get_input_details()[0], it.get_output_details()[0]
+    it.resize_tensor_input(d_in["index"], [len(x), *x.shape[1:]])
+    it.allocate_tensors()
+    s, z = d_in["quantization"]
+    it.set_tensor(d_in["index"], np.clip(np.round(x / s + z), -128, 127).astype(np.int8))
+    it.invoke()
+    return 100.0 * float(np.mean(np.argmax(it.get_tensor(d_out["index"]), axis=1) == y))
+
+
 def mnist_accuracy(mnist: Path, epochs: int) -> list[dict]:
     """Test accuracy of the int8 MNIST CNN before and after each setting: data-free, with bias
     correction (500 training images as calibration), and fine-tuned with tied weights."""
@@ -163,14 +175,7 @@ def mnist_accuracy(mnist: Path, epochs: int) -> list[dict]:
     tflite = to_tflite(cnn, representative_data=x_train[:500], quantization="int8", int8_io=True)
 
     def accuracy(data: bytes) -> float:
-        it = litert_interpreter(data)
-        d_in, d_out = it.get_input_details()[0], it.get_output_details()[0]
-        it.resize_tensor_input(d_in["index"], [len(x_test), *x_test.shape[1:]])
-        it.allocate_tensors()
-        s, z = d_in["quantization"]
-        it.set_tensor(d_in["index"], np.clip(np.round(x_test / s + z), -128, 127).astype(np.int8))
-        it.invoke()
-        return 100.0 * float(np.mean(np.argmax(it.get_tensor(d_out["index"]), axis=1) == y_test))
+        return classifier_accuracy(data, x_test, y_test)
 
     base = accuracy(tflite)
     rows = [{"setting": "int8 (uncompressed)", "accuracy": base, "loss_pt": 0.0}]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -121,13 +122,15 @@ def _finetuned_int8(model: Any, data: tuple[np.ndarray, np.ndarray], bits: int, 
     return to_tflite(tuned, representative_data=np.asarray(data[0]), quantization="int8")
 
 
-def cluster_tensor(values: np.ndarray, channels: int, inner: int, clusters: int) -> np.ndarray:
+def cluster_tensor(values: np.ndarray, channels: int, inner: int, clusters: int,
+                   cluster: Callable[[np.ndarray, int], np.ndarray] | None = None) -> np.ndarray:
     """`values` (int8, flattened) with each channel's values replaced by their nearest of at most
-    `clusters` int8 centres (`cluster_values`)."""
+    `clusters` int8 centres (`cluster`, default `cluster_values`, applied to each channel)."""
+    cluster = cluster or cluster_values
     grouped = values.reshape(-1, channels, inner).transpose(1, 0, 2).reshape(channels, -1)
     out = np.empty_like(grouped)
     for c, row in enumerate(grouped):
-        out[c] = cluster_values(row, clusters)
+        out[c] = cluster(row, clusters)
     return out.reshape(channels, -1, inner).transpose(1, 0, 2).reshape(-1)
 
 
