@@ -1,5 +1,5 @@
-"""Weight sharing: k-means clustering of the int8 filters of CONV_2D, DEPTHWISE_CONV_2D and
-FULLY_CONNECTED (scikit-learn), per output channel or per tensor (`compress`).
+"""Weight sharing: optimal 1-D clustering of the int8 filters of CONV_2D, DEPTHWISE_CONV_2D and
+FULLY_CONNECTED, per output channel or per tensor (`compress`).
 
 The result is an ordinary int8 `.tflite` with the same quantization parameters, whose filters take
 at most 2**bits distinct values per channel (or per tensor): the reference every runtime must
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import sys
-import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -72,15 +73,30 @@ def encoded_filters(model: Model, buffers: list[int] | None = None) -> dict[int,
     return encoded
 
 
-def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, progress: bool = False) -> bytes:
+def compress(model: Model | bytes | Any, bits: int = 4, per_channel: bool = True, progress: bool = False,
+             data: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None) -> bytes:
     """The `.tflite` bytes of `model` with every int8 filter of CONV_2D / DEPTHWISE_CONV_2D /
     FULLY_CONNECTED clustered to at most 2**bits values per output channel (`per_channel`) or per
     tensor; values of a channel that already has that few stay as they are. Quantization
-    parameters are kept. A segmented model's manifest is dropped (segment the result again)."""
+    parameters are kept. A segmented model's manifest is dropped (segment the result again).
+
+    `data` = (x, y) with a compiled Keras `model`: the model is first fine-tuned with its kernels
+    tied to their clusters (`finetune.finetune_clustered`), then converted to int8 with `x` as
+    representative data, then clustered as above (which then changes next to nothing). `data` = x
+    (or (x, y)) with a `.tflite`: calibration inputs for a bias correction after the clustering
+    (`bias_correction.correct_biases`)."""
     if not 1 <= bits <= 7:
         raise TflmSwapError(f"compression bit width {bits} must be in 1..7 (8 bits is the int8 model itself)")
+    calibration = None
+    if _is_tflite(model):
+        calibration = data[0] if isinstance(data, tuple) else data
+    elif data is not None:
+        model = _finetuned_int8(model, data, bits, per_channel, progress)
+    else:
+        raise TflmSwapError(f"cannot compress a {type(model).__name__}: pass .tflite bytes, a Model, or a "
+                            "compiled Keras model with fine-tuning data=(x, y)")
     if not isinstance(model, Model):
-        model = Model.from_bytes(model)
+        model = Model.from_bytes(bytes(model))
     from .decode_layout import expand
 
     model = expand(model)  # upstream TFLM's DECODE layout: the values it decodes to
@@ -89,46 +105,86 @@ def compress(model: Model | bytes, bits: int = 4, per_channel: bool = True, prog
     items = filters.items()
     if progress:
         from tqdm import tqdm
-        items = tqdm(items, desc=f"k-means {bits}-bit", unit="tensor", file=sys.stderr)
+        items = tqdm(items, desc=f"clustering {bits}-bit", unit="tensor", file=sys.stderr)
     for b, (channels, inner) in items:
         values = np.frombuffer(buffers[b], dtype=np.int8)
         buffers[b] = cluster_tensor(values, channels if per_channel else 1,
                                     inner if per_channel else values.size, 1 << bits).tobytes()
+    if calibration is not None:
+        from .bias_correction import correct_biases
+
+        buffers = correct_biases(model, buffers, calibration)
     return bytes(without_manifest(model, buffers).pack())
 
 
-def cluster_tensor(values: np.ndarray, channels: int, inner: int, clusters: int) -> np.ndarray:
+def _is_tflite(model: Any) -> bool:
+    return isinstance(model, (Model, bytes, bytearray, memoryview))
+
+
+def _finetuned_int8(model: Any, data: tuple[np.ndarray, np.ndarray], bits: int, per_channel: bool,
+                    progress: bool) -> bytes:
+    from .finetune import finetune_clustered
+    from .keras import to_tflite
+
+    tuned = finetune_clustered(model, data, bits, per_channel, progress=progress)
+    return to_tflite(tuned, representative_data=np.asarray(data[0]), quantization="int8")
+
+
+def cluster_tensor(values: np.ndarray, channels: int, inner: int, clusters: int,
+                   cluster: Callable[[np.ndarray, int], np.ndarray] | None = None) -> np.ndarray:
     """`values` (int8, flattened) with each channel's values replaced by their nearest of at most
-    `clusters` int8 centres (k-means on the channel's value histogram)."""
+    `clusters` int8 centres (`cluster`, default `cluster_values`, applied to each channel)."""
+    cluster = cluster or cluster_values
     grouped = values.reshape(-1, channels, inner).transpose(1, 0, 2).reshape(channels, -1)
     out = np.empty_like(grouped)
     for c, row in enumerate(grouped):
-        out[c] = cluster_values(row, clusters)
+        out[c] = cluster(row, clusters)
     return out.reshape(channels, -1, inner).transpose(1, 0, 2).reshape(-1)
 
 
 def cluster_values(row: np.ndarray, clusters: int) -> np.ndarray:
-    """One channel: k-means (scikit-learn, weighted by each value's count) on the distinct int8
-    values; centres rounded to int8 inside the channel's range, every value mapped to the nearest."""
+    """One channel: its values mapped to the at most `clusters` int8 centres of least squared
+    error, found exactly (`optimal_runs`) on the channel's histogram of at most 256 distinct values."""
     used, counts = np.unique(row, return_counts=True)
     if len(used) <= clusters:
         return row
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
+    values, weights = used.astype(np.float64), counts.astype(np.float64)
+    bounds = optimal_runs(values, weights, clusters)
+    centres = np.unique([np.rint(np.average(values[a:b], weights=weights[a:b]))
+                         for a, b in zip(bounds[:-1], bounds[1:])]).astype(np.int16)
+    nearest = np.abs(used.astype(np.int16)[:, None] - centres[None, :]).argmin(axis=1)
+    return centres.astype(np.int8)[nearest][np.searchsorted(used, row)]
 
-    points, weights = used.astype(np.float64)[:, None], counts.astype(np.float64)
-    spread = np.quantile(row.astype(np.float64), (np.arange(clusters) + 0.5) / clusters)[:, None]
-    best = None
-    # one channel is at most 256 points: OpenMP threads cost more than they save (10x slower)
-    with threadpool_limits(1), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # coinciding initial centres; fewer values is fine
-        for init in (spread, "k-means++"):
-            km = KMeans(n_clusters=clusters, init=init, n_init=1, random_state=0).fit(points, sample_weight=weights)
-            if best is None or km.inertia_ < best.inertia_:
-                best = km
-    centres = np.unique(np.clip(np.rint(best.cluster_centers_[:, 0]), used[0], used[-1]).astype(np.int8))
-    nearest = np.abs(used.astype(np.int16)[:, None] - centres.astype(np.int16)[None, :]).argmin(axis=1)
-    return centres[nearest][np.searchsorted(used, row)]
+
+def optimal_runs(values: np.ndarray, weights: np.ndarray, clusters: int) -> list[int]:
+    """Bounds [0, ..., len(values)] of the `clusters` runs of the sorted distinct `values` (with
+    `weights` = counts) whose integer centres give the least weighted squared error: in one
+    dimension an optimal clustering is a partition into contiguous runs, and a run's best integer
+    centre is its rounded mean, so dynamic programming over run ends is exact (k-means is not).
+    O(clusters * n^2) for n <= 256 values."""
+    n = len(values)
+    cost = _run_costs(values, weights)
+    best, back = cost[0].copy(), []  # best[j]: least error of values[:j] in the runs so far
+    for _ in range(clusters - 1):
+        total = best[:, None] + cost  # [i, j]: values[:i] as before, values[i:j] one more run
+        start = total.argmin(axis=0)
+        best = total[start, np.arange(n + 1)]
+        back.append(start)
+    bounds = [n]
+    for start in reversed(back):
+        bounds.append(int(start[bounds[-1]]))
+    return [0] + bounds[::-1]  # runs are never empty (inf cost), so the first starts after 0
+
+
+def _run_costs(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[i, j]: the weighted squared error of values[i:j] around their rounded mean (inf unless i < j)."""
+    sums = [np.concatenate([[0.0], np.cumsum(a)]) for a in (weights, weights * values, weights * values**2)]
+    w, s, q = (a[None, :] - a[:, None] for a in sums)  # [i, j] = sum over values[i:j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centre = np.rint(s / w)
+        cost = q - 2 * centre * s + centre**2 * w
+    cost[np.tril_indices(len(values) + 1)] = np.inf
+    return cost
 
 
 def without_manifest(model: Model, buffers: list[bytes]) -> Model:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from tflm_swap.errors import TflmSwapError
 from tflm_swap.fileio import write_atomic
 from tflm_swap.format.manifest import Manifest, read_manifest
 from tflm_swap.format.model import Model
@@ -20,6 +21,7 @@ from tflm_swap.format.segments import DEFAULT_MIN_SEGMENT_BYTES, DEFAULT_PAGE_SI
 
 from .compress import compress
 from .decode_layout import expand
+from .finetune import finetune_clustered
 from .keras import to_tflite
 from .segment import segment_model
 from .tiling import TiledLayer, tile_fully_connected, verify_tiling
@@ -59,6 +61,7 @@ def convert(
     tile_bytes: int | None = None,
     compress_bits: int | None = None,
     per_channel: bool = True,
+    data: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None,
 ) -> SegmentedModel:
     """Convert (if needed) and segment a model.
 
@@ -71,10 +74,20 @@ def convert(
     outputs on LiteRT here (`tiling.verify_tiling`). With `compress_bits`, the int8 filters are
     first clustered to at most 2**compress_bits values per channel (`per_channel`) or per tensor
     (`compress.compress`) and stored palette-encoded where that is smaller; `original` is then the
-    clustered model, to which the segmented file decodes byte for byte. A model compressed by
-    upstream TFLM (TFLM_DECODE operators) is read as the model it decodes to (`decode_layout.expand`)
-    and its filters are stored palette-encoded with upstream's tables and bitstring.
+    clustered model, to which the segmented file decodes byte for byte. `data` with `compress_bits`:
+    (x, y) with a compiled Keras model fine-tunes it first with its kernels tied to their clusters
+    (`finetune.finetune_clustered`; `x` is then the default representative data); inputs x (or
+    (x, y)) with any other model calibrate a bias correction after clustering (`compress.compress`).
+    A model compressed by upstream TFLM (TFLM_DECODE operators) is read as the model it decodes to
+    (`decode_layout.expand`) and its filters are stored palette-encoded with upstream's tables and
+    bitstring.
     """
+    if data is not None and compress_bits is None:
+        raise TflmSwapError("fine-tuning or calibration data is for compression: give compress_bits too")
+    fine_tune = data is not None and hasattr(model, "layers")
+    if fine_tune:
+        model = finetune_clustered(model, data, compress_bits, per_channel)
+        representative_data = np.asarray(data[0]) if representative_data is None else representative_data
     tflite = to_tflite(model, representative_data=representative_data, quantization=quantization,
                        int8_io=int8_io)
     source = str(model) if isinstance(model, (str, Path)) else "<model>"
@@ -84,7 +97,7 @@ def convert(
     if upstream.transcoded:
         tflite = bytes(parsed.raw)  # the model it decodes to
     if compress_bits is not None:
-        tflite = compress(parsed, compress_bits, per_channel)
+        tflite = compress(parsed, compress_bits, per_channel, data=None if fine_tune else data)
         parsed = Model.from_bytes(tflite, source=source)
         parsed.transcoded = {b: blob for b, blob in upstream.transcoded.items()
                              if parsed.buffers[b] == upstream.buffers[b]}  # still the values upstream encoded

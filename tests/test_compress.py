@@ -235,3 +235,60 @@ def test_cli_convert_compress(tmp_path, capsys):
         assert len(np.unique(np.frombuffer(decoded.buffers[b], np.int8))) <= 8  # per tensor: 8 values in all
     assert main(["convert", str(src), "-o", str(out), "--compress", "8"]) == 2
     assert "invalid choice: 8" in capsys.readouterr().err
+    calibration = tmp_path / "x.npy"
+    np.save(calibration, np.random.default_rng(0).integers(-128, 128, (20, 8, 8, 4)).astype(np.int8))
+    corrected = tmp_path / "c.swap.tflite"
+    assert main(["convert", str(src), "-o", str(corrected), "--compress", "3", "--per-tensor",
+                 "--calibration", str(calibration)]) == 0
+    a, b = Model.from_bytes(out.read_bytes()), Model.from_bytes(corrected.read_bytes())
+    changed = {i for i, (x, y) in enumerate(zip(a.buffers, b.buffers)) if x != y}
+    assert changed and not changed & set(filter_channels(a))  # biases corrected, filters as without
+    assert main(["convert", str(src), "-o", str(corrected), "--calibration", str(calibration)]) == 2
+    assert "--calibration goes with --compress" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clustering_is_optimal_for_integer_centres(seed):
+    """The least squared error over every set of 3 integer centres (exhaustive) is what
+    `cluster_values` reaches."""
+    import itertools
+
+    from tflm_swap.converters.compress import cluster_values
+
+    rng = np.random.default_rng(seed)
+    row = np.rint(rng.normal(0, 3, 60)).clip(-7, 7).astype(np.int8)
+    error = float(np.sum((cluster_values(row, 3).astype(np.int64) - row) ** 2))
+    best = min(float(np.sum(np.min((row[:, None].astype(np.int64) - np.array(c)[None, :]) ** 2, axis=1)))
+               for c in itertools.combinations(range(-7, 8), 3))
+    assert len(np.unique(cluster_values(row, 3))) <= 3 and error == best
+
+
+@pytest.mark.parametrize("layer,shape", [(fc(16), [1, 64]), (conv(8, padding="VALID"), [1, 6, 6, 12]),
+                                         (depthwise(2, padding="VALID"), [1, 6, 6, 12])])
+def test_bias_correction_keeps_mean_outputs(layer, shape):
+    """Calibration inputs given: each output channel's mean over them (and over positions) stays
+    where the original model has it (within rounding), which clustering alone moves by LSBs."""
+    from tflm_swap.interpreters import litert_interpreter, run_litert
+
+    src = build_model(shape, [layer], dtype="int8", per_channel=False, seed=4)
+    x = np.random.default_rng(0).integers(-128, 128, (100, *shape[1:])).astype(np.int8)
+
+    def mean_outputs(model: bytes) -> np.ndarray:
+        it = litert_interpreter(model, reference_kernels=True)
+        it.allocate_tensors()
+        outs = np.stack([run_litert(it, [s[None]])[0].astype(np.float64) for s in x])
+        return outs.reshape(-1, outs.shape[-1]).mean(axis=0)  # per output channel, over samples and positions
+
+    want = mean_outputs(src)
+    plain, corrected = compress(src, 2, per_channel=False), compress(src, 2, per_channel=False, data=x)
+    a, b = Model.from_bytes(plain), Model.from_bytes(corrected)
+    changed = [i for i, (x_, y_) in enumerate(zip(a.buffers, b.buffers)) if x_ != y_]
+    assert changed == [a.constant_buffer(a.op_inputs(0)[2])]  # the bias, nothing else
+    before, after = np.abs(mean_outputs(plain) - want), np.abs(mean_outputs(corrected) - want)
+    # within 0.5 LSB: the input means are per channel over all positions, a VALID convolution's
+    # corner taps see fewer of them (border effects are not modelled)
+    assert after.max() < 0.5 < before.max() and after.mean() < before.mean() / 3
+    with pytest.raises(tflm_swap.TflmSwapError, match="calibration inputs of shape \\(3, 5\\) do not match"):
+        compress(src, 2, data=np.zeros((3, 5), np.float32))
+    with pytest.raises(tflm_swap.TflmSwapError, match="NaN"):
+        compress(src, 2, data=np.full((2, *shape[1:]), np.nan, np.float32))

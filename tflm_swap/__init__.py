@@ -3,7 +3,7 @@
 Public API::
 
     tflm_swap.convert(model, ...)      Keras / SavedModel / .tflite -> SegmentedModel
-    tflm_swap.compress(model, bits)    k-means weight sharing of int8 filters -> .tflite bytes
+    tflm_swap.compress(model, bits)    weight sharing (optimal 1-D clustering) of int8 filters -> .tflite bytes
     tflm_swap.Model                    a parsed .tflite
     tflm_swap.segment_model(model)     segmented .tflite bytes
     tflm_swap.read_manifest(data)      the manifest of a segmented model

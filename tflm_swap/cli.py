@@ -140,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
                         "palette-encoded segments), decode (upstream TFLM's TFLM_DECODE layout, one plain .tflite for "
                         "stock TFLM; docs/FORMAT.md) or decode-segments (that layout segmented, for the LiteRT "
                         "delegate; docs/DELEGATE.md)")
+    c.add_argument("--calibration", metavar="NPY",
+                   help="with --compress: .npy of sample inputs; biases are corrected for the clustering's mean shift")
     from .micro.cli import add_tflm_arguments
 
     add_tflm_arguments(c)
@@ -288,7 +290,9 @@ def _cmd_convert(args) -> int:
     from .fileio import read_npy
     from .report import parse_size
 
-    inputs = (args.model, args.representative_data)
+    inputs = (args.model, args.representative_data, args.calibration)
+    if args.calibration and args.compress is None:
+        raise TflmSwapError("--calibration goes with --compress")
     if args.target == "tflm":
         if Path(args.output).exists() and not Path(args.output).is_dir():
             raise TflmSwapError(f"{args.output}: exists and is not a directory; --target tflm writes a directory")
@@ -303,7 +307,8 @@ def _cmd_convert(args) -> int:
     result = convert(args.model, representative_data=data, quantization=args.quantization,
                      page_size=args.page_size, min_segment_bytes=args.min_segment_bytes,
                      tile_bytes=parse_size(args.tile_fc) if args.tile_fc else None,
-                     compress_bits=args.compress, per_channel=not args.per_tensor)
+                     compress_bits=args.compress, per_channel=not args.per_tensor,
+                     data=read_npy(args.calibration) if args.calibration else None)
     for layer in result.tiled:
         print(f"operator {layer.op} ({layer.weights}, {layer.weight_bytes} bytes of weights): "
               f"split into {layer.tiles} fully-connected tiles")

@@ -68,13 +68,15 @@ def litert_interpreter(
     default_delegates: bool = True,
     num_threads: int | None = None,
     delegates: list | None = None,
+    preserve_all_tensors: bool = False,
 ):
     """Create a LiteRT `Interpreter` (tensors not yet allocated).
 
     `reference_kernels=True` selects TFLite's reference kernels (BUILTIN_REF), which compute int8
     exactly as TFLite Micro does; the default path (XNNPACK) may differ from TFLM by a few LSB.
     `default_delegates=False` keeps the optimised builtin kernels but not XNNPACK, which otherwise
-    packs a second copy of the weights when tensors are allocated.
+    packs a second copy of the weights when tensors are allocated. `preserve_all_tensors` keeps
+    every intermediate tensor readable after `invoke` (no arena sharing).
     """
     _, module = resolve_backend(backend)
     kwargs: dict = {"model_content": model_content, "model_path": model_path}
@@ -82,6 +84,8 @@ def litert_interpreter(
         kwargs["num_threads"] = num_threads
     if delegates:
         kwargs["experimental_delegates"] = delegates
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
     if reference_kernels:
         kwargs["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_REF
     elif not default_delegates:
