@@ -126,6 +126,20 @@ def test_cli_writes_the_segmented_decode_layout_the_delegate_runs(tmp_path):
     assert run_delegated(out, reference, n=1, tile_bytes=4096).claimed_nodes == len(decode_ops(Model.load(out)))
 
 
+def test_shared_table_with_stride_zero(tmp_path):
+    """Per-tensor clustering of a filter quantized per channel: `to_decode_layout` writes one shared
+    table with stride 0 (what the pinned TFLM kernel reads for every channel); the delegate too."""
+    from tflm_swap.converters.decode_layout import to_decode_layout
+
+    reference = synthetic_reference(4, per_channel=False)
+    layout = Model.from_bytes(to_decode_layout(reference))
+    strides = [layout.buffers[layout.tensors[layout.op_inputs(op)[1]].buffer][6] for op in decode_ops(layout)]
+    assert 0 in strides
+    path = write(tmp_path, "decode", segment_model(layout, keep_decode=True))
+    stats = run_delegated(path, write(tmp_path, "reference", reference), n=1, tile_bytes=4096)
+    assert stats.claimed_nodes >= len(strides)
+
+
 def test_one_bit_per_tensor_lut(tmp_path):
     reference = synthetic_reference(1, per_channel=False)
     layout = upstream_decode_layout(reference, 1, per_channel=False)

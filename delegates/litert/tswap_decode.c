@@ -32,9 +32,16 @@ int tswap_lut_parse(const uint8_t* anc, size_t len, const int* dims, int rank, i
              lut->axis, channel_axis);
     return -1;
   }
-  if (lut->stride < 1) {
-    snprintf(why, why_len, "value-table stride is 0");
-    return -1;
+  if (lut->stride == 0) { /* one table shared by every channel: all bytes after the DCM (TFLM's kernel
+                            * steps the stride per quantization channel, so stride 0 keeps it on one) */
+    const size_t entries = len - TSWAP_DCM_BYTES;
+    if (entries < 1 || entries > (1u << lut->bits)) {
+      snprintf(why, why_len, "stride 0 (one shared table) with %zu entries; %d-bit indices address 1..%u", entries,
+               lut->bits, 1u << lut->bits);
+      return -1;
+    }
+    lut->stride = (uint32_t)entries;
+    lut->axis = (int)TSWAP_LUT_PER_TENSOR_AXIS;
   }
   lut->channels = 1;
   lut->inner = 1;
