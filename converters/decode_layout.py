@@ -141,18 +141,12 @@ def read_lut(model: Model, op: int, enc: int, anc: int, dec: int) -> tuple[np.nd
     if len(enc_data) != need:
         raise MalformedModelError(f"{where}: encoded tensor {enc} is {len(enc_data)} bytes; {count} {bits}-bit "
                                   f"indices take {need}" + (" (truncated)" if len(enc_data) < need else ""))
-    packed = np.frombuffer(enc_data, dtype=np.uint8)
-    index = palette.unpack_indices(packed, bits, count)
-    if int(index.max()) >= table_len:
-        first = int(np.argmax(index >= table_len))
-        raise MalformedModelError(f"{where}: index {int(index[first])} of element {first} is past its "
-                                  f"{table_len}-entry table")
-    tail = need * 8 - count * bits
-    if tail and int(packed[-1]) & ((1 << tail) - 1):
-        raise MalformedModelError(f"{where}: the {tail} bits after the last index are not zero")
     table_bytes = anc_data[DCM_SIZE : DCM_SIZE + channels * table_len * dtype.itemsize]
     tables = np.frombuffer(table_bytes, dtype=dtype).reshape(channels, table_len)
-    values = tables[np.arange(channels)[None, :, None], index.reshape(-1, channels, inner)].reshape(-1)
+    try:
+        values = palette.lookup(tables, np.frombuffer(enc_data, dtype=np.uint8), bits, count, inner)
+    except ValueError as exc:
+        raise MalformedModelError(f"{where}: {exc}") from None
     return values, Lut(bits, table_len, channels, inner, tables, bytes(enc_data))
 
 

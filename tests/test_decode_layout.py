@@ -142,7 +142,7 @@ def _index_past_table(model, enc, data):
     (_set(6, 200), MalformedModelError, "stride 200"),
     (_set(6, 15), MalformedModelError, "bytes of value tables"),
     (_truncate_encoded, MalformedModelError, "truncated"),
-    (_index_past_table, MalformedModelError, "past its 4-entry table"),
+    (_index_past_table, MalformedModelError, "index \\d+ of element \\d+ is outside its 4-entry table"),
 ])
 def test_corrupt_upstream_file_is_refused_by_name(tmp_path, edit, error, message):
     data = _corrupt(edit)

@@ -63,13 +63,13 @@ def build_tile_table(
     _check_tile_bytes(tile_bytes)
     model_path = Path(model_path)
     table_path = Path(table_path) if table_path is not None else default_table_path(model_path)
-    graph, manifest = _read_graph(model_path)
+    graph, manifest, model = _read_graph(model_path)
     graph_crc = zlib.crc32(graph[: manifest.image_offset])
     file_size = model_path.stat().st_size
     manifest_header = find_metadata(graph, MANIFEST_NAME)[:HEADER_SIZE]
     if _table_matches(table_path, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header):
         return table_path
-    records = _scan_segments(model_path, graph, manifest, tile_bytes, _decode_bits(model_path, graph, manifest))
+    records = _scan_segments(model_path, graph, manifest, tile_bytes, _decode_bits(model_path, model))
     blob = _encode_table(records, tile_bytes, file_size, manifest.image_offset, graph_crc, manifest_header)
     try:
         return write_atomic(table_path, blob, inputs=(model_path,))
@@ -110,9 +110,9 @@ def _check_tile_bytes(tile_bytes: int) -> None:
         )
 
 
-def _read_graph(model_path: Path) -> tuple[bytes, Manifest]:
-    """The part of a segmented model before its flash image, and its manifest (segments not read),
-    checked: the graph against its SHA-256, the manifest against the graph."""
+def _read_graph(model_path: Path) -> tuple[bytes, Manifest, Model]:
+    """The part of a segmented model before its flash image, its manifest (segments not read) and
+    the graph parsed, checked: the graph against its SHA-256, the manifest against the graph."""
     try:
         with model_path.open("rb") as f:
             head, manifest = read_model_head(f.fileno(), model_path)
@@ -128,12 +128,12 @@ def _read_graph(model_path: Path) -> tuple[bytes, Manifest]:
             "the LiteRT delegate does not decode; write it in upstream TFLM's DECODE layout for the delegate "
             "(tflm-swap convert --compress N --layout decode-segments; in Python to_decode_layout, then "
             "segment_model(..., keep_decode=True)), run this file with SwapInterpreter, or convert without --compress")
-    return head, manifest
+    return head, manifest, model
 
 
-def _decode_bits(model_path: Path, graph: bytes, manifest: Manifest) -> dict[int, int]:
-    """{encoded tensor: index bitwidth} of the TFLM_DECODE operators (LUT ancillary data byte 5)."""
-    model = Model.from_bytes(graph[: manifest.graph_size], source=str(model_path), read_external=False)
+def _decode_bits(model_path: Path, model: Model) -> dict[int, int]:
+    """{encoded tensor: index bitwidth} of the TFLM_DECODE operators of `model` (the file's graph;
+    LUT ancillary data byte 5)."""
     bits: dict[int, int] = {}
     for op in range(len(model.operators)):
         if model.opcode_name(op) != DECODE_OP:

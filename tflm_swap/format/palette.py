@@ -150,19 +150,26 @@ def decode(blob: bytes | memoryview, where: str, expect_count: int | None = None
     h = read_header(blob, where, expect_count)
     data = np.frombuffer(blob, dtype=np.uint8)
     table = data[HEADER_SIZE : HEADER_SIZE + h.table_bytes].view(np.int8).reshape(h.channels, h.table_len)
-    packed = data[HEADER_SIZE + h.table_bytes :]
-    index = unpack_indices(packed, h.bits, h.count)
-    if int(index.max()) >= h.table_len:
-        first = int(np.argmax(index >= h.table_len))
-        raise SegmentIntegrityError(f"{where}: corrupt compressed entry: index {int(index[first])} of element "
-                                    f"{first} is outside its {h.table_len}-entry table")
-    tail_bits = h.index_bytes * 8 - h.count * h.bits
+    try:
+        return lookup(table, data[HEADER_SIZE + h.table_bytes :], h.bits, h.count, h.inner)
+    except ValueError as exc:
+        raise SegmentIntegrityError(f"{where}: corrupt compressed entry: {exc}") from None
+
+
+def lookup(tables: np.ndarray, packed: np.ndarray, bits: int, count: int, inner: int) -> np.ndarray:
+    """The `count` values the `bits`-bit indices in `packed` (uint8, exactly ceil(count * bits / 8)
+    bytes) select: element i from table (i // inner) % channels of `tables` (channels x entries, any
+    element type). Raises ValueError naming the first index outside its table, or nonzero bits after
+    the last index (the same rule as upstream TFLM's LUT layout, `converters/decode_layout.py`)."""
+    channels, entries = tables.shape
+    index = unpack_indices(packed, bits, count)
+    if int(index.max()) >= entries:
+        first = int(np.argmax(index >= entries))
+        raise ValueError(f"index {int(index[first])} of element {first} is outside its {entries}-entry table")
+    tail_bits = packed.size * 8 - count * bits
     if tail_bits and int(packed[-1]) & ((1 << tail_bits) - 1):
-        raise SegmentIntegrityError(f"{where}: corrupt compressed entry: the {tail_bits} bits after the last "
-                                    "index are not zero")
-    index = index.reshape(-1, h.channels, h.inner)
-    channel = np.arange(h.channels)[None, :, None]
-    return table[channel, index].reshape(-1)
+        raise ValueError(f"the {tail_bits} bits after the last index are not zero")
+    return tables[np.arange(channels)[None, :, None], index.reshape(-1, channels, inner)].reshape(-1)
 
 
 def unpack_indices(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
