@@ -17,7 +17,9 @@ import importlib
 import math
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -403,20 +405,8 @@ def upstream_compress(model: Model | bytes) -> bytes:
     TFLM's kernel decodes: LUT tables per channel along the quantized axis of a filter quantized per
     channel, one table (the bit width its values need, at least 4) for a filter quantized per tensor
     (left raw when it takes more than 128 values)."""
-    up = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.compress")
-    spec = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.spec")
-    model = Model.from_bytes(model if isinstance(model, bytes) else bytes(model.pack()))
-    # upstream's model editor reads builtin_code only: a code written in deprecated_builtin_code alone
-    # (TFLite's converter and our writer do so below 127) would collapse to ADD (0)
-    for code in model.fb.operatorCodes:
-        code.builtinCode = max(code.builtinCode, code.deprecatedBuiltinCode)
-    specs = []
-    for op in range(len(model.operators)):
-        if model.opcode_name(op) not in FILTER_OPS or len(model.op_inputs(op)) < 2:
-            continue
-        t = model.op_inputs(op)[1]
-        if model.constant_buffer(t) is None:
-            continue
+
+    def lut(model: Model, t: int, spec: Any) -> Any:
         scales = _scales(model.tensors[t])
         if scales and len(scales[0]) > 1:
             mode, bits = spec.PerChannel(axis=scales[1]), 4
@@ -424,9 +414,36 @@ def upstream_compress(model: Model | bytes) -> bytes:
             used = len(np.unique(np.frombuffer(model.buffers[model.tensors[t].buffer], np.int8)))
             mode, bits = spec.PerTensor(), max(4, palette.bits_for(used))
         if bits > MAX_BITS:
-            continue  # more than 128 values in one table: the pinned kernel has no form for it, left raw
-        specs.append(spec.Tensor(subgraph=0, tensor=t, compression=[
-            spec.LookUpTableCompression(index_bitwidth=bits, mode=mode)]))
+            return None  # more than 128 values in one table: the pinned kernel has no form for it, left raw
+        return spec.LookUpTableCompression(index_bitwidth=bits, mode=mode)
+
+    return run_upstream_tool(model, lut)
+
+
+def run_upstream_tool(model: Model | bytes, lut: Callable[[Model, int, Any], Any]) -> bytes:
+    """`model` compressed by upstream TFLM's own tool (pip `tflite_micro`; ImportError without it):
+    each constant filter of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED with the compression
+    `lut(model, tensor, spec)` gives (upstream's `spec` module's LookUpTableCompression, or None to
+    leave it raw)."""
+    up = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.compress")
+    spec = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.spec")
+    model = Model.from_bytes(model if isinstance(model, bytes) else bytes(model.pack()))
+    # upstream's model editor reads builtin_code only: a code written in deprecated_builtin_code alone
+    # (TFLite's converter and our writer do so below 127) would collapse to ADD (0)
+    for code in model.fb.operatorCodes:
+        code.builtinCode = max(code.builtinCode, code.deprecatedBuiltinCode)
+    specs, seen = [], set()
+    for op in range(len(model.operators)):
+        slot_axis = FILTER_OPS.get(model.opcode_name(op))
+        if slot_axis is None or len(model.op_inputs(op)) <= slot_axis[0]:
+            continue
+        t = model.op_inputs(op)[slot_axis[0]]
+        if t in seen or model.constant_buffer(t) is None:
+            continue
+        seen.add(t)
+        method = lut(model, t, spec)
+        if method is not None:
+            specs.append(spec.Tensor(subgraph=0, tensor=t, compression=[method]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # upstream warns of "expansion" for small depthwise filters
         return bytes(up.compress(bytes(model.pack()), specs))
