@@ -564,6 +564,13 @@ static int palette_prefetch_layout(const tswap_image* img, uint32_t id, const ts
   return TSWAP_OK;
 }
 
+int tswap_palette_prefetch_check(const tswap_image* img, uint32_t id, const tswap_palette* p) {
+  uint32_t at, head;
+  if (img == NULL || img->flash == NULL || p == NULL) return TSWAP_ERR_ARG;
+  if (id >= img->segment_count) return TSWAP_ERR_SEGMENT_ID;
+  return palette_prefetch_layout(img, id, p, &at, &head);
+}
+
 int tswap_load_palette_start(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst) {
   uint32_t at, head;
   int rc;

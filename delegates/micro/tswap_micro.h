@@ -257,6 +257,8 @@ int tswap_load_palette(tswap_image* img, uint32_t id, const tswap_palette* p, in
  * place would otherwise write over before reading. Needs a segment no larger than the tensor and
  * at least 24 bytes longer than the tail (else TSWAP_ERR_ENCODING); 0 when it is not. */
 uint32_t tswap_palette_tail_bytes(const tswap_image* img, uint32_t id);
+/* TSWAP_OK when segment `id` (parsed into `p`) can be prefetched so (what start and finish check). */
+int tswap_palette_prefetch_check(const tswap_image* img, uint32_t id, const tswap_palette* p);
 int tswap_load_palette_start(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst);
 int tswap_load_palette_finish(tswap_image* img, uint32_t id, const tswap_palette* p, int8_t* dst, int8_t* tables,
                               uint8_t* tail, int verify_crc);

@@ -65,11 +65,8 @@ TfLiteStatus PrepareEncoded(TfLiteContext* context, OpData* data, size_t bytes, 
   auto* encoded = reinterpret_cast<EncodedOpData*>(data);
   int rc = tswap_check_request(data->image, data->segment, 0, 0, nullptr);
   if (rc == TSWAP_OK) rc = tswap_palette_open(data->image, data->segment, static_cast<uint32_t>(bytes), &encoded->palette);
-  const uint32_t size = rc == TSWAP_OK ? data->image->segments[data->segment].size : 0u;
-  const uint32_t tail = rc == TSWAP_OK ? tswap_palette_tail_bytes(data->image, data->segment) : 0u;
-  if (rc == TSWAP_OK && role != kLoad && (size > bytes || tail == 0u || size - tail < TSWAP_PALETTE_HEADER_BYTES)) {
-    rc = TSWAP_ERR_ENCODING;  // too large for its tensor, or too short to split off the tail
-  }
+  // prefetched: no larger than its tensor, long enough to split off the tail
+  if (rc == TSWAP_OK && role != kLoad) rc = tswap_palette_prefetch_check(data->image, data->segment, &encoded->palette);
   if (rc != TSWAP_OK) {
     MicroPrintf("tswap: segment %u (encoded, its tensor needs %u bytes%s): %s", (unsigned)data->segment,
                 (unsigned)bytes, role == kLoad ? "" : ", prefetched", tswap_strerror(rc));
@@ -79,7 +76,9 @@ TfLiteStatus PrepareEncoded(TfLiteContext* context, OpData* data, size_t bytes, 
   if (role == kStart) return kTfLiteOk;
   TF_LITE_ENSURE_OK(context, context->RequestScratchBufferInArena(context, encoded->palette.table_bytes,
                                                                   &encoded->tables));
-  return role == kWait ? context->RequestScratchBufferInArena(context, tail, &encoded->tail) : kTfLiteOk;
+  return role == kWait ? context->RequestScratchBufferInArena(
+                             context, tswap_palette_tail_bytes(data->image, data->segment), &encoded->tail)
+                       : kTfLiteOk;
 }
 
 // Validates options, image binding and the tensor the segment is read into (output or input 0).

@@ -245,9 +245,10 @@ uint32_t BiasBytes(const TiledData& d, uint32_t channels) { return d.words[kHasB
 // Room an encoded tile's buffer has past its decoded bytes: the stored tile is read to the buffer's
 // end (aligned down for the driver) and decoded in place, which needs the entry to end at least one
 // byte after the decoded filter (tswap_palette_decode): `align` bytes more than the raw tile covers it.
+uint32_t FlashAlign(const tswap_image& image) { return image.flash->align > 1u ? image.flash->align : 1u; }
+
 uint32_t EncodedSlack(const tswap_image& image) {
-  const uint32_t align = image.flash->align > 1u ? image.flash->align : 1u;
-  return align > kEncodedSlack ? align : kEncodedSlack;
+  return FlashAlign(image) > kEncodedSlack ? FlashAlign(image) : kEncodedSlack;
 }
 
 // An encoded tile k: segment = palette entry of the tile's filter, then its raw int32 bias.
@@ -466,8 +467,7 @@ TfLiteStatus Report(int rc, const TiledData& d, uint32_t k) {
 // down for the driver (encoded: decoded in place from there).
 uint32_t ReadOffset(const TiledData& d, uint32_t segment) {
   if (!Encoded(d)) return 0u;
-  const uint32_t align = d.image->flash->align > 1u ? d.image->flash->align : 1u;
-  return (d.buffer_bytes - d.image->segments[segment].size) & ~(align - 1u);
+  return (d.buffer_bytes - d.image->segments[segment].size) & ~(FlashAlign(*d.image) - 1u);
 }
 
 // An encoded tile k read to `buffer` + ReadOffset: its header must be the one Prepare checked; the

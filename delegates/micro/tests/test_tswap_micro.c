@@ -744,10 +744,12 @@ static void test_palette_prefetch(void) {
       memset(dst, 0x55, 512);
       if (size > sh[2] || tail_bytes == 0u || size - tail_bytes < TSWAP_PALETTE_HEADER_BYTES) {
         /* stored larger than decoded (nowhere to put it), or too short to split off a tail */
+        CHECK_EQ(tswap_palette_prefetch_check(&im, 0, &p), TSWAP_ERR_ENCODING);
         CHECK_EQ(tswap_load_palette_start(&im, 0, &p, dst), TSWAP_ERR_ENCODING);
         CHECK_EQ(size > sh[2] || aligns[a] == 16u, 1); /* every shape but the last prefetches at 1 and 4 */
         continue;
       }
+      CHECK_EQ(tswap_palette_prefetch_check(&im, 0, &p), TSWAP_OK);
       CHECK_EQ(tswap_load_palette_start(&im, 0, &p, dst), TSWAP_OK);
       CHECK_EQ(tswap_load_palette_finish(&im, 0, &p, dst, tables, tail, 1), TSWAP_OK);
       CHECK_EQ(memcmp(dst, expect, sh[2]), 0);
